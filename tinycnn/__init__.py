@@ -1,0 +1,34 @@
+"""tinycnn: a convolutional neural network library written from scratch in NumPy.
+
+The layers, losses and optimizers are plain NumPy you can read top to bottom; the
+speed lives in `tinycnn.kernels` (numba), each kernel with a NumPy twin.
+
+Submodules are imported on first use, so `import tinycnn` stays fast (numba and
+matplotlib load only when a layer or a plot needs them):
+
+    >>> import tinycnn
+    >>> model = tinycnn.models.Sequential([...])
+"""
+import importlib
+
+__version__ = "0.1.0"
+
+_SUBMODULES = (
+    "activations", "callbacks", "cli", "datasets", "gradcheck", "initializers",
+    "kernels", "layers", "losses", "model_selection", "models", "optimizers",
+    "plot", "utils", "zoo",
+)
+
+
+def __getattr__(name):
+    # PEP 562: `tinycnn.layers` imports tinycnn/layers.py the first time it is used.
+    if name in _SUBMODULES:
+        return importlib.import_module(f"tinycnn.{name}")
+    if name == "data_info":
+        from tinycnn.datasets import data_info
+        return data_info
+    raise AttributeError(f"module 'tinycnn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_SUBMODULES) + ["data_info"])

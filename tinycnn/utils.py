@@ -1,0 +1,82 @@
+"""Small helpers shared by the whole library: labels to one-hot, the random seed, the float type."""
+import numpy as np
+
+# ---------------------------------------------------------------------------
+# Randomness: one Generator for everything (initialisation, shuffling, dropout...)
+# ---------------------------------------------------------------------------
+_rng = np.random.default_rng()
+
+
+def set_random_seed(seed):
+    """Seed everything random in tinycnn, as `keras.utils.set_random_seed` does.
+
+    Two runs that call `set_random_seed(s)` first, then build and fit the same model
+    on the same data, give bit-identical weights and history on the same machine.
+    """
+    global _rng
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"set_random_seed: seed must be a non-negative integer, got {seed!r}")
+    _rng = np.random.default_rng(int(seed))
+    np.random.seed(int(seed) % 2**32)   # for user code that still uses the legacy global state
+
+
+def get_rng():
+    """The library's random Generator (re-created by `set_random_seed`)."""
+    return _rng
+
+
+# ---------------------------------------------------------------------------
+# The default float type of weights and activations
+# ---------------------------------------------------------------------------
+_floatx = "float32"
+
+
+def floatx():
+    """The default float type, 'float32' (like `keras.backend.floatx()`)."""
+    return _floatx
+
+
+def set_floatx(dtype):
+    """Set the default float type of new layers: 'float32' or 'float64'."""
+    global _floatx
+    dtype = np.dtype(dtype).name
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"set_floatx: dtype must be 'float32' or 'float64', got {dtype!r}")
+    _floatx = dtype
+
+
+# ---------------------------------------------------------------------------
+# Labels
+# ---------------------------------------------------------------------------
+def to_categorical(y, num_classes=None, dtype="float32"):
+    """Integer class labels -> one-hot rows, as `keras.utils.to_categorical`.
+
+    y: integer labels of any shape S, values in [0, num_classes).
+    Returns an array of shape S + (num_classes,) (a trailing axis of size 1 in y is
+    dropped first, as Keras does), with a 1 at each label and 0 elsewhere.
+    """
+    y = np.asarray(y)
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.bool_) or not np.issubdtype(y.dtype, np.number):
+            raise ValueError(f"to_categorical: labels must be integers, got dtype {y.dtype}")
+        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            bad = y[~np.isfinite(y) | (y != np.round(y))].ravel()[0]
+            raise ValueError(f"to_categorical: labels must be whole numbers, found {bad!r}")
+    y = y.astype(np.int64)
+    if y.ndim > 1 and y.shape[-1] == 1:
+        y = y.reshape(y.shape[:-1])
+    if y.size and y.min() < 0:
+        raise ValueError(f"to_categorical: labels must be >= 0, found {y.min()}")
+    if num_classes is None:
+        num_classes = int(y.max()) + 1 if y.size else 0
+    else:
+        if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
+            raise ValueError(f"to_categorical: num_classes must be a positive integer, got {num_classes!r}")
+        num_classes = int(num_classes)
+        if y.size and y.max() >= num_classes:
+            raise ValueError(
+                f"to_categorical: label {y.max()} is out of range for num_classes={num_classes} "
+                f"(labels must lie in [0, {num_classes - 1}])")
+    out = np.zeros(y.shape + (num_classes,), dtype=dtype)
+    np.put_along_axis(out, y[..., None], 1, axis=-1)
+    return out
