@@ -1,0 +1,376 @@
+"""One side of the tinycnn-vs-Keras comparison, run in a process of its own.
+
+`benchmarks/vs_keras.py` starts this script once per (side, model, repeat), so that each
+side's memory (VmHWM, the process's peak resident set) is its own and neither library
+warms the other's caches. It prints one JSON object on its last line of stdout.
+
+    python3 benchmarks/_sides.py --side keras --model cnn_categorical --epochs 3
+
+What it measures, in order (all wall-clock, time.perf_counter):
+  import_s         importing the library (tensorflow + keras, or tinycnn + its modules)
+  rss_after_*      VmRSS after the imports and after loading + preparing the data
+  epoch_s          each training epoch, timed by an epoch-begin/epoch-end callback inside one
+                   `fit(..., epochs=E, batch_size=32, verbose=0)` call. Epoch 1 holds the
+                   warm-up (TF tracing / numba compilation); the caller drops it.
+  peak_train_mb    VmHWM right after fit: the peak of the process up to then
+  predict_s        `predict` of the 10,000 test images: the first call (warm-up) and
+                   `--predict-repeats` more
+  test_acc         argmax of the last prediction against the test labels (same code both sides)
+
+The data are read here from the Debian package's IDX files with the same few lines for both
+sides, so the data arrays cost both processes the same memory.
+"""
+import argparse
+import gzip
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+MODELS = ("cnn_categorical", "simple_dense", "cnn_sparse")
+DATA_DIRS = ("/usr/share/datasets/fashion-mnist",
+             os.path.expanduser("~/.keras/datasets/fashion-mnist"))
+
+
+# ---------------------------------------------------------------------------
+# Process facts
+# ---------------------------------------------------------------------------
+def proc_status_mb(field):
+    """VmRSS / VmHWM / ... of this process in MB (10^6 bytes), from /proc/self/status."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+
+
+def openblas_info():
+    """NumPy's OpenBLAS: the kernel it chose at run time (core name), its threads, its config."""
+    info = {}
+    try:
+        import ctypes
+        import glob
+        libs = glob.glob(os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs", "*openblas*"))
+        if libs:
+            lib = ctypes.CDLL(libs[0])
+            for name, key in (("get_corename", "corename"), ("get_config", "config")):
+                for sym in (f"scipy_openblas_{name}64_", f"scipy_openblas_{name}", f"openblas_{name}64_",
+                            f"openblas_{name}"):
+                    if hasattr(lib, sym):
+                        fn = getattr(lib, sym)
+                        fn.restype = ctypes.c_char_p
+                        info[key] = fn().decode()
+                        break
+            for sym in ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+                        "openblas_get_num_threads64_", "openblas_get_num_threads"):
+                if hasattr(lib, sym):
+                    info["threads"] = int(getattr(lib, sym)())
+                    break
+    except Exception as e:  # never let a fact-finding helper kill a benchmark
+        info["error"] = repr(e)
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        info[var] = os.environ.get(var)
+    return info
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor()
+
+
+# ---------------------------------------------------------------------------
+# Data: the same bytes, the same preparation, for both sides
+# ---------------------------------------------------------------------------
+def _read_idx(path):
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_fashion_mnist():
+    """(x_train, y_train), (x_test, y_test) as uint8, from the installed IDX files."""
+    for d in DATA_DIRS:
+        p = os.path.join(d, "train-images-idx3-ubyte.gz")
+        if os.path.exists(p):
+            get = lambda n: _read_idx(os.path.join(d, n))  # noqa: E731
+            return ((get("train-images-idx3-ubyte.gz"), get("train-labels-idx1-ubyte.gz")),
+                    (get("t10k-images-idx3-ubyte.gz"), get("t10k-labels-idx1-ubyte.gz")))
+    sys.exit("Fashion-MNIST not found: apt-get install dataset-fashion-mnist "
+             f"(looked in {', '.join(DATA_DIRS)})")
+
+
+def prepare(model_name, x, y):
+    """Pixels -> float32 in [0, 1]; (N,28,28,1) for the CNNs, (N,28,28) for simple_dense.
+    Labels one-hot for cnn_categorical, integers otherwise (as the notebook does)."""
+    x = x.astype(np.float32) / np.float32(255.0)
+    if model_name != "simple_dense":
+        x = x.reshape(-1, 28, 28, 1)
+    if model_name == "cnn_categorical":
+        onehot = np.zeros((len(y), 10), np.float32)
+        onehot[np.arange(len(y)), y] = 1.0
+        y = onehot
+    else:
+        y = y.astype(np.int64)
+    return x, y
+
+
+# ---------------------------------------------------------------------------
+# Keras
+# ---------------------------------------------------------------------------
+def keras_import():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import tensorflow as tf  # noqa: F401
+    import keras  # noqa: F401
+
+
+def keras_build(name):
+    import keras
+    from keras import layers
+    if name == "cnn_categorical":
+        model = keras.Sequential([
+            keras.Input((28, 28, 1)),
+            layers.Conv2D(32, (3, 3), activation="relu", kernel_initializer="he_uniform"),
+            layers.MaxPooling2D((2, 2)),
+            layers.Flatten(),
+            layers.Dense(100, activation="relu", kernel_initializer="he_uniform"),
+            layers.Dense(10, activation="softmax"),
+        ])
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9),
+                      loss="categorical_crossentropy", metrics=["accuracy"])
+    elif name == "simple_dense":
+        model = keras.Sequential([
+            keras.Input((28, 28)),
+            layers.Flatten(),
+            layers.Dense(128, activation="relu"),
+            layers.Dense(10, activation="softmax"),
+        ])
+        model.compile(optimizer=keras.optimizers.Adam(),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    elif name == "cnn_sparse":
+        model = keras.Sequential([
+            keras.Input((28, 28, 1)),
+            layers.Conv2D(64, (3, 3), activation="relu"),
+            layers.MaxPooling2D((2, 2)),
+            layers.Conv2D(64, (3, 3), activation="relu"),
+            layers.MaxPooling2D((2, 2)),
+            layers.Flatten(),
+            layers.Dense(128, activation="relu"),
+            layers.Dense(10, activation="softmax"),
+        ])
+        model.compile(optimizer=keras.optimizers.Adam(),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    else:
+        raise ValueError(name)
+    return model
+
+
+def keras_run(args, x, y, xt):
+    import keras
+    import tensorflow as tf
+    keras.utils.set_random_seed(args.seed)
+    model = keras_build(args.model)
+
+    times = []
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self._t)
+
+    t = time.perf_counter()
+    hist = model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, shuffle=True,
+                     verbose=0, callbacks=[EpochTimer()])
+    fit_s = time.perf_counter() - t
+    peak = proc_status_mb("VmHWM")
+    predict = lambda: model.predict(xt, batch_size=args.predict_batch_size, verbose=0)  # noqa: E731
+    threads = {"tf_intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+               "tf_inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+               "note": "0 = TensorFlow's default (one thread per core)",
+               "keras": keras.__version__, "tensorflow": tf.__version__,
+               "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)")}
+    return model.count_params(), times, fit_s, hist.history.get("loss", []), peak, predict, threads
+
+
+# ---------------------------------------------------------------------------
+# tinycnn
+# ---------------------------------------------------------------------------
+def tinycnn_import():
+    import tinycnn  # noqa: F401
+    import tinycnn.layers  # noqa: F401
+    import tinycnn.models  # noqa: F401
+    import tinycnn.optimizers  # noqa: F401
+
+
+def tinycnn_build(name):
+    """The zoo's model if the zoo has it, else the same layers spelled out here."""
+    import tinycnn
+    try:
+        import tinycnn.zoo as zoo
+        return getattr(zoo, name + "_model")(), "tinycnn.zoo." + name + "_model()"
+    except (ImportError, AttributeError):
+        pass
+    from tinycnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
+    from tinycnn.models import Sequential
+    from tinycnn.optimizers import SGD, Adam
+    if name == "cnn_categorical":
+        model = Sequential([
+            Conv2D(32, (3, 3), activation="relu", kernel_initializer="he_uniform", input_shape=(28, 28, 1)),
+            MaxPooling2D((2, 2)),
+            Flatten(),
+            Dense(100, activation="relu", kernel_initializer="he_uniform"),
+            Dense(10, activation="softmax"),
+        ])
+        model.compile(optimizer=SGD(learning_rate=0.01, momentum=0.9),
+                      loss="categorical_crossentropy", metrics=["accuracy"])
+    elif name == "simple_dense":
+        model = Sequential([
+            Flatten(input_shape=(28, 28)),
+            Dense(128, activation="relu"),
+            Dense(10, activation="softmax"),
+        ])
+        model.compile(optimizer=Adam(), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    elif name == "cnn_sparse":
+        model = Sequential([
+            Conv2D(64, (3, 3), activation="relu", input_shape=(28, 28, 1)),
+            MaxPooling2D((2, 2)),
+            Conv2D(64, (3, 3), activation="relu"),
+            MaxPooling2D((2, 2)),
+            Flatten(),
+            Dense(128, activation="relu"),
+            Dense(10, activation="softmax"),
+        ])
+        model.compile(optimizer=Adam(), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    else:
+        raise ValueError(name)
+    del tinycnn
+    return model, "built in benchmarks/_sides.py from tinycnn.layers"
+
+
+def tinycnn_run(args, x, y, xt):
+    import inspect
+
+    import tinycnn
+    tinycnn.utils.set_random_seed(args.seed)
+    model, built_by = tinycnn_build(args.model)
+    times = []
+    fit_params = inspect.signature(model.fit).parameters
+    t = time.perf_counter()
+    if "callbacks" in fit_params:
+        Base = getattr(tinycnn.callbacks, "Callback", object)
+
+        class EpochTimer(Base):
+            def on_epoch_begin(self, epoch, logs=None):
+                self._t = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                times.append(time.perf_counter() - self._t)
+
+        hist = model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, shuffle=True,
+                         verbose=0, callbacks=[EpochTimer()])
+        how = "callback"
+    else:  # no callbacks yet: one fit call per epoch
+        losses = []
+        for _ in range(args.epochs):
+            t0 = time.perf_counter()
+            h = model.fit(x, y, epochs=1, batch_size=args.batch_size, shuffle=True, verbose=0)
+            times.append(time.perf_counter() - t0)
+            losses += list(getattr(h, "history", {}).get("loss", []))
+        hist = type("H", (), {"history": {"loss": losses}})()
+        how = "one fit call per epoch"
+    fit_s = time.perf_counter() - t
+    if len(times) != args.epochs:
+        raise RuntimeError(f"tinycnn's fit called the epoch callbacks {len(times)} times for {args.epochs} epochs")
+    peak = proc_status_mb("VmHWM")
+    predict = lambda: model.predict(xt, batch_size=args.predict_batch_size)  # noqa: E731
+    threads = {"timed_by": how, "built_by": built_by}
+    try:
+        import numba
+        threads.update(numba_threads=numba.get_num_threads(), numba=numba.__version__,
+                       numba_threading_layer=str(numba.config.THREADING_LAYER))
+        try:
+            threads["numba_threading_layer_used"] = numba.threading_layer()
+        except (ValueError, RuntimeError):
+            pass
+    except ImportError:
+        pass
+    n_params = model.count_params() if hasattr(model, "count_params") else None
+    return n_params, times, fit_s, hist.history.get("loss", []), peak, predict, threads
+
+
+# ---------------------------------------------------------------------------
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--side", choices=("tinycnn", "keras"), required=True)
+    p.add_argument("--model", choices=MODELS, required=True)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--train-samples", type=int, default=60000,
+                   help="train on the first N images only (quick mode); times are scaled to 60,000")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--predict-batch-size", type=int, default=32)
+    p.add_argument("--predict-repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="also write the JSON here")
+    args = p.parse_args(argv)
+
+    t = time.perf_counter()
+    (keras_import if args.side == "keras" else tinycnn_import)()
+    import_s = time.perf_counter() - t
+    rss_import = proc_status_mb("VmRSS")
+
+    (x, y), (xt, yt) = load_fashion_mnist()
+    x, y = prepare(args.model, x[:args.train_samples], y[:args.train_samples])
+    xt, _ = prepare(args.model, xt, yt)
+    rss_data = proc_status_mb("VmRSS")
+
+    run = keras_run if args.side == "keras" else tinycnn_run
+    n_params, times, fit_s, losses, peak_train, predict, threads = run(args, x, y, xt)
+
+    pred_times = []
+    for _ in range(1 + args.predict_repeats):
+        t = time.perf_counter()
+        pred = np.asarray(predict())
+        pred_times.append(time.perf_counter() - t)
+    acc = float(np.mean(np.argmax(pred, axis=1) == yt))
+
+    threads["openblas"] = openblas_info()
+    threads["cpu_count"] = os.cpu_count()
+    threads["affinity"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    out = {
+        "side": args.side, "model": args.model, "epochs": args.epochs,
+        "train_samples": len(x), "batch_size": args.batch_size, "seed": args.seed,
+        "params": n_params, "import_s": import_s,
+        "rss_after_import_mb": rss_import, "rss_after_data_mb": rss_data,
+        "epoch_s": times, "fit_s": fit_s, "loss": [float(v) for v in losses],
+        "peak_train_mb": peak_train, "peak_mb": proc_status_mb("VmHWM"),
+        "predict_batch_size": args.predict_batch_size,
+        "predict_first_s": pred_times[0], "predict_s": pred_times[1:],
+        "test_acc": acc, "settings": threads, "cpu": cpu_model(), "python": sys.version.split()[0],
+        "numpy": np.__version__,
+    }
+    line = json.dumps(out)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(line + "\n")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()

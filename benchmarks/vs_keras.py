@@ -1,0 +1,258 @@
+"""tinycnn against Keras, side by side: the notebook's three models, real data, batch 32.
+
+    python3 benchmarks/vs_keras.py                  # all three models, 3 epochs, 2 repeats
+    python3 benchmarks/vs_keras.py --quick          # 200 steps an epoch, scaled to 60,000 images
+    python3 benchmarks/vs_keras.py --model cnn_sparse --epochs 5 --repeats 1
+
+Each (side, model, repeat) is a process of its own (benchmarks/_sides.py), so peak memory
+is that side's alone. Within a repeat the two sides run back to back and the order flips
+from one repeat to the next (tinycnn, Keras, Keras, tinycnn, ...), so that the machine's
+drift falls on both.
+
+Per model and side it reports:
+  s/epoch      median over epochs 2..E of each run (epoch 1 carries the warm-up: numba's
+               compilation, TF's tracing), then the median over the repeats. In quick mode each
+               epoch is the first --train-samples images and the time is scaled to 60,000.
+  warm-up      epoch 1 minus that median (the first run's extra cost), reported apart
+  test acc     after the same number of epochs on the same images, same seed
+  predict      model.predict of the 10,000 test images, batch 32: the median of a few calls
+               after a first (warm-up) call
+  peak MB      VmHWM of the process right after fit (it includes the ~250 MB of data arrays
+               that both sides hold); also the RSS after the imports and after the data
+and the ratios tinycnn / Keras of the medians, and the median of the per-repeat ratios.
+
+OpenBLAS: this machine sets OPENBLAS_CORETYPE=Haswell and OPENBLAS_L2_SIZE (a guard for
+old OpenBLAS builds), which halves NumPy's float32 matrix product on its AVX-512 cores.
+By default both sides' processes run with the two unset (--blas-env unset), as a user's
+machine would; --blas-env inherit keeps them. TensorFlow does not use OpenBLAS. Each
+side's OpenBLAS kernel and thread settings are written into the results.
+
+Writes DIR/vs_keras.json (every run, raw) and DIR/vs_keras.md (the table); DIR defaults to
+benchmarks/results/ (git-ignored).
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from _sides import MODELS, cpu_model  # noqa: E402
+
+FULL_EPOCH = 60000
+TARGETS = {  # issue 6: tinycnn / Keras
+    ("cnn_categorical", "epoch"): 0.35,
+    ("cnn_sparse", "epoch"): 0.5,
+    ("simple_dense", "epoch"): 0.5,
+    ("*", "predict"): 0.5,
+    ("cnn_sparse", "peak"): 0.4,
+}
+FLOOR_S = {"cnn_categorical": 1.2, "cnn_sparse": 9.0}  # ../shared/REFERENCE.md, 200 GFLOP/s
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def run_side(side, model, args, log):
+    cmd = [sys.executable, os.path.join(HERE, "_sides.py"), "--side", side, "--model", model,
+           "--epochs", str(args.epochs), "--train-samples", str(args.train_samples),
+           "--predict-repeats", str(args.predict_repeats), "--seed", str(args.seed),
+           "--batch-size", str(args.batch_size), "--predict-batch-size", str(args.predict_batch_size)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
+    if args.blas_env == "unset":
+        env.pop("OPENBLAS_CORETYPE", None)
+        env.pop("OPENBLAS_L2_SIZE", None)
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    log.write(f"\n===== {side} {model} rc={proc.returncode} {wall:.1f}s\n{proc.stderr}\n")
+    log.flush()
+    if proc.returncode != 0:
+        print(f"  {side} {model}: FAILED (rc {proc.returncode}); last lines of its stderr:", file=sys.stderr)
+        print("    " + "\n    ".join(proc.stderr.strip().splitlines()[-8:]), file=sys.stderr)
+        return {"side": side, "model": model, "error": proc.stderr.strip().splitlines()[-1:] or ["?"],
+                "process_s": wall}
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["process_s"] = wall
+    scale = FULL_EPOCH / res["train_samples"]
+    ep = res["epoch_s"]
+    steady = ep[1:] if len(ep) > 1 else ep
+    res["s_per_epoch"] = median(steady) * scale
+    res["warmup_s"] = ep[0] - median(steady) if len(ep) > 1 else None
+    res["predict_med_s"] = median(res["predict_s"]) if res["predict_s"] else res["predict_first_s"]
+    print(f"  {side:8s} {model:16s} {res['s_per_epoch']:7.2f} s/epoch  acc {res['test_acc']:.4f}  "
+          f"predict {res['predict_med_s']:.2f} s  peak {res['peak_train_mb']:.0f} MB  "
+          f"(process {wall:.0f} s)", flush=True)
+    return res
+
+
+def summarize(runs, models):
+    summary = {}
+    for m in models:
+        s = {}
+        for side in ("tinycnn", "keras"):
+            rs = [r for r in runs if r["model"] == m and r["side"] == side and "error" not in r]
+            if not rs:
+                s[side] = None
+                continue
+            s[side] = {
+                "runs": len(rs),
+                "s_per_epoch": median([r["s_per_epoch"] for r in rs]),
+                "s_per_epoch_all": [round(r["s_per_epoch"], 3) for r in rs],
+                "warmup_s": median([r["warmup_s"] for r in rs]),
+                "test_acc": median([r["test_acc"] for r in rs]),
+                "test_acc_all": [r["test_acc"] for r in rs],
+                "predict_s": median([r["predict_med_s"] for r in rs]),
+                "predict_first_s": median([r["predict_first_s"] for r in rs]),
+                "peak_train_mb": median([r["peak_train_mb"] for r in rs]),
+                "train_increment_mb": median([r["peak_train_mb"] - r["rss_after_data_mb"] for r in rs]),
+                "rss_after_import_mb": median([r["rss_after_import_mb"] for r in rs]),
+                "rss_after_data_mb": median([r["rss_after_data_mb"] for r in rs]),
+                "import_s": median([r["import_s"] for r in rs]),
+                "params": rs[0]["params"],
+            }
+        t, k = s["tinycnn"], s["keras"]
+        if t and k:
+            ratio = lambda key: t[key] / k[key] if t[key] and k[key] else None  # noqa: E731
+            s["ratio"] = {key: ratio(key) for key in ("s_per_epoch", "predict_s", "peak_train_mb",
+                                                      "train_increment_mb", "import_s")}
+            # ratios within a repeat (same moment of the machine), then their median
+            paired = []
+            for rep in sorted({r["repeat"] for r in runs if r["model"] == m}):
+                a = [r for r in runs if r["model"] == m and r["repeat"] == rep and "error" not in r]
+                ta = [r for r in a if r["side"] == "tinycnn"]
+                ka = [r for r in a if r["side"] == "keras"]
+                if ta and ka:
+                    paired.append(ta[0]["s_per_epoch"] / ka[0]["s_per_epoch"])
+            s["ratio"]["s_per_epoch_paired"] = [round(p, 3) for p in paired]
+        summary[m] = s
+    return summary
+
+
+def target_of(model, what):
+    return TARGETS.get((model, what), TARGETS.get(("*", what)))
+
+
+def fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def verdict(r, target):
+    if r is None or target is None:
+        return ""
+    return f" ({'meets' if r <= target else 'misses'} <= {target:g})"
+
+
+def table(summary, meta, sides=("tinycnn", "keras")):
+    lines = [
+        f"tinycnn vs Keras, {meta['date']}, {meta['cpu']}, {meta['cpu_count']} cores "
+        f"(shared machine), batch {meta['batch_size']}, {meta['epochs']} epochs of "
+        f"{meta['train_samples']} images" + (" (times scaled to 60,000)" if meta["train_samples"] < FULL_EPOCH else "")
+        + f", {meta['repeats']} repeat(s), OpenBLAS env: {meta['blas_env']}",
+        "",
+        "| model | side | s/epoch (median) | warm-up s | test acc | predict 10k s | peak MB (train) | MB added by training | import s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m, s in summary.items():
+        for side in sides:
+            d = s.get(side)
+            if not d:
+                lines.append(f"| {m} | {side} | failed | | | | | | |")
+                continue
+            lines.append(
+                f"| {m} | {side} | {d['s_per_epoch']:.2f} | {fmt(d['warmup_s'], '.2f')} | {d['test_acc']:.4f} | "
+                f"{d['predict_s']:.3f} | {d['peak_train_mb']:.0f} | {d['train_increment_mb']:.0f} | {d['import_s']:.2f} |")
+        r = s.get("ratio")
+        if r:
+            floor = FLOOR_S.get(m)
+            tin = s["tinycnn"]["s_per_epoch"]
+            lines.append(
+                f"| {m} | **tinycnn/Keras** | **{r['s_per_epoch']:.2f}**{verdict(r['s_per_epoch'], target_of(m, 'epoch'))}"
+                f" paired {r['s_per_epoch_paired']} | | | **{fmt(r['predict_s'], '.2f')}**"
+                f"{verdict(r['predict_s'], target_of(m, 'predict'))} | **{fmt(r['peak_train_mb'], '.2f')}**"
+                f"{verdict(r['peak_train_mb'], target_of(m, 'peak'))} | {fmt(r['train_increment_mb'], '.2f')} | "
+                f"{fmt(r['import_s'], '.2f')} |")
+            if floor:
+                lines.append(f"| {m} | floor (REFERENCE.md) | {floor:g} (tinycnn at {tin / floor:.1f}x the floor) | | | | | | |")
+    lines += ["", "Thread settings: " + "; ".join(f"{k}: {v}" for k, v in meta["settings"].items())]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="epochs of 6,400 images (200 steps) scaled to 60,000; 3 epochs, 1 repeat, 2 predicts")
+    p.add_argument("--model", action="append", choices=MODELS,
+                   help="one model (repeat the option for several); default all three")
+    p.add_argument("--side", action="append", choices=("tinycnn", "keras"), help="default both")
+    p.add_argument("--epochs", type=int, help="epochs per run (default 3; the first is the warm-up)")
+    p.add_argument("--repeats", type=int, help="runs per side and model (default 2, quick 1)")
+    p.add_argument("--train-samples", type=int, help="images per epoch (default 60,000, quick 6,400)")
+    p.add_argument("--predict-repeats", type=int, help="timed predict calls after the first (default 3, quick 2)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--predict-batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--blas-env", choices=("unset", "inherit"), default="unset",
+                   help="unset (default) or keep this machine's OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE in both sides")
+    p.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for vs_keras.json/.md")
+    args = p.parse_args(argv)
+    args.epochs = args.epochs or 3
+    args.repeats = args.repeats or (1 if args.quick else 2)
+    args.train_samples = args.train_samples or (6400 if args.quick else FULL_EPOCH)
+    args.predict_repeats = args.predict_repeats if args.predict_repeats is not None else (2 if args.quick else 3)
+    models = args.model or list(MODELS)
+    sides = args.side or ["tinycnn", "keras"]
+    os.makedirs(args.out, exist_ok=True)
+
+    started = datetime.datetime.now(datetime.timezone.utc)
+    runs = []
+    with open(os.path.join(args.out, "vs_keras.log"), "w") as log:
+        for m in models:
+            print(f"{m}:", flush=True)
+            for rep in range(args.repeats):
+                order = sides if rep % 2 == 0 else sides[::-1]
+                for side in order:
+                    r = run_side(side, m, args, log)
+                    r["repeat"] = rep
+                    runs.append(r)
+    summary = summarize(runs, models)
+    settings = {}
+    for side in sides:
+        r = next((r for r in runs if r["side"] == side and "settings" in r), None)
+        if r:
+            st = dict(r["settings"])
+            ob = st.pop("openblas", {})
+            st["openblas_kernel"] = ob.get("corename")
+            st["openblas_threads"] = ob.get("threads")
+            settings[side] = st
+    meta = {
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu_model(), "cpu_count": os.cpu_count(), "machine": platform.platform(),
+        "python": platform.python_version(), "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+        "epochs": args.epochs, "repeats": args.repeats, "train_samples": args.train_samples,
+        "batch_size": args.batch_size, "predict_batch_size": args.predict_batch_size,
+        "blas_env": args.blas_env, "settings": settings,
+        "load_average_after": os.getloadavg(),
+        "wall_s": (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(),
+    }
+    md = table(summary, meta, sides)
+    print()
+    print(md)
+    with open(os.path.join(args.out, "vs_keras.json"), "w") as f:
+        json.dump({"meta": meta, "summary": summary, "runs": runs}, f, indent=1)
+    with open(os.path.join(args.out, "vs_keras.md"), "w") as f:
+        f.write(f"Command: `python3 benchmarks/{meta['command']}`\n\n" + md + "\n")
+    print(f"\nwrote {os.path.join(args.out, 'vs_keras.json')} and vs_keras.md "
+          f"({meta['wall_s']:.0f} s; load average after {meta['load_average_after'][0]:.1f})")
+    return 0 if all("error" not in r for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
