@@ -1,0 +1,442 @@
+"""The `tinycnn` command: the notebook's jobs from a shell.
+
+    tinycnn data                                     where the data is, and whether it verifies
+    tinycnn summary --model cnn_sparse               a zoo model's layers and parameter counts
+    tinycnn train --model cnn_categorical --epochs 5 --out runs/cat
+                                                     train on the real data, test, save model + plots
+    tinycnn evaluate runs/cat/model.npz              a saved model's test loss and accuracy
+    tinycnn cv --model cnn_categorical --folds 5 --epochs 10 [--jobs 2]
+                                                     k-fold cross-validation, curves and box plot
+    tinycnn plot activations runs/cat/model.npz --images 0 7 26 --filter 1 --out act.png
+    tinycnn plot filters|confusion|mistakes MODEL_FILE --out FILE.png
+    tinycnn plot images --out grid.png               the 3x3 grid of training images
+
+Every command has --help. Mistakes (a bad argument, missing data, a bad model file) end
+with one clear message on stderr and exit status 1 (2 for bad arguments), no traceback.
+Set TINYCNN_DEBUG=1 to see the traceback anyway.
+
+Only argparse is imported up front, so `tinycnn --help` answers at once; numpy, numba
+and matplotlib load when a command needs them.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+MODEL_NAMES = ("cnn_categorical", "simple_dense", "cnn_sparse")
+MODEL_FILE_NAME = "model.npz"
+
+
+# ---------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _jobs(text):
+    value = int(text) if text.lstrip("-").isdigit() else None
+    if value is None or value == 0 or value < -1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of processes or -1 "
+                                         f"(one per CPU), got {text!r}")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="tinycnn",
+        description="Train and inspect the Fashion-MNIST notebook's CNNs with tinycnn.",
+        epilog="Run `tinycnn COMMAND --help` for a command's options.")
+    parser.add_argument("--version", action="version", version=f"tinycnn {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # tinycnn data
+    data = commands.add_parser("data", help="where the Fashion-MNIST files are, and whether they verify",
+                               description="Say where the Fashion-MNIST files are and whether they "
+                                           "verify (never downloads). Exit status 1 if unusable.")
+    data.add_argument("--path", help="look only in this folder (default: the usual places)")
+    data.set_defaults(func=command_data)
+
+    # tinycnn summary
+    summary = commands.add_parser("summary", help="print a zoo model's layers and parameter counts",
+                                  description="Print a zoo model's summary, as Keras's model.summary().")
+    summary.add_argument("--model", choices=MODEL_NAMES, default="cnn_categorical",
+                         help="which of the notebook's models (default: cnn_categorical)")
+    summary.set_defaults(func=command_summary)
+
+    # tinycnn train
+    train = commands.add_parser(
+        "train", help="train a zoo model on the real data, test it, save the model and plots",
+        description="Train one of the notebook's models on the 60,000 training images, evaluate "
+                    "it on the 10,000 test images, and save into --out: the model "
+                    f"({MODEL_FILE_NAME}), history.json, results.json and the pictures.")
+    _add_model_options(train, epochs=5)
+    train.add_argument("--out", help="output folder (default: runs/MODEL)")
+    train.add_argument("--no-validation", action="store_true",
+                       help="don't score the test set after each epoch (the curves then show "
+                            "training only)")
+    train.set_defaults(func=command_train)
+
+    # tinycnn evaluate
+    evaluate = commands.add_parser("evaluate", help="a saved model's loss and accuracy on the test set",
+                                   description="Load a saved model and evaluate it on the test set.")
+    evaluate.add_argument("model_file", metavar="MODEL_FILE", help="a file written by `tinycnn train` "
+                                                                   "or model.save()")
+    evaluate.add_argument("--limit", type=_positive_int, help="use only the first N test images")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=32, help="default: 32")
+    evaluate.set_defaults(func=command_evaluate)
+
+    # tinycnn cv
+    cv = commands.add_parser(
+        "cv", help="k-fold cross-validation of a zoo model on the training set",
+        description="K-fold cross-validation on the training set, as the machinelearningmastery "
+                    "tutorial: a fresh model per fold, scored on that fold. Prints '> 91.200' per "
+                    "fold, then the mean and standard deviation; saves the learning curves, "
+                    "the box plot and cv.json into --out.")
+    _add_model_options(cv, epochs=10)
+    cv.add_argument("--folds", type=_positive_int, default=5, help="number of folds (default: 5)")
+    cv.add_argument("--jobs", type=_jobs, default=1,
+                    help="folds trained at once, one process each (default: 1; -1: one per CPU)")
+    cv.add_argument("--out", help="output folder (default: runs/cv_MODEL)")
+    cv.set_defaults(func=command_cv)
+
+    # tinycnn plot ...
+    plot = commands.add_parser("plot", help="draw a picture of a saved model or of the data",
+                               description="Draw one of the notebook's pictures into a PNG.")
+    pictures = plot.add_subparsers(dest="picture", metavar="PICTURE", required=True)
+
+    activations = pictures.add_parser(
+        "activations", help="one filter's activation maps in every conv/pool layer",
+        description="The notebook's activation grid: rows are test images, columns the conv and "
+                    "pool layers, showing one filter's output (colormap inferno).")
+    activations.add_argument("model_file", metavar="MODEL_FILE")
+    activations.add_argument("--images", type=_non_negative_int, nargs="+", default=[0, 7, 26],
+                             help="test image indices, one row each (default: 0 7 26)")
+    activations.add_argument("--filter", type=_non_negative_int, default=1, dest="filter_index",
+                             help="which filter (channel) to show (default: 1)")
+    activations.add_argument("--out", default="activations.png", help="default: activations.png")
+    activations.set_defaults(func=command_plot_activations)
+
+    for name, helptext, func in (
+            ("filters", "the first convolution's learned filters", command_plot_filters),
+            ("confusion", "the confusion matrix on the test set", command_plot_confusion),
+            ("mistakes", "misclassified test images with true and predicted labels",
+             command_plot_mistakes)):
+        picture = pictures.add_parser(name, help=helptext, description=f"Draw {helptext}.")
+        picture.add_argument("model_file", metavar="MODEL_FILE")
+        picture.add_argument("--out", default=f"{name}.png", help=f"default: {name}.png")
+        picture.set_defaults(func=func)
+
+    images = pictures.add_parser("images", help="the 3x3 grid of training images with class names",
+                                 description="The notebook's first picture: 9 training images "
+                                             "with their class names.")
+    images.add_argument("--start", type=_non_negative_int, default=0,
+                        help="index of the first image (default: 0)")
+    images.add_argument("--out", default="images.png", help="default: images.png")
+    images.set_defaults(func=command_plot_images)
+    return parser
+
+
+def _add_model_options(parser, epochs):
+    parser.add_argument("--model", choices=MODEL_NAMES, default="cnn_categorical",
+                        help="which of the notebook's models (default: cnn_categorical)")
+    parser.add_argument("--epochs", type=_positive_int, default=epochs,
+                        help=f"default: {epochs}")
+    parser.add_argument("--batch-size", type=_positive_int, default=32, help="default: 32")
+    parser.add_argument("--limit", type=_positive_int,
+                        help="use only the first N training (and test) images, for a quick run")
+    parser.add_argument("--seed", type=_non_negative_int, default=1,
+                        help="random seed for weights, shuffling and folds (default: 1)")
+    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                        help="0 silent, 1 progress bar, 2 one line per epoch (default: 1)")
+
+
+def _version():
+    from tinycnn import __version__
+    return __version__
+
+
+# ---------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------
+def command_data(args):
+    from tinycnn.datasets import data_info, describe_data
+    print(describe_data(args.path))
+    return 0 if data_info(args.path)["ok"] else 1
+
+
+def command_summary(args):
+    from tinycnn.zoo import get_spec
+    spec = get_spec(args.model)
+    model = spec.build()
+    if not model.built:
+        model.build((None,) + spec.input_shape)    # simple_dense has no input_shape of its own
+    model.summary()
+    return 0
+
+
+def command_train(args):
+    from tinycnn import plot
+    from tinycnn.data import load_for_model
+    from tinycnn.utils import set_random_seed
+    from tinycnn.zoo import get_spec
+
+    spec = get_spec(args.model)
+    out = args.out or os.path.join("runs", args.model)
+    (x_train, y_train), (x_test, y_test) = load_for_model(args.model, limit=args.limit)
+    print(f"{args.model}: {spec.description}")
+    print(f"training on {len(x_train)} images, testing on {len(x_test)}; "
+          f"{args.epochs} epochs, batch {args.batch_size}, seed {args.seed}")
+
+    set_random_seed(args.seed)
+    model = spec.build()
+    validation = None if args.no_validation else (x_test, y_test)
+    start = time.perf_counter()
+    history = model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                        validation_data=validation, verbose=args.verbose)
+    train_seconds = time.perf_counter() - start
+    test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0)
+    print(f"test loss {test_loss:.4f} - test accuracy {test_accuracy:.4f} "
+          f"(trained in {train_seconds:.1f} s, {train_seconds / args.epochs:.1f} s/epoch)")
+
+    os.makedirs(out, exist_ok=True)
+    model_path = os.path.join(out, MODEL_FILE_NAME)
+    model.save(model_path)
+    write_json(os.path.join(out, "history.json"), _plain_history(history))
+    write_json(os.path.join(out, "results.json"), {
+        "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
+        "seed": args.seed, "train_images": len(x_train), "test_images": len(x_test),
+        "test_loss": float(test_loss), "test_accuracy": float(test_accuracy),
+        "train_seconds": round(train_seconds, 2),
+    })
+
+    saved = _save_model_pictures(model, spec, x_test, y_test, out, history=history)
+    print(f"saved {model_path}, history.json, results.json and {', '.join(saved)} in {out}")
+    plot.show()
+    return 0
+
+
+def _save_model_pictures(model, spec, x_test, y_test, out, history=None):
+    """The pictures of a trained model, saved into `out`; returns their file names."""
+    from tinycnn import plot
+    import matplotlib.pyplot as plt
+
+    saved = []
+
+    def keep(fig, name):
+        plot.save_figure(fig, os.path.join(out, name))
+        plt.close(fig)
+        saved.append(name)
+
+    if history is not None:
+        keep(plot.learning_curves(history), "learning_curves.png")
+    predicted = model.predict(x_test, verbose=0).argmax(axis=1)
+    true = y_test.argmax(axis=1) if y_test.ndim == 2 else y_test
+    keep(plot.confusion_matrix(true, predicted), "confusion_matrix.png")
+    keep(plot.misclassified(x_test, true, predicted), "misclassified.png")
+    if any(type(layer).__name__ == "Conv2D" for layer in model.layers):
+        rows = [i for i in (0, 7, 26) if i < len(x_test)]
+        labels = [f"test {i}: {plot.CLASS_NAMES[true[i]]}" for i in rows]
+        keep(plot.activation_grid(model, x_test[rows], filter_index=1, row_labels=labels),
+             "activations.png")
+        keep(plot.filters(model), "filters.png")
+    return saved
+
+
+def command_evaluate(args):
+    model, x_test, y_test = _load_model_and_test_data(args.model_file, args.limit)
+    loss, accuracy = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0)
+    print(f"{args.model_file}: test loss {loss:.4f} - test accuracy {accuracy:.4f} "
+          f"({len(x_test)} images)")
+    return 0
+
+
+def command_cv(args):
+    from tinycnn import plot
+    from tinycnn.data import load_for_model
+    from tinycnn.model_selection import cross_validate
+    from tinycnn.zoo import get_spec
+
+    spec = get_spec(args.model)
+    out = args.out or os.path.join("runs", f"cv_{args.model}")
+    (x_train, y_train), _ = load_for_model(args.model, limit=args.limit)
+    print(f"{args.folds}-fold cross-validation of {args.model} on {len(x_train)} training images: "
+          f"{args.epochs} epochs, batch {args.batch_size}, {args.jobs} job(s)")
+    start = time.perf_counter()
+    result = cross_validate(spec.build, x_train, y_train, n_splits=args.folds, epochs=args.epochs,
+                            batch_size=args.batch_size, random_state=args.seed,
+                            n_jobs=args.jobs, verbose=2 if args.verbose == 2 else 1)
+    seconds = time.perf_counter() - start
+    percent = [s * 100 for s in result.scores]
+    print("Accuracy: mean=%.3f std=%.3f, n=%d  (%.1f s)" % (result.mean * 100, result.std * 100,
+                                                          len(percent), seconds))
+    os.makedirs(out, exist_ok=True)
+    write_json(os.path.join(out, "cv.json"), {
+        "model": args.model, "folds": args.folds, "epochs": args.epochs,
+        "batch_size": args.batch_size, "seed": args.seed, "train_images": len(x_train),
+        "scores": result.scores, "mean": result.mean, "std": result.std,
+        "seconds": round(seconds, 2),
+        "histories": [h.history for h in result.histories],
+    })
+    import matplotlib.pyplot as plt
+    for fig, name in ((plot.learning_curves(result.histories), "learning_curves.png"),
+                      (plot.performance(result.scores), "performance.png")):
+        plot.save_figure(fig, os.path.join(out, name))
+        plt.close(fig)
+    print(f"saved cv.json, learning_curves.png and performance.png in {out}")
+    return 0
+
+
+def command_plot_activations(args):
+    from tinycnn import plot
+    model, x_test, y_test = _load_model_and_test_data(args.model_file)
+    if len(x_test[0].shape) != 3:
+        raise ValueError(f"{args.model_file} takes flat images; activation maps need a model "
+                         f"with Conv2D layers (cnn_categorical or cnn_sparse)")
+    for index in args.images:
+        if index >= len(x_test):
+            raise ValueError(f"--images: index {index} is out of range; the test set has "
+                             f"{len(x_test)} images (0..{len(x_test) - 1})")
+    true = y_test.argmax(axis=1) if y_test.ndim == 2 else y_test
+    labels = [f"test {i}: {plot.CLASS_NAMES[true[i]]}" for i in args.images]
+    plot.activation_grid(model, x_test[args.images], filter_index=args.filter_index,
+                         row_labels=labels, save=args.out)
+    print(f"saved {args.out}")
+    return 0
+
+
+def command_plot_filters(args):
+    from tinycnn import plot
+    from tinycnn.models import load_model
+    plot.filters(load_model(args.model_file), save=args.out)
+    print(f"saved {args.out}")
+    return 0
+
+
+def command_plot_confusion(args):
+    from tinycnn import plot
+    model, x_test, y_test = _load_model_and_test_data(args.model_file)
+    true = y_test.argmax(axis=1) if y_test.ndim == 2 else y_test
+    plot.confusion_matrix(true, model.predict(x_test, verbose=0).argmax(axis=1), save=args.out)
+    print(f"saved {args.out}")
+    return 0
+
+
+def command_plot_mistakes(args):
+    from tinycnn import plot
+    model, x_test, y_test = _load_model_and_test_data(args.model_file)
+    true = y_test.argmax(axis=1) if y_test.ndim == 2 else y_test
+    plot.misclassified(x_test, true, model.predict(x_test, verbose=0).argmax(axis=1), save=args.out)
+    print(f"saved {args.out}")
+    return 0
+
+
+def command_plot_images(args):
+    from tinycnn import plot
+    from tinycnn.data import load_dataset
+    train_x, train_y, _, _ = load_dataset(one_hot_encode=False)
+    if args.start + 9 > len(train_x):
+        raise ValueError(f"--start {args.start}: the training set has {len(train_x)} images, "
+                         f"so the 9 shown must start at {len(train_x) - 9} or before")
+    plot.show_images(train_x, train_y, indices=range(args.start, args.start + 9), save=args.out)
+    print(f"saved {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+def _load_model_and_test_data(model_file, limit=None):
+    """A saved model and the test set in the format it takes:
+    x float32 (N,) + its input shape, y one-hot (N, 10) or integers (N,) as its loss wants."""
+    from tinycnn.data import load_dataset, to_model_input
+    from tinycnn.models import load_model
+
+    model = load_model(model_file)
+    _, _, x_test, y_test = load_dataset(one_hot_encode=_wants_one_hot(model), limit=limit,
+                                        add_channel_axis=False)
+    x_test = to_model_input(x_test, _input_shape(model))
+    return model, x_test, y_test
+
+
+def _input_shape(model):
+    """The per-sample input shape a built model takes, e.g. (28, 28, 1)."""
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
+        raise ValueError("the model file holds a model that was never built; "
+                         "fit or build it before saving")
+    return tuple(shape[1:]) if shape[0] is None else tuple(shape)
+
+
+def _wants_one_hot(model):
+    """True when the model's loss takes one-hot labels (categorical, not sparse)."""
+    loss = getattr(model, "loss", None)
+    name = loss if isinstance(loss, str) else type(loss).__name__
+    return "sparse" not in str(name).lower()
+
+
+def _plain_history(history):
+    return {key: [float(v) for v in values] for key, values in history.history.items()}
+
+
+def write_json(path, data):
+    """Write `data` as JSON to `path` via a temporary file and a rename (never half-written)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(handle, "w") as file:
+            json.dump(data, file, indent=2)
+            file.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def _is_user_error(error):
+    """Errors that mean the user gave something wrong (a value, a file, missing data),
+    as opposed to a bug in tinycnn: those get a message instead of a traceback."""
+    user_error_names = ("DatasetError", "ModelFileError")
+    if any(cls.__name__ in user_error_names for cls in type(error).__mro__):
+        return True
+    return isinstance(error, (ValueError, OSError))
+
+
+def main(argv=None):
+    """Run the `tinycnn` command with `argv` (default: sys.argv[1:]); return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("\ntinycnn: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if os.environ.get("TINYCNN_DEBUG") or not _is_user_error(error):
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"tinycnn {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
