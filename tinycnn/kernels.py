@@ -1,0 +1,263 @@
+"""The fast core: numba kernels for convolution and pooling, each with a plain-NumPy twin.
+
+The layers in `tinycnn.layers` stay readable and call these functions for the loops
+that NumPy cannot vectorise well. Every kernel `foo` has a twin `foo_numpy` that does
+the same job with NumPy only; the tests compare the two on random shapes, so a
+learner can read the twin to understand what the fast version computes.
+
+Layout conventions (as Keras, "channels_last"):
+    images   x  (N, H, W, C)        N = batch, H x W pixels, C channels
+    columns  cols (N*OH*OW, KH*KW*C) one row per output pixel, one column per
+                                     (kernel row i, kernel column j, channel c),
+                                     in that order, so that
+                                     cols @ kernel.reshape(KH*KW*C, F)
+                                     is the convolution with a Keras kernel (KH, KW, C, F).
+Padding is given by the number of zero rows on top (`pad_top`) and zero columns on the
+left (`pad_left`); the output size (OH, OW) fixes how much padding the bottom/right get.
+
+Determinism: the parallel kernels split the work over the batch axis with `prange`;
+each thread writes only to its own images, and every sum is done in a fixed order,
+so results do not depend on the number of threads.
+
+Numba caches the compiled machine code next to this file (or in NUMBA_CACHE_DIR).
+If no cache directory is writable (a read-only install), the kernels are compiled
+without a cache at every start instead of failing.
+"""
+import warnings
+
+import numba
+import numpy as np
+from numba import prange
+
+
+def _jit(parallel=False):
+    """`numba.njit(cache=True)`, falling back to no cache where numba cannot write one."""
+    def decorate(func):
+        try:
+            return numba.njit(cache=True, parallel=parallel)(func)
+        except RuntimeError as err:          # "cannot cache function ...: no locator available"
+            warnings.warn(f"tinycnn.kernels: numba cannot cache compiled code ({err}); "
+                          "compiling without a cache (slower start). Set NUMBA_CACHE_DIR "
+                          "to a writable directory to fix this.", RuntimeWarning, stacklevel=2)
+            return numba.njit(cache=False, parallel=parallel)(func)
+    return decorate
+
+
+# ---------------------------------------------------------------------------
+# Output sizes and padding (TensorFlow's rule)
+# ---------------------------------------------------------------------------
+def conv_output_size(size, kernel, stride, padding):
+    """Output length and (before, after) padding along one axis, as TensorFlow computes them.
+
+    "valid": out = floor((size - kernel) / stride) + 1, no padding (0 if kernel > size).
+    "same":  out = ceil(size / stride); total padding max((out-1)*stride + kernel - size, 0),
+             split with the odd pixel at the end (bottom/right).
+    """
+    if padding == "valid":
+        out = (size - kernel) // stride + 1 if size >= kernel else 0
+        return out, (0, 0)
+    if padding == "same":
+        out = -(-size // stride)
+        total = max((out - 1) * stride + kernel - size, 0)
+        return out, (total // 2, total - total // 2)
+    raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+
+
+# ---------------------------------------------------------------------------
+# im2col: image patches -> rows of a matrix
+# ---------------------------------------------------------------------------
+@_jit(parallel=True)
+def im2col(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w):
+    """Patches of x as rows: cols[(n*OH + oy)*OW + ox, (i*KW + j)*C + c] = x[n, oy*sh-pad_top+i, ox*sw-pad_left+j, c].
+
+    x (N, H, W, C) -> cols (N*OH*OW, KH*KW*C); pixels outside the image read as 0.
+    """
+    n, h, w, c = x.shape
+    cols = np.empty((n * out_h * out_w, kh * kw * c), dtype=x.dtype)
+    for b in prange(n):
+        for oy in range(out_h):
+            for ox in range(out_w):
+                row = (b * out_h + oy) * out_w + ox
+                for i in range(kh):
+                    yy = oy * sh - pad_top + i
+                    for j in range(kw):
+                        xx = ox * sw - pad_left + j
+                        base = (i * kw + j) * c
+                        if 0 <= yy < h and 0 <= xx < w:
+                            for ch in range(c):
+                                cols[row, base + ch] = x[b, yy, xx, ch]
+                        else:
+                            for ch in range(c):
+                                cols[row, base + ch] = 0
+    return cols
+
+
+def im2col_numpy(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w):
+    """NumPy twin of `im2col`: pad, then copy one strided slice per kernel position (i, j)."""
+    n, h, w, c = x.shape
+    pad_bottom = max((out_h - 1) * sh + kh - h - pad_top, 0)
+    pad_right = max((out_w - 1) * sw + kw - w - pad_left, 0)
+    xp = np.pad(x, ((0, 0), (pad_top, pad_bottom), (pad_left, pad_right), (0, 0)))
+    cols = np.empty((n, out_h, out_w, kh, kw, c), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, :, i, j, :] = xp[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :]
+    return cols.reshape(n * out_h * out_w, kh * kw * c)
+
+
+# ---------------------------------------------------------------------------
+# col2im: the adjoint of im2col (adds each row back onto the pixels it came from)
+# ---------------------------------------------------------------------------
+@_jit(parallel=True)
+def col2im(dcols, n, h, w, c, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w):
+    """dx[n, y, x, c] = sum of dcols over every (row, column) that im2col copied from x[n, y, x, c].
+
+    dcols (N*OH*OW, KH*KW*C) -> dx (N, H, W, C). Entries that came from padding are dropped.
+    """
+    dx = np.zeros((n, h, w, c), dtype=dcols.dtype)
+    for b in prange(n):
+        for oy in range(out_h):
+            for ox in range(out_w):
+                row = (b * out_h + oy) * out_w + ox
+                for i in range(kh):
+                    yy = oy * sh - pad_top + i
+                    if yy < 0 or yy >= h:
+                        continue
+                    for j in range(kw):
+                        xx = ox * sw - pad_left + j
+                        if xx < 0 or xx >= w:
+                            continue
+                        base = (i * kw + j) * c
+                        for ch in range(c):
+                            dx[b, yy, xx, ch] += dcols[row, base + ch]
+    return dx
+
+
+def col2im_numpy(dcols, n, h, w, c, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w):
+    """NumPy twin of `col2im`: add one strided slice per kernel position into a padded image, then crop."""
+    pad_bottom = max((out_h - 1) * sh + kh - h - pad_top, 0)
+    pad_right = max((out_w - 1) * sw + kw - w - pad_left, 0)
+    dxp = np.zeros((n, h + pad_top + pad_bottom, w + pad_left + pad_right, c), dtype=dcols.dtype)
+    d6 = dcols.reshape(n, out_h, out_w, kh, kw, c)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :] += d6[:, :, :, i, j, :]
+    return dxp[:, pad_top:pad_top + h, pad_left:pad_left + w, :].copy()
+
+
+# ---------------------------------------------------------------------------
+# Max pooling, keeping where each maximum came from
+# ---------------------------------------------------------------------------
+@_jit(parallel=True)
+def maxpool_forward(x, ph, pw, sh, sw, pad_top, pad_left, out_h, out_w):
+    """Max over each (PH, PW) window; padded cells are ignored (never chosen).
+
+    x (N, H, W, C) -> y (N, OH, OW, C) and argmax (N, OH, OW, C) int32, the flat
+    position y*W + x of the chosen pixel in its image plane.
+    Ties: the window is scanned row by row, left to right, and only a strictly larger
+    value replaces the current best, so the FIRST maximum wins (TensorFlow's rule).
+    """
+    n, h, w, c = x.shape
+    y = np.empty((n, out_h, out_w, c), dtype=x.dtype)
+    argmax = np.empty((n, out_h, out_w, c), dtype=np.int32)
+    for b in prange(n):
+        for oy in range(out_h):
+            y0 = max(oy * sh - pad_top, 0)
+            y1 = min(oy * sh - pad_top + ph, h)
+            for ox in range(out_w):
+                x0 = max(ox * sw - pad_left, 0)
+                x1 = min(ox * sw - pad_left + pw, w)
+                for ch in range(c):                      # start from the window's first real cell
+                    y[b, oy, ox, ch] = x[b, y0, x0, ch]
+                    argmax[b, oy, ox, ch] = y0 * w + x0
+                for yy in range(y0, y1):
+                    for xx in range(x0, x1):
+                        for ch in range(c):
+                            v = x[b, yy, xx, ch]
+                            if v > y[b, oy, ox, ch]:
+                                y[b, oy, ox, ch] = v
+                                argmax[b, oy, ox, ch] = yy * w + xx
+    return y, argmax
+
+
+def maxpool_forward_numpy(x, ph, pw, sh, sw, pad_top, pad_left, out_h, out_w):
+    """NumPy twin of `maxpool_forward`: pad with -inf, stack the windows, np.argmax (first max wins)."""
+    n, h, w, c = x.shape
+    pad_bottom = max((out_h - 1) * sh + ph - h - pad_top, 0)
+    pad_right = max((out_w - 1) * sw + pw - w - pad_left, 0)
+    xp = np.pad(x, ((0, 0), (pad_top, pad_bottom), (pad_left, pad_right), (0, 0)), constant_values=-np.inf)
+    windows = np.empty((n, out_h, out_w, c, ph * pw), dtype=x.dtype)
+    for i in range(ph):
+        for j in range(pw):
+            windows[..., i * pw + j] = xp[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :]
+    k = np.argmax(windows, axis=-1)                       # position in the window, row-major
+    y = np.take_along_axis(windows, k[..., None], axis=-1)[..., 0]
+    # window position -> pixel row/column in the unpadded image
+    rows = np.arange(out_h)[None, :, None, None] * sh - pad_top + k // pw
+    cols = np.arange(out_w)[None, None, :, None] * sw - pad_left + k % pw
+    return y, (rows * w + cols).astype(np.int32)
+
+
+@_jit(parallel=True)
+def maxpool_backward(dy, argmax, h, w):
+    """Send each output gradient to the pixel that won its window; overlapping windows add up.
+
+    dy (N, OH, OW, C), argmax (N, OH, OW, C) -> dx (N, H, W, C).
+    """
+    n, out_h, out_w, c = dy.shape
+    dx = np.zeros((n, h, w, c), dtype=dy.dtype)
+    for b in prange(n):
+        for oy in range(out_h):
+            for ox in range(out_w):
+                for ch in range(c):
+                    k = argmax[b, oy, ox, ch]
+                    dx[b, k // w, k % w, ch] += dy[b, oy, ox, ch]
+    return dx
+
+
+def maxpool_backward_numpy(dy, argmax, h, w):
+    """NumPy twin of `maxpool_backward`: np.add.at scatters (and adds up repeated winners)."""
+    n, out_h, out_w, c = dy.shape
+    dx = np.zeros((n, h * w, c), dtype=dy.dtype)
+    b = np.arange(n)[:, None, None, None]
+    ch = np.arange(c)[None, None, None, :]
+    np.add.at(dx, (np.broadcast_to(b, dy.shape), argmax, np.broadcast_to(ch, dy.shape)), dy)
+    return dx.reshape(n, h, w, c)
+
+
+# ---------------------------------------------------------------------------
+# Fused bias + ReLU, and ReLU's backward
+# ---------------------------------------------------------------------------
+@_jit(parallel=True)
+def bias_relu_(z, bias):
+    """In place: z[m, f] = max(z[m, f] + bias[f], 0). z (M, F), bias (F,). Returns z."""
+    m, f = z.shape
+    for r in prange(m):
+        for k in range(f):
+            v = z[r, k] + bias[k]
+            z[r, k] = v if v > 0 else 0
+    return z
+
+
+def bias_relu_numpy(z, bias):
+    """NumPy twin of `bias_relu_` (returns a new array)."""
+    return np.maximum(z + bias, 0)
+
+
+@_jit(parallel=True)
+def relu_backward(grad_y, y):
+    """dL/dz = dL/dy where the ReLU output y > 0, else 0 (also 0 at z = 0, as TensorFlow).
+
+    grad_y and y: same shape (any), C-contiguous. Returns a new array; grad_y is not changed.
+    """
+    g = grad_y.reshape(-1)
+    yf = y.reshape(-1)
+    out = np.empty_like(g)
+    for i in prange(g.size):
+        out[i] = g[i] if yf[i] > 0 else 0
+    return out.reshape(grad_y.shape)
+
+
+def relu_backward_numpy(grad_y, y):
+    """NumPy twin of `relu_backward`."""
+    return np.where(y > 0, grad_y, 0).astype(grad_y.dtype)

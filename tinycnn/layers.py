@@ -1,0 +1,550 @@
+"""The layers a CNN is made of, each with a hand-written forward and backward pass.
+
+Shapes: images are NHWC, (batch N, height H, width W, channels C), as in Keras.
+Every layer follows one contract (see the README, "The layer contract"):
+
+    layer.build(input_shape)        per-sample shape, no batch axis -> output shape; creates params
+    y = layer.forward(x, training)  x has the batch axis; caches what backward needs
+    dx = layer.backward(dy)         dL/dx from dL/dy; leaves dL/dparams in layer.grads
+                                    (same order and shapes as layer.params); never edits dy;
+                                    returns None when layer.need_input_grad is False
+
+Parameters use Keras's layout and order, so weights move between Keras and tinycnn
+unchanged: Conv2D [kernel (KH, KW, C, F), bias (F,)], Dense [kernel (in, units), bias (units,)].
+The arrays in `params` and `grads` are created once in build and then only updated in
+place, so an optimizer can keep its per-parameter state by position.
+
+A layer whose activation is softmax also caches its `logits` (the input of the softmax)
+and offers `backward_from_logits(dL/dlogits)`: with a cross-entropy loss the model
+hands it (softmax - onehot) / batch directly and the softmax Jacobian is never formed.
+"""
+import math
+import re
+
+import numpy as np
+
+from tinycnn import activations, initializers, kernels, utils
+
+# ---------------------------------------------------------------------------
+# Automatic names: "conv2d", "conv2d_1", "conv2d_2", ... as Keras gives them
+# ---------------------------------------------------------------------------
+_name_counts = {}
+
+
+def _unique_name(base):
+    count = _name_counts.get(base, 0)
+    _name_counts[base] = count + 1
+    return base if count == 0 else f"{base}_{count}"
+
+
+def reset_name_counters():
+    """Start automatic names again from "conv2d", "dense", ... (handy in tests and notebooks)."""
+    _name_counts.clear()
+
+
+def _snake_case(class_name):
+    """'MaxPooling2D' -> 'max_pooling2d', 'ReLU' -> 're_lu' (Keras's rule)."""
+    s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", class_name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
+
+
+# ---------------------------------------------------------------------------
+# Argument checking, shared by the constructors
+# ---------------------------------------------------------------------------
+def _positive_int(value, what, owner):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{owner}: {what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _pair(value, what, owner):
+    """An int n or a pair (a, b) of positive ints -> (n, n) or (a, b)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (value, value)
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{owner}: {what} must be an int or a pair of ints, got {value!r}")
+    return tuple(_positive_int(v, what, owner) for v in value)
+
+
+def _padding(value, owner):
+    if not isinstance(value, str) or value.lower() not in ("valid", "same"):
+        raise ValueError(f"{owner}: padding must be 'valid' or 'same', got {value!r}")
+    return value.lower()
+
+
+def _shape_tuple(shape, what, owner):
+    """A per-sample shape as a tuple of positive ints (accepts lists, e.g. from JSON)."""
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise ValueError(f"{owner}: {what} must be a tuple of positive ints, got {shape!r}") from None
+    if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in shape):
+        raise ValueError(f"{owner}: {what} must be a tuple of positive ints, got {shape!r}")
+    return tuple(int(s) for s in shape)
+
+
+# ---------------------------------------------------------------------------
+# The base class
+# ---------------------------------------------------------------------------
+class Layer:
+    """Base class: naming, shape checks, weights in and out, config. Subclasses add the maths."""
+
+    def __init__(self, input_shape=None, name=None, dtype=None):
+        cls = type(self).__name__
+        if name is None:
+            name = _unique_name(_snake_case(cls))
+        elif not isinstance(name, str) or not name:
+            raise ValueError(f"{cls}: name must be a non-empty string, got {name!r}")
+        self.name = name
+        dtype = utils.floatx() if dtype is None else dtype
+        try:
+            self.dtype = np.dtype(dtype).name
+        except TypeError:
+            self.dtype = None
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"{self.name}: dtype must be 'float32' or 'float64', got {dtype!r}")
+        self.input_shape = None if input_shape is None else _shape_tuple(input_shape, "input_shape", self.name)
+        self._given_input_shape = self.input_shape     # remembered for get_config
+        self.output_shape = None
+        self.built = False
+        self.params = []                               # Keras order: what get_weights returns
+        self.grads = []                                # same shapes, filled by backward
+        self.need_input_grad = True                    # the model sets False on the first layer
+
+    # -- shapes ------------------------------------------------------------------------------
+    def build(self, input_shape):
+        """Check the per-sample input shape, create the parameters, return the output shape."""
+        input_shape = _shape_tuple(input_shape, "input shape", self.name)
+        if self.built:
+            if input_shape != self.input_shape:
+                raise ValueError(f"{self.name}: already built for input shape {self.input_shape}, "
+                                 f"cannot rebuild for {input_shape}")
+            return self.output_shape
+        if self._given_input_shape is not None and input_shape != self._given_input_shape:
+            raise ValueError(f"{self.name}: was given input_shape={self._given_input_shape} "
+                             f"but is being built for input shape {input_shape}")
+        self.output_shape = self.compute_output_shape(input_shape)
+        self.input_shape = input_shape
+        self._create_params(input_shape)
+        self.built = True
+        return self.output_shape
+
+    def compute_output_shape(self, input_shape):
+        """Per-sample output shape for this per-sample input shape (validates it)."""
+        return tuple(input_shape)
+
+    def _create_params(self, input_shape):
+        """Subclasses with weights fill self.params and self.grads here."""
+
+    def _check_rank(self, input_shape, rank, meaning):
+        if len(input_shape) != rank:
+            raise ValueError(f"{self.name}: expected a per-sample input of rank {rank} {meaning}, "
+                             f"got shape {tuple(input_shape)} (rank {len(input_shape)})")
+
+    def _check_input(self, x):
+        """x as a C-contiguous array of the layer's dtype, after checking its shape."""
+        x = np.asarray(x)
+        if x.ndim == 0:
+            raise ValueError(f"{self.name}: expected a batch of inputs, got a scalar")
+        if not self.built:
+            self.build(x.shape[1:])
+        if x.shape[1:] != self.input_shape:
+            raise ValueError(f"{self.name}: expected input of shape (batch, "
+                             f"{', '.join(map(str, self.input_shape))}), got {x.shape}")
+        if x.dtype != self.dtype:
+            x = x.astype(self.dtype)
+        return np.ascontiguousarray(x)
+
+    # -- the maths (subclasses) -------------------------------------------------------------------
+    def forward(self, x, training=False):
+        raise NotImplementedError
+
+    def backward(self, grad_out):
+        raise NotImplementedError
+
+    @property
+    def outputs_softmax(self):
+        """True when this layer's output is a softmax (then backward_from_logits exists)."""
+        activation = getattr(self, "activation", None)
+        return activation is not None and activation.name == "softmax"
+
+    def backward_from_logits(self, grad_logits):
+        """Backward from dL/dlogits, skipping the softmax Jacobian (softmax layers only)."""
+        raise TypeError(f"{self.name}: backward_from_logits needs a layer whose output is a softmax")
+
+    # -- weights ------------------------------------------------------------------------------
+    def get_weights(self):
+        """Copies of the parameters, in Keras's order and shapes."""
+        return [p.copy() for p in self.params]
+
+    def set_weights(self, weights):
+        """Copy `weights` (a list in Keras's order and shapes) into the existing parameter arrays."""
+        if not self.built:
+            raise ValueError(f"{self.name}: set_weights before the layer is built; call "
+                             f"build(input_shape) first (or give input_shape=...)")
+        weights = list(weights)
+        expected = [p.shape for p in self.params]
+        if len(weights) != len(self.params):
+            raise ValueError(f"{self.name}: set_weights expected {len(self.params)} arrays with shapes "
+                             f"{expected}, got {len(weights)} arrays")
+        actual = [np.shape(w) for w in weights]
+        for i, (want, got) in enumerate(zip(expected, actual)):
+            if tuple(want) != tuple(got):
+                raise ValueError(f"{self.name}: set_weights: weight {i} should have shape {want}, "
+                                 f"got {got} (expected shapes {expected}, got {actual})")
+        for p, w in zip(self.params, weights):
+            p[...] = w                     # in place: optimizer slots stay tied to these arrays
+
+    def count_params(self):
+        """Number of scalar parameters."""
+        if not self.built:
+            raise ValueError(f"{self.name}: count_params before the layer is built")
+        return int(sum(p.size for p in self.params))
+
+    # -- config -------------------------------------------------------------------------------
+    def get_config(self):
+        """JSON-able constructor arguments (layers add theirs)."""
+        config = {"name": self.name, "dtype": self.dtype}
+        if self._given_input_shape is not None:
+            config["input_shape"] = list(self._given_input_shape)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        """A new, unbuilt layer from get_config's dict."""
+        return cls(**config)
+
+    def __repr__(self):
+        return f"<{type(self).__name__} name={self.name!r} output_shape={self.output_shape}>"
+
+
+class _WeightedLayer(Layer):
+    """Shared by Conv2D and Dense: bias + activation after a matrix product, and back."""
+
+    def _init_weights_args(self, activation, use_bias, kernel_initializer, bias_initializer):
+        self.activation = activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+
+    def _add_weights(self, kernel_shape, bias_shape):
+        rng = utils.get_rng()
+        self.kernel = self.kernel_initializer(kernel_shape, dtype=self.dtype, rng=rng)
+        self.params, self.grads = [self.kernel], [np.zeros_like(self.kernel)]
+        if self.use_bias:
+            self.bias = self.bias_initializer(bias_shape, dtype=self.dtype, rng=rng)
+            self.params.append(self.bias)
+            self.grads.append(np.zeros_like(self.bias))
+
+    def _bias_and_activation(self, z):
+        """z (M, F) = the matrix product -> activation(z + bias), caching what backward needs."""
+        if self.activation.name == "relu" and self.use_bias:
+            y = kernels.bias_relu_(z, self.bias)           # fused y = max(z + b, 0), in place
+        else:
+            if self.use_bias:
+                z += self.bias
+            if self.outputs_softmax:
+                self.logits = z                            # for backward_from_logits
+            y = self.activation.forward(z)
+        return y
+
+    def backward(self, grad_out):
+        """dL/dx from dL/dy: through the activation (dL/dz = f'(z) * dL/dy), then the linear part."""
+        grad_z = self.activation.backward(grad_out, self.output)
+        return self.backward_linear(grad_z)
+
+    def backward_from_logits(self, grad_logits):
+        """dL/dx from dL/dz, z the softmax's input (the loss gives (softmax - onehot)/batch)."""
+        if not self.outputs_softmax:
+            super().backward_from_logits(grad_logits)
+        return self.backward_linear(grad_logits)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(activation=self.activation.name, use_bias=self.use_bias,
+                      kernel_initializer=initializers.name_of(self.kernel_initializer),
+                      bias_initializer=initializers.name_of(self.bias_initializer))
+        return config
+
+
+# ---------------------------------------------------------------------------
+# Conv2D
+# ---------------------------------------------------------------------------
+class Conv2D(_WeightedLayer):
+    """2-D convolution (Keras: cross-correlation, no kernel flip), NHWC.
+
+    x (N, H, W, C) -> y (N, OH, OW, F); kernel (KH, KW, C, F), bias (F,).
+        y[n, oy, ox, f] = act( bias[f] + sum_{i, j, c} x_pad[n, oy*sh + i, ox*sw + j, c] * kernel[i, j, c, f] )
+    "valid": OH = floor((H - KH) / sh) + 1;  "same": OH = ceil(H / sh), zero padding with the odd
+    row at the bottom (TensorFlow's rule). Likewise for widths.
+
+    As one matrix product: the patches of x become the rows of cols (N*OH*OW, KH*KW*C) (im2col),
+    and the kernel reshapes, with no transpose, to W2 (KH*KW*C, F):  Z = cols @ W2.
+    """
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", input_shape=None,
+                 name=None, dtype=None):
+        super().__init__(input_shape, name, dtype)
+        self.filters = _positive_int(filters, "filters", self.name)
+        self.kernel_size = _pair(kernel_size, "kernel_size", self.name)
+        self.strides = _pair(strides, "strides", self.name)
+        self.padding = _padding(padding, self.name)
+        self._init_weights_args(activation, use_bias, kernel_initializer, bias_initializer)
+
+    def _geometry(self, input_shape):
+        """(OH, OW, pad_top, pad_left) for a per-sample input (H, W, C)."""
+        (h, w, _), (kh, kw), (sh, sw) = input_shape, self.kernel_size, self.strides
+        oh, (pad_top, _) = kernels.conv_output_size(h, kh, sh, self.padding)
+        ow, (pad_left, _) = kernels.conv_output_size(w, kw, sw, self.padding)
+        return oh, ow, pad_top, pad_left
+
+    def compute_output_shape(self, input_shape):
+        self._check_rank(input_shape, 3, "(height, width, channels)")
+        oh, ow, _, _ = self._geometry(input_shape)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"{self.name}: kernel_size {self.kernel_size} is larger than the input "
+                             f"{tuple(input_shape[:2])} with padding='valid'; use a smaller kernel "
+                             f"or padding='same'")
+        return (oh, ow, self.filters)
+
+    def _create_params(self, input_shape):
+        kh, kw = self.kernel_size
+        self._add_weights((kh, kw, input_shape[2], self.filters), (self.filters,))
+        self._oh, self._ow, self._pad_top, self._pad_left = self._geometry(input_shape)
+
+    def forward(self, x, training=False):
+        """x (N, H, W, C) -> y (N, OH, OW, F). Caches cols (for dW, dx) and y (for the activation)."""
+        x = self._check_input(x)
+        (kh, kw), (sh, sw), f = self.kernel_size, self.strides, self.filters
+        self.cols = kernels.im2col(x, kh, kw, sh, sw, self._pad_top, self._pad_left, self._oh, self._ow)
+        z = self.cols @ self.kernel.reshape(kh * kw * x.shape[3], f)        # (N*OH*OW, F)
+        y = self._bias_and_activation(z)
+        self.output = y.reshape(x.shape[0], self._oh, self._ow, f)
+        if self.outputs_softmax:
+            self.logits = self.logits.reshape(self.output.shape)
+        return self.output
+
+    def backward_linear(self, grad_z):
+        """grad_z = dL/dz (N, OH, OW, F), z = conv + bias before the activation -> dL/dx (N, H, W, C).
+
+            dL/dW2 = cols^T @ dZ   (KH*KW*C, F), reshaped to the kernel's (KH, KW, C, F)
+            dL/db  = sum of dZ over batch and pixels
+            dL/dx  = col2im(dZ @ W2^T): every patch's gradient added back onto its pixels
+        """
+        (kh, kw), (sh, sw), f = self.kernel_size, self.strides, self.filters
+        dz = grad_z.reshape(-1, f)                                             # (N*OH*OW, F)
+        self.grads[0][...] = (self.cols.T @ dz).reshape(self.kernel.shape)
+        if self.use_bias:
+            self.grads[1][...] = dz.sum(axis=0)
+        if not self.need_input_grad:
+            return None
+        dcols = dz @ self.kernel.reshape(-1, f).T                              # (N*OH*OW, KH*KW*C)
+        h, w, c = self.input_shape
+        return kernels.col2im(dcols, grad_z.shape[0], h, w, c, kh, kw, sh, sw,
+                              self._pad_top, self._pad_left, self._oh, self._ow)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters, kernel_size=list(self.kernel_size), strides=list(self.strides),
+                      padding=self.padding)
+        return config
+
+
+# ---------------------------------------------------------------------------
+# MaxPooling2D
+# ---------------------------------------------------------------------------
+class MaxPooling2D(Layer):
+    """Max over (PH, PW) windows moved by (sh, sw); strides default to the pool size.
+
+    x (N, H, W, C) -> y (N, OH, OW, C), sizes as in Conv2D; "same" padding cells are ignored.
+    Backward: each window's gradient goes to the pixel that won it (dL/dx = dL/dy there, 0 elsewhere);
+    a pixel that wins several overlapping windows receives the sum. Ties: the first maximum in
+    row-major order wins, as in TensorFlow, so exactly one pixel per window gets the gradient.
+    """
+
+    def __init__(self, pool_size=2, strides=None, padding="valid", input_shape=None, name=None, dtype=None):
+        super().__init__(input_shape, name, dtype)
+        self.pool_size = _pair(pool_size, "pool_size", self.name)
+        self.strides = self.pool_size if strides is None else _pair(strides, "strides", self.name)
+        self.padding = _padding(padding, self.name)
+
+    def _geometry(self, input_shape):
+        """(OH, OW, pad_top, pad_left) for a per-sample input (H, W, C)."""
+        (h, w, _), (ph, pw), (sh, sw) = input_shape, self.pool_size, self.strides
+        oh, (pad_top, _) = kernels.conv_output_size(h, ph, sh, self.padding)
+        ow, (pad_left, _) = kernels.conv_output_size(w, pw, sw, self.padding)
+        return oh, ow, pad_top, pad_left
+
+    def compute_output_shape(self, input_shape):
+        self._check_rank(input_shape, 3, "(height, width, channels)")
+        oh, ow, _, _ = self._geometry(input_shape)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"{self.name}: pool_size {self.pool_size} is larger than the input "
+                             f"{tuple(input_shape[:2])} with padding='valid'; use a smaller pool "
+                             f"or padding='same'")
+        return (oh, ow, input_shape[2])
+
+    def _create_params(self, input_shape):
+        _, _, self._pad_top, self._pad_left = self._geometry(input_shape)   # no weights, only geometry
+
+    def forward(self, x, training=False):
+        """x (N, H, W, C) -> y (N, OH, OW, C); caches argmax (N, OH, OW, C), each winner's y*W + x."""
+        x = self._check_input(x)
+        (ph, pw), (sh, sw), (oh, ow, _) = self.pool_size, self.strides, self.output_shape
+        y, self.argmax = kernels.maxpool_forward(x, ph, pw, sh, sw, self._pad_top, self._pad_left, oh, ow)
+        return y
+
+    def backward(self, grad_out):
+        """dL/dy (N, OH, OW, C) -> dL/dx (N, H, W, C): scattered onto the winners, summed."""
+        if not self.need_input_grad:
+            return None
+        h, w, _ = self.input_shape
+        return kernels.maxpool_backward(np.ascontiguousarray(grad_out), self.argmax, h, w)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(pool_size=list(self.pool_size), strides=list(self.strides), padding=self.padding)
+        return config
+
+
+# ---------------------------------------------------------------------------
+# Flatten
+# ---------------------------------------------------------------------------
+class Flatten(Layer):
+    """x (N, d1, d2, ...) -> (N, d1*d2*...), in C order (rows, then columns, then channels, as Keras).
+
+    Backward only reshapes the gradient back: dL/dx = dL/dy.reshape(x.shape).
+    """
+
+    def compute_output_shape(self, input_shape):
+        return (math.prod(input_shape),)
+
+    def forward(self, x, training=False):
+        x = self._check_input(x)
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, grad_out):
+        if not self.need_input_grad:
+            return None
+        return grad_out.reshape((grad_out.shape[0],) + self.input_shape)
+
+
+# ---------------------------------------------------------------------------
+# Dense
+# ---------------------------------------------------------------------------
+class Dense(_WeightedLayer):
+    """Fully connected: y = act(x @ kernel + bias) on the last axis.
+
+    x (N, in) -> y (N, units); kernel (in, units), bias (units,). (Inputs of higher rank
+    (N, ..., in) are treated as N*... rows, as Keras does.)
+    """
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", input_shape=None, name=None, dtype=None):
+        super().__init__(input_shape, name, dtype)
+        self.units = _positive_int(units, "units", self.name)
+        self._init_weights_args(activation, use_bias, kernel_initializer, bias_initializer)
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) < 1:
+            raise ValueError(f"{self.name}: expected a per-sample input of rank >= 1 (features,), "
+                             f"got shape {tuple(input_shape)}")
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def _create_params(self, input_shape):
+        self._add_weights((input_shape[-1], self.units), (self.units,))
+
+    def forward(self, x, training=False):
+        """x (N, in) -> y (N, units). Caches the input rows (for dW) and y (for the activation)."""
+        x = self._check_input(x)
+        self.x_rows = x.reshape(-1, x.shape[-1])                  # (N, in)
+        y = self._bias_and_activation(self.x_rows @ self.kernel)   # (N, units)
+        self.output = y.reshape(x.shape[:-1] + (self.units,))
+        if self.outputs_softmax:
+            self.logits = self.logits.reshape(self.output.shape)
+        return self.output
+
+    def backward_linear(self, grad_z):
+        """grad_z = dL/dz (N, units), z = x @ kernel + bias -> dL/dx (N, in).
+
+            dL/dkernel = x^T @ dZ      (in, units)
+            dL/dbias   = sum over the batch of dZ
+            dL/dx      = dZ @ kernel^T
+        """
+        dz = grad_z.reshape(-1, self.units)
+        self.grads[0][...] = self.x_rows.T @ dz
+        if self.use_bias:
+            self.grads[1][...] = dz.sum(axis=0)
+        if not self.need_input_grad:
+            return None
+        return (dz @ self.kernel.T).reshape(grad_z.shape[:-1] + (self.kernel.shape[0],))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(units=self.units)
+        return config
+
+
+# ---------------------------------------------------------------------------
+# Activations as layers
+# ---------------------------------------------------------------------------
+class Activation(Layer):
+    """Applies an activation ("relu", "softmax", "linear") elementwise / over the last axis."""
+
+    def __init__(self, activation, input_shape=None, name=None, dtype=None):
+        super().__init__(input_shape, name, dtype)
+        self.activation = activations.get(activation)
+
+    def forward(self, x, training=False):
+        """x (N, ...) -> y = f(x), same shape; caches y (and the logits x for softmax)."""
+        x = self._check_input(x)
+        if self.outputs_softmax:
+            self.logits = x
+        self.output = self.activation.forward(x)
+        return self.output
+
+    def backward(self, grad_out):
+        """dL/dx = f'(x) * dL/dy (for softmax, the Jacobian-vector product)."""
+        if not self.need_input_grad:
+            return None
+        return self.activation.backward(grad_out, self.output)
+
+    def backward_from_logits(self, grad_logits):
+        """With a softmax, dL/dlogits is dL/dx itself: pass it through (a copy, never the caller's array)."""
+        if not self.outputs_softmax:
+            super().backward_from_logits(grad_logits)
+        return np.array(grad_logits, copy=True) if self.need_input_grad else None
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(activation=self.activation.name)
+        return config
+
+
+class ReLU(Activation):
+    """max(x, 0) as a layer (Keras's ReLU(); named "re_lu", "re_lu_1", ...)."""
+
+    def __init__(self, input_shape=None, name=None, dtype=None):
+        super().__init__("relu", input_shape, name, dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["activation"]
+        return config
+
+
+class Softmax(Activation):
+    """Softmax over the last axis as a layer (Keras's Softmax())."""
+
+    def __init__(self, input_shape=None, name=None, dtype=None):
+        super().__init__("softmax", input_shape, name, dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["activation"]
+        return config
+
+
+LAYER_CLASSES = {cls.__name__: cls for cls in
+                 (Conv2D, MaxPooling2D, Flatten, Dense, Activation, ReLU, Softmax)}
