@@ -1,0 +1,43 @@
+"""Every example script runs headless in quick mode, exits 0 and writes its pictures."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+# script -> (the PNGs it must write, a line its output must contain)
+EXPECTED = {
+    "01_look_at_the_data.py": (["images.png"], "train images: (60000, 28, 28) uint8"),
+    "02_cnn_categorical.py": (["learning_curves.png", "activations.png"], "test accuracy"),
+    "03_simple_dense.py": (["learning_curves.png"], "test accuracy"),
+    "04_cnn_sparse.py": (["learning_curves.png", "activations.png"], "test accuracy"),
+    "05_cross_validation.py": (["learning_curves.png", "performance.png"], "Accuracy: mean="),
+    "06_filters_confusion_mistakes.py": (["filters.png", "confusion_matrix.png",
+                                          "misclassified.png"], "test accuracy"),
+}
+
+
+def test_every_example_script_is_covered():
+    assert sorted(p.name for p in EXAMPLES.glob("[0-9]*.py")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("script", sorted(EXPECTED))
+def test_example_runs_in_quick_mode(script, tmp_path):
+    pictures, expected_text = EXPECTED[script]
+    env = dict(os.environ, MPLBACKEND="", DISPLAY="")      # headless, whatever the host has
+    env.pop("MPLBACKEND")
+    done = subprocess.run([sys.executable, str(EXAMPLES / script), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert expected_text in done.stdout
+    for name in pictures:
+        png = tmp_path / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{script} did not write {name}"
+        assert png.stat().st_size > 5000                  # a real picture, not an empty canvas
+    if script == "05_cross_validation.py":
+        fold_lines = [line for line in done.stdout.splitlines() if line.startswith("> ")]
+        assert len(fold_lines) == 5
