@@ -224,8 +224,8 @@ def describe_data(path=None):
             lines.append(f"  {shown:<28} {shape:<16} {status}")
     lines.append("Searched, in order:")
     for number, place in enumerate(info["searched"], start=1):
-        where = place["directory"] or ""
-        lines.append(f"  {number}. {place['place']}: {where}  [{place['status']}]")
+        where = f"{place['directory']}  [{place['status']}]" if place["directory"] else place["status"]
+        lines.append(f"  {number}. {place['place']}: {where}")
     lines.append(f"Downloads go to {info['cache']} from {info['mirror']}")
     if info["error"]:
         lines.append("")
@@ -414,7 +414,8 @@ def _fix_for_damaged(place, file_path):
 
 def _places_list(places):
     """The searched places as numbered lines."""
-    return "\n".join(f"  {i}. {p['label']}: {p['directory'] or ''}  [{p['status']}]"
+    return "\n".join(f"  {i}. {p['label']}: " + (f"{p['directory']}  [{p['status']}]" if p["directory"]
+                                                  else p["status"])
                      for i, p in enumerate(places, start=1))
 
 
@@ -520,7 +521,8 @@ def _fetch(url, directory, fix):
             raise                          # our own error, or Ctrl-C: pass it on as it is
         raise DatasetError(f"{_describe_network_error(url, error, received)}.\n{fix}",
                            path=url, reason=error) from None
-    print(f"tinycnn: ... {received / 1e6:.1f} MB received", file=sys.stderr, flush=True)
+    size = f"{received / 1e6:.1f} MB" if received >= 1e6 else f"{received / 1e3:.0f} kB"
+    print(f"tinycnn: ... {size} received", file=sys.stderr, flush=True)
     return Path(temporary)
 
 
