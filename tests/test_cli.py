@@ -1,0 +1,190 @@
+"""The `tinycnn` command: help, a quick real run of each command, and clear errors."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tinycnn.cli import build_parser, main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def headless_env(**extra):
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("MPLBACKEND", "DISPLAY", "WAYLAND_DISPLAY")}
+    env.update(extra)
+    return env
+
+
+# ---------------------------------------------------------------------------
+# --help everywhere
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("argv", [
+    [], ["data"], ["summary"], ["train"], ["evaluate"], ["cv"], ["plot"],
+    ["plot", "activations"], ["plot", "filters"], ["plot", "confusion"], ["plot", "mistakes"],
+    ["plot", "images"],
+])
+def test_help_everywhere(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv + ["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: tinycnn" + "".join(" " + a for a in argv))
+
+
+def test_defaults_are_the_notebooks():
+    args = build_parser().parse_args(["train"])
+    assert (args.model, args.epochs, args.batch_size) == ("cnn_categorical", 5, 32)
+    args = build_parser().parse_args(["cv"])
+    assert (args.folds, args.epochs, args.batch_size, args.jobs) == (5, 10, 32, 1)
+    args = build_parser().parse_args(["plot", "activations", "m.npz"])
+    assert (args.images, args.filter_index) == ([0, 7, 26], 1)
+
+
+# ---------------------------------------------------------------------------
+# Bad arguments, missing data, bad model files: one line on stderr, non-zero exit
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--model", "resnet"], "invalid choice: 'resnet'"),
+    (["train", "--epochs", "0"], "must be 1 or more"),
+    (["train", "--batch-size", "ten"], "expected a whole number"),
+    (["cv", "--jobs", "0"], "positive number of processes"),
+    (["plot", "activations", "m.npz", "--filter", "-1"], "must be 0 or more"),
+    (["fly"], "invalid choice: 'fly'"),
+])
+def test_bad_arguments_exit_2_with_a_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TINYCNN_DATA", str(tmp_path))          # an explicit, empty folder
+    assert main(["train", "--limit", "100", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tinycnn train: error: Fashion-MNIST cannot be loaded")
+    assert "TINYCNN_DATA" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+    assert main(["data"]) == 1                                 # `tinycnn data` reports it too
+    assert "NOT USABLE" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "No such file"),
+    (b"not a model at all", ""),
+])
+def test_bad_model_file_is_one_clear_line(tmp_path, capsys, content, expected):
+    path = tmp_path / "model.npz"
+    if content is not None:
+        path.write_bytes(content)
+    assert main(["evaluate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tinycnn evaluate: error: ")
+    assert expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_errors_through_the_installed_command_have_no_traceback(tmp_path):
+    bad = tmp_path / "broken.npz"
+    bad.write_bytes(b"\x00" * 100)
+    for command in (["tinycnn"], [sys.executable, "-m", "tinycnn"]):
+        done = subprocess.run(command + ["evaluate", str(bad)], capture_output=True, text=True,
+                              env=headless_env(), timeout=120)
+        assert done.returncode == 1
+        assert "Traceback" not in done.stderr
+        assert done.stderr.startswith("tinycnn evaluate: error: ")
+    done = subprocess.run(["tinycnn", "train", "--limit", "50", "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120,
+                          env=headless_env(TINYCNN_DATA=str(tmp_path / "nowhere")))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "Fashion-MNIST cannot be loaded" in done.stderr
+
+
+# ---------------------------------------------------------------------------
+# The commands, quickly, on the real data
+# ---------------------------------------------------------------------------
+def test_data_command_reports_ok(capsys):
+    assert main(["data"]) == 0
+    assert "OK, all four files verified" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, total", [
+    ("cnn_categorical", "542,230"), ("simple_dense", "101,770"), ("cnn_sparse", "243,786")])
+def test_summary_shows_the_notebooks_parameter_counts(name, total, capsys):
+    assert main(["summary", "--model", name]) == 0
+    assert total in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One quick `tinycnn train` through the installed command: 2,000 images, 1 epoch."""
+    out = tmp_path_factory.mktemp("run")
+    done = subprocess.run(["tinycnn", "train", "--model", "cnn_categorical", "--epochs", "1",
+                           "--limit", "2000", "--out", str(out), "--verbose", "0"],
+                          capture_output=True, text=True, env=headless_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done.stdout
+
+
+def test_train_saves_model_history_results_and_pictures(trained_run):
+    out, stdout = trained_run
+    assert (out / "model.npz").stat().st_size > 100_000          # 542,230 float32 weights
+    history = json.loads((out / "history.json").read_text())
+    assert set(history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(values) == 1 for values in history.values())
+    results = json.loads((out / "results.json").read_text())
+    assert results["train_images"] == results["test_images"] == 2000
+    assert 0.5 < results["test_accuracy"] <= 1.0                  # learned something in 1 epoch
+    assert f"test accuracy {results['test_accuracy']:.4f}" in stdout
+    # the final validation score is the test score
+    assert history["val_accuracy"][-1] == pytest.approx(results["test_accuracy"], abs=1e-6)
+    for name in ("learning_curves.png", "confusion_matrix.png", "misclassified.png",
+                 "activations.png", "filters.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]    # no leftovers
+
+
+def test_evaluate_the_saved_model_gives_the_same_score(trained_run, capsys):
+    out, _ = trained_run
+    results = json.loads((out / "results.json").read_text())
+    assert main(["evaluate", str(out / "model.npz"), "--limit", "2000"]) == 0
+    printed = capsys.readouterr().out
+    assert f"test accuracy {results['test_accuracy']:.4f}" in printed
+    assert "(2000 images)" in printed
+
+
+def test_plot_commands_write_pngs(trained_run, tmp_path, capsys):
+    out, _ = trained_run
+    model_file = str(out / "model.npz")
+    picture = tmp_path / "act.png"
+    assert main(["plot", "activations", model_file, "--images", "0", "7", "26",
+                 "--filter", "1", "--out", str(picture)]) == 0
+    assert picture.read_bytes()[:8] == PNG_MAGIC
+    assert main(["plot", "filters", model_file, "--out", str(tmp_path / "f.png")]) == 0
+    assert (tmp_path / "f.png").read_bytes()[:8] == PNG_MAGIC
+    # a filter the model doesn't have, and an image index the test set doesn't have
+    capsys.readouterr()
+    assert main(["plot", "activations", model_file, "--filter", "99",
+                 "--out", str(tmp_path / "x.png")]) == 1
+    assert "filter_index 99 is out of range" in capsys.readouterr().err
+    assert main(["plot", "activations", model_file, "--images", "10000",
+                 "--out", str(tmp_path / "x.png")]) == 1
+    assert "index 10000 is out of range" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_cv_command_quick(tmp_path, capsys):
+    assert main(["cv", "--limit", "400", "--folds", "2", "--epochs", "1", "--out",
+                 str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "cv.json").read_text())
+    assert len(report["scores"]) == 2 and report["train_images"] == 400
+    fold_lines = [line for line in printed.splitlines() if line.startswith("> ")]
+    assert fold_lines == ["> %.3f" % (s * 100) for s in report["scores"]]
+    assert "Accuracy: mean=%.3f std=%.3f, n=2" % (np.mean(report["scores"]) * 100,
+                                                  np.std(report["scores"]) * 100) in printed
+    for name in ("learning_curves.png", "performance.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
