@@ -1,0 +1,113 @@
+"""The notebook's three models: layers, initializers, optimizers, losses, sizes, and that they learn."""
+import numpy as np
+import pytest
+
+from tinycnn import zoo
+from tinycnn.data import load_for_model
+from tinycnn.optimizers import SGD, Adam
+from tinycnn.utils import set_random_seed
+
+
+def layer_summary(model):
+    """(class name, the config entries that define it) for each layer."""
+    keys = ("filters", "kernel_size", "pool_size", "units", "activation", "kernel_initializer")
+    rows = []
+    for layer in model.layers:
+        config = layer.get_config()
+        rows.append((type(layer).__name__,) + tuple(
+            tuple(config[k]) if isinstance(config.get(k), list) else config[k]
+            for k in keys if k in config))
+    return rows
+
+
+def test_cnn_categorical_is_the_notebooks():
+    model = zoo.cnn_categorical_model()
+    assert layer_summary(model) == [
+        ("Conv2D", 32, (3, 3), "relu", "he_uniform"),
+        ("MaxPooling2D", (2, 2)),
+        ("Flatten",),
+        ("Dense", 100, "relu", "he_uniform"),
+        ("Dense", 10, "softmax", "glorot_uniform"),
+    ]
+    assert isinstance(model.optimizer, SGD)
+    assert model.optimizer.learning_rate == pytest.approx(0.01)
+    assert model.optimizer.momentum == pytest.approx(0.9)
+    assert model.count_params() == 542_230
+
+
+def test_simple_dense_is_the_notebooks_and_builds_on_first_data():
+    model = zoo.simple_dense_model()
+    assert layer_summary(model) == [
+        ("Flatten",),
+        ("Dense", 128, "relu", "glorot_uniform"),
+        ("Dense", 10, "softmax", "glorot_uniform"),
+    ]
+    assert model.layers[0].get_config().get("input_shape") is None    # as in the notebook
+    assert isinstance(model.optimizer, Adam)
+    assert model.optimizer.learning_rate == pytest.approx(0.001)
+    model.predict(np.zeros((2, 28, 28), np.float32))
+    assert model.count_params() == 101_770
+
+
+def test_cnn_sparse_is_the_notebooks():
+    model = zoo.cnn_sparse_categorical_model()
+    assert layer_summary(model) == [
+        ("Conv2D", 64, (3, 3), "relu", "glorot_uniform"),
+        ("MaxPooling2D", (2, 2)),
+        ("Conv2D", 64, (3, 3), "relu", "glorot_uniform"),
+        ("MaxPooling2D", (2, 2)),
+        ("Flatten",),
+        ("Dense", 128, "relu", "glorot_uniform"),
+        ("Dense", 10, "softmax", "glorot_uniform"),
+    ]
+    assert isinstance(model.optimizer, Adam)
+    assert model.count_params() == 243_786
+
+
+def test_he_uniform_kernels_use_their_fan_in():
+    """he_uniform draws from +-sqrt(6 / fan_in); glorot from +-sqrt(6 / (fan_in + fan_out))."""
+    set_random_seed(3)
+    model = zoo.cnn_categorical_model()
+    conv, dense, out = model.layers[0], model.layers[3], model.layers[4]
+    for kernel, limit in ((conv.get_weights()[0], np.sqrt(6 / 9)),
+                          (dense.get_weights()[0], np.sqrt(6 / 5408)),
+                          (out.get_weights()[0], np.sqrt(6 / (100 + 10)))):
+        assert np.abs(kernel).max() <= limit
+        assert np.abs(kernel).max() > 0.95 * limit       # fills the range: the right formula
+
+
+def test_models_table_matches_each_models_loss_and_input():
+    assert set(zoo.MODELS) == {"cnn_categorical", "simple_dense", "cnn_sparse"}
+    for name, spec in zoo.MODELS.items():
+        model = spec.build()
+        loss_name = model.loss if isinstance(model.loss, str) else type(model.loss).__name__
+        assert ("sparse" not in loss_name.lower()) == spec.one_hot, name
+        assert zoo.get_model(name) is not zoo.get_model(name)        # a fresh model each time
+    assert zoo.MODELS["cnn_categorical"].input_shape == (28, 28, 1)
+    assert zoo.MODELS["simple_dense"].input_shape == (28, 28)
+    with pytest.raises(ValueError, match="choose one of: cnn_categorical, simple_dense, cnn_sparse"):
+        zoo.get_model("lenet")
+
+
+def test_each_model_is_seeded():
+    set_random_seed(5)
+    a = zoo.cnn_sparse_categorical_model().get_weights()
+    set_random_seed(5)
+    b = zoo.cnn_sparse_categorical_model().get_weights()
+    set_random_seed(6)
+    c = zoo.cnn_sparse_categorical_model().get_weights()
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[0], c[0])
+
+
+@pytest.mark.parametrize("name", sorted(zoo.MODELS))
+def test_each_model_learns_from_real_data_in_one_short_epoch(name):
+    """1,000 real images, one epoch: well above chance (10%) on 1,000 test images."""
+    (x_train, y_train), (x_test, y_test) = load_for_model(name, limit=1000)
+    set_random_seed(1)
+    model = zoo.get_model(name)
+    _, before = model.evaluate(x_test, y_test, verbose=0)
+    history = model.fit(x_train, y_train, epochs=1, batch_size=32, verbose=0)
+    _, after = model.evaluate(x_test, y_test, verbose=0)
+    assert after > 0.6 and after > before + 0.3
+    assert np.isfinite(history.history["loss"][0])
