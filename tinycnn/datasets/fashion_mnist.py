@@ -103,9 +103,6 @@ class DatasetError(OSError):
         self.path = None if path is None else str(path)
         self.reason = reason
 
-    def __str__(self):
-        return self.args[0]
-
 
 # ---------------------------------------------------------------------------
 # Public API
