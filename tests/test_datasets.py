@@ -220,7 +220,7 @@ def test_a_damaged_file_is_a_clear_error_and_is_left_alone(tmp_path, kind):
     message = str(caught.value)
     assert str(damaged) in message and words in message
     assert "To fix it" in message and "will not use it" in message
-    assert caught.value.path == str(damaged)
+    assert caught.value.path == str(damaged) and words in caught.value.problem
     # No low-level traceback is chained onto the user's screen; the cause is kept in .reason.
     error = caught.value
     assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
@@ -234,7 +234,17 @@ def test_a_damaged_file_is_a_clear_error_and_is_left_alone(tmp_path, kind):
     assert not info["ok"] and info["error"] == message
     assert words in info["files"]["train-labels-idx1-ubyte"]["problem"]
     assert [info["files"][n]["ok"] for n in NAMES] == [True, False, True, True]
-    assert words in fm.describe_data(folder)
+
+
+def test_describe_data_shows_what_is_wrong_with_which_file(tmp_path):
+    folder = good_folder(tmp_path / "data", skip={"t10k-labels-idx1-ubyte"})
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b not really gzip")
+    report = fm.describe_data(folder)
+    assert report.startswith("Fashion-MNIST: NOT USABLE")
+    line = next(line for line in report.splitlines() if line.strip().startswith("t10k-labels"))
+    assert "is corrupt" in line or "is truncated" in line
+    assert "To fix it" in report and str(folder) in report
+    assert sum(line.rstrip().endswith(" OK") for line in report.splitlines()) == 3
 
 
 def test_a_corrupted_gzip_stream_is_a_clear_error(tmp_path):

@@ -80,6 +80,10 @@ EXPECTED = {
                                "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
 }
 FILE_NAMES = tuple(EXPECTED)
+# The order load_data checks and downloads them in: labels first, so that a damaged small
+# file or a bad mirror is reported at once, not after decompressing 47 MB of images.
+SMALLEST_FIRST = ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte",
+                  "t10k-images-idx3-ubyte", "train-images-idx3-ubyte")
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com"
@@ -94,13 +98,15 @@ class DatasetError(OSError):
     """The dataset could not be found, downloaded or verified.
 
     The message names the file or places concerned, says what is wrong and how to fix it.
-    `path` is the file (or folder) at fault, or None; `reason` is the low-level error
+    `path` is the file (or folder) at fault, or None; `problem` is what is wrong with that
+    file in a few words ("is empty (0 bytes)"), or None; `reason` is the low-level error
     (EOFError, zlib.error, HTTPError, ...) that revealed the problem, or None.
     """
 
-    def __init__(self, message, path=None, reason=None):
+    def __init__(self, message, path=None, problem=None, reason=None):
         super().__init__(message)
         self.path = None if path is None else str(path)
+        self.problem = problem
         self.reason = reason
 
 
@@ -128,13 +134,14 @@ def load_data(path=None, download=True):
             raise DatasetError(_not_found_message(places))
         place = places[-1]              # tinycnn's cache
         found = {}
-    missing = [name for name in FILE_NAMES if name not in found]
+    missing = [name for name in SMALLEST_FIRST if name not in found]
     if missing and not (place["kind"] == "cache" and download):
         raise DatasetError(_incomplete_message(place, found, missing, download), path=place["directory"])
 
     arrays = {}
-    for name, file_path in found.items():          # what is there must verify first
-        arrays[name] = _read_idx(file_path, name, fix=_fix_for_damaged(place, file_path))
+    for name in SMALLEST_FIRST:                     # what is there must verify first
+        if name in found:
+            arrays[name] = _read_idx(found[name], name, fix=_fix_for_damaged(place, found[name]))
     if missing:                                     # only ever in tinycnn's own cache
         cache_dir = Path(place["directory"])
         _download(missing, cache_dir, _mirror())
@@ -153,7 +160,8 @@ def data_info(path=None):
         "directory": str|None the folder that load_data would use (None if none)
         "place": str|None     which place that is, e.g. "Debian package dataset-fashion-mnist"
         "files": {name: {"path": str|None, "ok": bool, "problem": str|None,
-                         "shape": tuple, "sha256": str}}   for each of the four files
+                         "shape": tuple, "sha256": str}}   for each of the four files;
+                              problem is "missing" or what is wrong, e.g. "is empty (0 bytes)"
         "searched": [{"place": str, "directory": str|None, "status": str}, ...] in order
         "error": str|None     what load_data(download=False) would say, if it would fail
         "cache": str          tinycnn's cache folder (where a download would go)
@@ -174,7 +182,7 @@ def data_info(path=None):
                 _read_idx(found[name], name, fix=_fix_for_damaged(place, found[name]))
                 entry["ok"] = True
             except DatasetError as error:
-                entry["problem"] = str(error).split("\n")[0]
+                entry["problem"] = error.problem
                 first_problem = first_problem or str(error)
         files[name] = entry
 
@@ -331,7 +339,7 @@ def _read_idx(path, name, fix, shown_as=None):
     expected_len = header_len + int(np.prod(shape))
 
     def damaged(problem, reason=None):
-        return DatasetError(f"{shown} {problem}.\n{fix}", path=path, reason=reason)
+        return DatasetError(f"{shown} {problem}.\n{fix}", path=path, problem=problem, reason=reason)
 
     if os.path.isdir(path):
         raise damaged("is a folder, where the file should be")
