@@ -15,9 +15,12 @@ Layout conventions (as Keras, "channels_last"):
 Padding is given by the number of zero rows on top (`pad_top`) and zero columns on the
 left (`pad_left`); the output size (OH, OW) fixes how much padding the bottom/right get.
 
-Determinism: the parallel kernels split the work over the batch axis with `prange`;
-each thread writes only to its own images, and every sum is done in a fixed order,
-so results do not depend on the number of threads.
+Threads: the kernels are single-threaded on purpose, and so deterministic (every sum
+is done in a fixed order). The batch loops could be numba `prange`s (each image is
+written by one thread only), but on a small shared machine each parallel region costs
+milliseconds of thread wake-ups (measured: im2col of a 32-image batch took 1 ms on one
+thread and 15 ms with numba's OpenMP pool on 2 busy cores), while the big matrix
+products, where the FLOPs are, already use every core through NumPy's BLAS.
 
 Numba caches the compiled machine code next to this file (or in NUMBA_CACHE_DIR).
 If no cache directory is writable (a read-only install), the kernels are compiled
@@ -27,7 +30,6 @@ import warnings
 
 import numba
 import numpy as np
-from numba import prange
 
 
 def _jit(parallel=False):
@@ -66,29 +68,38 @@ def conv_output_size(size, kernel, stride, padding):
 # ---------------------------------------------------------------------------
 # im2col: image patches -> rows of a matrix
 # ---------------------------------------------------------------------------
-@_jit(parallel=True)
+@_jit()
 def im2col(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w):
     """Patches of x as rows: cols[(n*OH + oy)*OW + ox, (i*KW + j)*C + c] = x[n, oy*sh-pad_top+i, ox*sw-pad_left+j, c].
 
     x (N, H, W, C) -> cols (N*OH*OW, KH*KW*C); pixels outside the image read as 0.
+    For a fixed kernel row i, the KW*C values of a patch are contiguous both in x and in
+    cols, so the common case (the patch row lies inside the image) is one straight copy.
     """
     n, h, w, c = x.shape
-    cols = np.empty((n * out_h * out_w, kh * kw * c), dtype=x.dtype)
-    for b in prange(n):
+    x_rows = x.reshape(n, h, w * c)                 # one image row = W*C contiguous values
+    run = kw * c
+    cols = np.empty((n * out_h * out_w, kh * run), dtype=x.dtype)
+    for b in range(n):
         for oy in range(out_h):
             for ox in range(out_w):
                 row = (b * out_h + oy) * out_w + ox
+                x0 = ox * sw - pad_left             # first image column of the patch
                 for i in range(kh):
                     yy = oy * sh - pad_top + i
-                    for j in range(kw):
-                        xx = ox * sw - pad_left + j
-                        base = (i * kw + j) * c
-                        if 0 <= yy < h and 0 <= xx < w:
+                    dst = i * run
+                    if yy < 0 or yy >= h:           # a padding row
+                        for t in range(run):
+                            cols[row, dst + t] = 0
+                    elif x0 >= 0 and x0 + kw <= w:  # fully inside: copy KW*C values
+                        src = x0 * c
+                        for t in range(run):
+                            cols[row, dst + t] = x_rows[b, yy, src + t]
+                    else:                           # straddles the left/right padding
+                        for j in range(kw):
+                            xx = x0 + j
                             for ch in range(c):
-                                cols[row, base + ch] = x[b, yy, xx, ch]
-                        else:
-                            for ch in range(c):
-                                cols[row, base + ch] = 0
+                                cols[row, dst + j * c + ch] = x[b, yy, xx, ch] if 0 <= xx < w else 0
     return cols
 
 
@@ -108,14 +119,14 @@ def im2col_numpy(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w):
 # ---------------------------------------------------------------------------
 # col2im: the adjoint of im2col (adds each row back onto the pixels it came from)
 # ---------------------------------------------------------------------------
-@_jit(parallel=True)
+@_jit()
 def col2im(dcols, n, h, w, c, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w):
     """dx[n, y, x, c] = sum of dcols over every (row, column) that im2col copied from x[n, y, x, c].
 
     dcols (N*OH*OW, KH*KW*C) -> dx (N, H, W, C). Entries that came from padding are dropped.
     """
     dx = np.zeros((n, h, w, c), dtype=dcols.dtype)
-    for b in prange(n):
+    for b in range(n):
         for oy in range(out_h):
             for ox in range(out_w):
                 row = (b * out_h + oy) * out_w + ox
@@ -148,7 +159,7 @@ def col2im_numpy(dcols, n, h, w, c, kh, kw, sh, sw, pad_top, pad_left, out_h, ou
 # ---------------------------------------------------------------------------
 # Max pooling, keeping where each maximum came from
 # ---------------------------------------------------------------------------
-@_jit(parallel=True)
+@_jit()
 def maxpool_forward(x, ph, pw, sh, sw, pad_top, pad_left, out_h, out_w):
     """Max over each (PH, PW) window; padded cells are ignored (never chosen).
 
@@ -160,7 +171,7 @@ def maxpool_forward(x, ph, pw, sh, sw, pad_top, pad_left, out_h, out_w):
     n, h, w, c = x.shape
     y = np.empty((n, out_h, out_w, c), dtype=x.dtype)
     argmax = np.empty((n, out_h, out_w, c), dtype=np.int32)
-    for b in prange(n):
+    for b in range(n):
         for oy in range(out_h):
             y0 = max(oy * sh - pad_top, 0)
             y1 = min(oy * sh - pad_top + ph, h)
@@ -198,7 +209,7 @@ def maxpool_forward_numpy(x, ph, pw, sh, sw, pad_top, pad_left, out_h, out_w):
     return y, (rows * w + cols).astype(np.int32)
 
 
-@_jit(parallel=True)
+@_jit()
 def maxpool_backward(dy, argmax, h, w):
     """Send each output gradient to the pixel that won its window; overlapping windows add up.
 
@@ -206,7 +217,7 @@ def maxpool_backward(dy, argmax, h, w):
     """
     n, out_h, out_w, c = dy.shape
     dx = np.zeros((n, h, w, c), dtype=dy.dtype)
-    for b in prange(n):
+    for b in range(n):
         for oy in range(out_h):
             for ox in range(out_w):
                 for ch in range(c):
@@ -228,11 +239,11 @@ def maxpool_backward_numpy(dy, argmax, h, w):
 # ---------------------------------------------------------------------------
 # Fused bias + ReLU, and ReLU's backward
 # ---------------------------------------------------------------------------
-@_jit(parallel=True)
+@_jit()
 def bias_relu_(z, bias):
     """In place: z[m, f] = max(z[m, f] + bias[f], 0). z (M, F), bias (F,). Returns z."""
     m, f = z.shape
-    for r in prange(m):
+    for r in range(m):
         for k in range(f):
             v = z[r, k] + bias[k]
             z[r, k] = v if v > 0 else 0
@@ -244,7 +255,7 @@ def bias_relu_numpy(z, bias):
     return np.maximum(z + bias, 0)
 
 
-@_jit(parallel=True)
+@_jit()
 def relu_backward(grad_y, y):
     """dL/dz = dL/dy where the ReLU output y > 0, else 0 (also 0 at z = 0, as TensorFlow).
 
@@ -253,7 +264,7 @@ def relu_backward(grad_y, y):
     g = grad_y.reshape(-1)
     yf = y.reshape(-1)
     out = np.empty_like(g)
-    for i in prange(g.size):
+    for i in range(g.size):
         out[i] = g[i] if yf[i] > 0 else 0
     return out.reshape(grad_y.shape)
 

@@ -1,0 +1,166 @@
+"""The numba kernels against their plain-NumPy twins, on random shapes, in float32 and float64."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from helpers import rel_error
+from tinycnn import kernels as K
+
+
+def random_geometry(rng):
+    """A random conv/pool geometry: (n, h, w, c, kh, kw, sh, sw, padding) with a non-empty output."""
+    while True:
+        n, h, w, c = rng.integers(1, 4), rng.integers(1, 10), rng.integers(1, 10), rng.integers(1, 5)
+        kh, kw, sh, sw = rng.integers(1, 5), rng.integers(1, 5), rng.integers(1, 4), rng.integers(1, 4)
+        padding = ["valid", "same"][rng.integers(2)]
+        if padding == "same" or (kh <= h and kw <= w):
+            return int(n), int(h), int(w), int(c), int(kh), int(kw), int(sh), int(sw), padding
+
+
+def sizes(h, w, kh, kw, sh, sw, padding):
+    oh, (pt, _) = K.conv_output_size(h, kh, sh, padding)
+    ow, (pl, _) = K.conv_output_size(w, kw, sw, padding)
+    return pt, pl, oh, ow
+
+
+@pytest.mark.parametrize("size,kernel,stride", [(28, 3, 1), (5, 2, 2), (6, 3, 2), (7, 4, 3), (1, 3, 1), (9, 1, 3)])
+def test_output_size_follows_tensorflow(size, kernel, stride):
+    out, (before, after) = K.conv_output_size(size, kernel, stride, "same")
+    assert out == -(-size // stride)                                  # ceil(n / s)
+    total = max((out - 1) * stride + kernel - size, 0)
+    assert before + after == total and after - before in (0, 1)      # odd pixel at the end
+    out, pads = K.conv_output_size(size, kernel, stride, "valid")
+    assert pads == (0, 0)
+    assert out == (len(range(0, size - kernel + 1, stride)) if size >= kernel else 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernels_match_numpy_twins_on_random_shapes(dtype):
+    rng = np.random.default_rng(0 if dtype is np.float32 else 1)
+    for _ in range(40):
+        n, h, w, c, kh, kw, sh, sw, padding = random_geometry(rng)
+        pt, pl, oh, ow = sizes(h, w, kh, kw, sh, sw, padding)
+        x = rng.standard_normal((n, h, w, c)).astype(dtype)
+        cols = K.im2col(x, kh, kw, sh, sw, pt, pl, oh, ow)
+        assert cols.dtype == dtype and cols.shape == (n * oh * ow, kh * kw * c)
+        np.testing.assert_array_equal(cols, K.im2col_numpy(x, kh, kw, sh, sw, pt, pl, oh, ow))
+
+        dcols = rng.standard_normal(cols.shape).astype(dtype)
+        dx = K.col2im(dcols, n, h, w, c, kh, kw, sh, sw, pt, pl, oh, ow)
+        assert dx.dtype == dtype and dx.shape == x.shape
+        assert rel_error(dx, K.col2im_numpy(dcols, n, h, w, c, kh, kw, sh, sw, pt, pl, oh, ow)) < 1e-6
+
+        y, argmax = K.maxpool_forward(x, kh, kw, sh, sw, pt, pl, oh, ow)
+        y2, argmax2 = K.maxpool_forward_numpy(x, kh, kw, sh, sw, pt, pl, oh, ow)
+        np.testing.assert_array_equal(y, y2)
+        np.testing.assert_array_equal(argmax, argmax2)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        np.testing.assert_allclose(K.maxpool_backward(dy, argmax, h, w), K.maxpool_backward_numpy(dy, argmax, h, w),
+                                   rtol=1e-6, atol=1e-6)
+
+        z = rng.standard_normal((n * oh * ow, c)).astype(dtype)
+        b = rng.standard_normal(c).astype(dtype)
+        expected = K.bias_relu_numpy(z, b)
+        np.testing.assert_array_equal(K.bias_relu_(z.copy(), b), expected)
+        g = rng.standard_normal(z.shape).astype(dtype)
+        np.testing.assert_array_equal(K.relu_backward(g, expected), K.relu_backward_numpy(g, expected))
+
+
+def test_col2im_is_the_adjoint_of_im2col():
+    # <im2col(x), d> == <x, col2im(d)> for every x, d: col2im is exactly im2col's transpose.
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        n, h, w, c, kh, kw, sh, sw, padding = random_geometry(rng)
+        pt, pl, oh, ow = sizes(h, w, kh, kw, sh, sw, padding)
+        x = rng.standard_normal((n, h, w, c))
+        d = rng.standard_normal((n * oh * ow, kh * kw * c))
+        lhs = np.sum(K.im2col(x, kh, kw, sh, sw, pt, pl, oh, ow) * d)
+        rhs = np.sum(x * K.col2im(d, n, h, w, c, kh, kw, sh, sw, pt, pl, oh, ow))
+        assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
+
+
+def test_im2col_rows_are_the_patches():
+    # Row (n, oy, ox), column (i, j, c) holds x[n, oy*sh - pad_top + i, ox*sw - pad_left + j, c], 0 outside.
+    x = np.arange(2 * 5 * 4 * 3, dtype=np.float64).reshape(2, 5, 4, 3) + 1     # no zeros inside the image
+    pt, pl, oh, ow = sizes(5, 4, 3, 2, 2, 2, "same")
+    assert (pt, pl, oh, ow) == (1, 0, 3, 2)     # rows: total pad 2 -> 1 top, 1 bottom; columns: none
+    cols = K.im2col(x, 3, 2, 2, 2, pt, pl, oh, ow).reshape(2, oh, ow, 3, 2, 3)
+    for n in range(2):
+        for oy in range(oh):
+            for ox in range(ow):
+                for i in range(3):
+                    for j in range(2):
+                        r, c = oy * 2 - pt + i, ox * 2 - pl + j
+                        inside = 0 <= r < 5 and 0 <= c < 4
+                        expected = x[n, r, c] if inside else np.zeros(3)
+                        np.testing.assert_array_equal(cols[n, oy, ox, i, j], expected)
+    assert np.all(cols[:, 0, :, 0] == 0) and np.all(cols[:, 2, :, 2] == 0)   # top and bottom padding
+
+
+def test_maxpool_tie_goes_to_the_first_maximum_in_row_major_order():
+    # TensorFlow's rule (checked with tf.nn.max_pool2d's gradient): a 2x2 window of equal values
+    # sends its gradient to the top-left cell only; a tie between (0,1) and (1,0) goes to (0,1).
+    x = np.array([[1.0, 1.0], [1.0, 1.0]]).reshape(1, 2, 2, 1)
+    y, argmax = K.maxpool_forward(x, 2, 2, 2, 2, 0, 0, 1, 1)
+    assert argmax.ravel().tolist() == [0]
+    dx = K.maxpool_backward(np.ones_like(y), argmax, 2, 2)
+    np.testing.assert_array_equal(dx.reshape(2, 2), [[1, 0], [0, 0]])
+    x = np.array([[0.0, 3.0], [3.0, 3.0]]).reshape(1, 2, 2, 1)
+    _, argmax = K.maxpool_forward(x, 2, 2, 2, 2, 0, 0, 1, 1)
+    assert argmax.ravel().tolist() == [1]
+    # the NumPy twin follows the same rule
+    assert K.maxpool_forward_numpy(x, 2, 2, 2, 2, 0, 0, 1, 1)[1].ravel().tolist() == [1]
+
+
+def test_same_pooling_never_picks_padding():
+    x = -np.arange(1, 10, dtype=np.float32).reshape(1, 3, 3, 1)      # all negative: padding 0 would win
+    pt, pl, oh, ow = sizes(3, 3, 2, 2, 2, 2, "same")
+    y, _ = K.maxpool_forward(x, 2, 2, 2, 2, pt, pl, oh, ow)
+    np.testing.assert_array_equal(y[0, :, :, 0], [[-1, -3], [-7, -9]])   # as tf.nn.max_pool2d gives
+
+
+def test_float32_kernels_agree_with_float64():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 9, 8, 4))
+    d = rng.standard_normal((3 * 4 * 4, 3 * 3 * 4))
+    args = (3, 3, 2, 2, 1, 1, 4, 4)
+    assert rel_error(K.col2im(d.astype(np.float32), 3, 9, 8, 4, *args), K.col2im(d, 3, 9, 8, 4, *args)) < 1e-6
+    np.testing.assert_array_equal(K.im2col(x.astype(np.float32), *args), K.im2col(x, *args).astype(np.float32))
+
+
+def test_kernels_give_identical_results_on_repeated_calls():
+    # Single-threaded kernels with a fixed summation order: bit-identical every time.
+    rng = np.random.default_rng(4)
+    d = rng.standard_normal((5 * 6 * 6, 3 * 3 * 2)).astype(np.float32)
+    args = (5, 12, 12, 2, 3, 3, 2, 2, 1, 1, 6, 6)
+    np.testing.assert_array_equal(K.col2im(d, *args), K.col2im(d.copy(), *args))
+
+
+def test_kernels_run_when_numba_cannot_write_a_cache(tmp_path):
+    # A read-only install: no writable __pycache__, NUMBA_CACHE_DIR and ~/.cache unusable.
+    # The module must still import (with a warning) and compute the right thing.
+    shutil.copy(K.__file__, tmp_path / "kernels_copy.py")
+    (tmp_path / "__pycache__").write_text("a file where numba wants a directory")
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(blocker / "cache"), XDG_CACHE_HOME=str(blocker / "xdg"),
+               HOME=str(blocker / "home"), PYTHONDONTWRITEBYTECODE="1")
+    script = textwrap.dedent("""
+        import warnings, numpy as np
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import kernels_copy as K
+        assert any("cannot cache" in str(w.message) for w in caught), [str(w.message) for w in caught]
+        x = np.arange(16, dtype=np.float64).reshape(1, 4, 4, 1)
+        y, _ = K.maxpool_forward(x, 2, 2, 2, 2, 0, 0, 2, 2)
+        assert y.ravel().tolist() == [5, 7, 13, 15], y
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
