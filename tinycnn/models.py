@@ -1,0 +1,848 @@
+"""Sequential: a stack of layers you compile, fit, evaluate, predict with, summarise and save.
+
+    model = Sequential([Conv2D(32, 3, activation="relu", input_shape=(28, 28, 1)),
+                        MaxPooling2D(2), Flatten(), Dense(100, activation="relu"),
+                        Dense(10, activation="softmax")])
+    model.compile(optimizer=SGD(learning_rate=0.01, momentum=0.9),
+                  loss="categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(x_train, y_train, epochs=5, batch_size=32, validation_data=(x_test, y_test))
+
+Reading guide. One training step (`_train_step`) is the textbook loop:
+
+    probs = forward(x)                       each layer's forward, first to last
+    loss, dL/dlogits = loss.from_logits(y, last_layer.logits)
+                                             softmax + cross-entropy fused, as Keras does:
+                                             dL/dlogits = (softmax - onehot) / batch
+    backward(dL/dlogits)                     each layer's backward, last to first; each
+                                             leaves dL/dparams in its `grads`
+    optimizer.apply_gradients(zip(grads, params))
+
+`fit` wraps that in epochs and batches (shuffled with tinycnn.utils.get_rng()), keeps the
+running means Keras reports, evaluates the validation data after each epoch and calls the
+callbacks (tinycnn.callbacks). Everything the user passes is checked once, up front
+(`_check_x`, `_check_y`), so the loop itself does no checking.
+
+Shapes: x is NHWC (N, H, W, C) for images, (N, features) for dense inputs; the model's
+`input_shape` / `output_shape` have Keras's leading None for the batch axis.
+"""
+import math
+import os
+import signal
+import sys
+import threading
+import warnings
+
+import numpy as np
+
+from tinycnn import callbacks as callbacks_module
+from tinycnn import layers as layers_module
+from tinycnn import losses as losses_module
+from tinycnn import optimizers as optimizers_module
+from tinycnn import saving, utils
+from tinycnn.saving import ModelFileError
+
+__all__ = ["Sequential", "load_model", "ModelFileError"]
+
+ACCURACY_NAMES = ("accuracy", "acc", "categorical_accuracy", "sparse_categorical_accuracy")
+
+_name_counts = {}
+
+
+def _unique_name(base):
+    """"sequential", then "sequential_1", "sequential_2", ... as Keras names models."""
+    count = _name_counts.get(base, 0)
+    _name_counts[base] = count + 1
+    return base if count == 0 else f"{base}_{count}"
+
+
+def _resolve_verbose(verbose, where):
+    """verbose 'auto' -> 1 (a bar on a terminal, one line per epoch elsewhere); checks 0/1/2."""
+    if verbose == "auto":
+        return 1
+    if isinstance(verbose, bool) or verbose not in (0, 1, 2):
+        raise ValueError(f"{where}: verbose must be 0 (silent), 1 (progress bar), 2 (one line per "
+                         f"epoch) or 'auto', got {verbose!r}")
+    return int(verbose)
+
+
+def _check_batch_size(batch_size, where):
+    if batch_size is None:
+        return 32
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+class Sequential:
+    """A linear stack of layers (Keras's `Sequential`).
+
+    Built (weights created) as soon as the first layer knows its input shape
+    (`input_shape=...`); otherwise on `build(input_shape)` or on the first data it sees.
+    """
+
+    def __init__(self, layers=None, name=None):
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"Sequential: name must be a non-empty string, got {name!r}")
+        self.name = name or _unique_name("sequential")
+        self._layers = []
+        self.built = False
+        self._input_shape = None              # per-sample input shape once built
+        self.optimizer = None
+        self.loss = None
+        self.metrics_names = []               # ["loss", "accuracy"] once compiled
+        self.compiled = False
+        self.stop_training = False
+        self.history = None
+        if layers is not None:
+            if not isinstance(layers, (list, tuple)):
+                raise ValueError(f"Sequential: layers must be a list of layers, got {type(layers).__name__}")
+            for layer in layers:
+                self.add(layer)
+
+    # ------------------------------------------------------------------------------------------
+    # Layers and building
+    # ------------------------------------------------------------------------------------------
+    @property
+    def layers(self):
+        """The layers, first to last (a copy of the list; the layers themselves are shared)."""
+        return list(self._layers)
+
+    def add(self, layer):
+        """Append a layer. If the model is already built, the layer is built at once."""
+        if isinstance(layer, type):
+            raise ValueError(f"Sequential.add: got the class {layer.__name__}, not a layer; "
+                             f"call it first, e.g. add({layer.__name__}(...))")
+        if not isinstance(layer, layers_module.Layer):
+            raise ValueError(f"Sequential.add: expected a tinycnn layer (Conv2D, Dense, ...), "
+                             f"got {layer!r}")
+        if any(existing.name == layer.name for existing in self._layers):
+            raise ValueError(f"Sequential.add: the model already has a layer named {layer.name!r}; "
+                             f"layer names must be unique (or add the same layer only once)")
+        self._layers.append(layer)
+        layer.need_input_grad = len(self._layers) > 1   # nobody needs dL/dx of the model's input
+        if self.built:
+            self._build_from(len(self._layers) - 1, self._layers[-2].output_shape if len(self._layers) > 1
+                             else self._input_shape)
+        elif len(self._layers) == 1 and layer.input_shape is not None:
+            self.build()
+
+    def pop(self):
+        """Remove and return the last layer."""
+        if not self._layers:
+            raise ValueError("Sequential.pop: the model has no layers")
+        layer = self._layers.pop()
+        if not self._layers:
+            self.built, self._input_shape = False, None
+        return layer
+
+    def build(self, input_shape=None):
+        """Create every layer's weights for inputs of `input_shape`.
+
+        input_shape: one sample's shape, (28, 28, 1), or Keras's batch form (None, 28, 28, 1).
+        Without it, the first layer's own input_shape is used.
+        """
+        if not self._layers:
+            raise ValueError("Sequential.build: the model has no layers; add some first")
+        if input_shape is None:
+            input_shape = self._layers[0].input_shape
+            if input_shape is None:
+                raise ValueError("Sequential.build: no input shape; give one, e.g. build((None, 28, 28, 1)), "
+                                 "or give the first layer input_shape=(28, 28, 1)")
+        try:
+            shape = tuple(input_shape)
+        except TypeError:
+            raise ValueError(f"Sequential.build: input_shape must be a tuple such as (None, 28, 28, 1), "
+                             f"got {input_shape!r}") from None
+        if shape and shape[0] is None:
+            shape = shape[1:]                          # Keras's (None, 28, 28, 1)
+        if not shape or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1
+                            for s in shape):
+            raise ValueError(f"Sequential.build: input_shape must be positive sizes such as "
+                             f"(None, 28, 28, 1), got {input_shape!r}")
+        shape = tuple(int(s) for s in shape)
+        if self.built:
+            if shape != self._input_shape:
+                raise ValueError(f"Sequential.build: the model is already built for inputs of shape "
+                                 f"{(None,) + self._input_shape}, not {(None,) + shape}")
+            return
+        self._build_from(0, shape)
+        self._input_shape = shape
+        self.built = True
+
+    def _build_from(self, first, shape):
+        """Build layers[first:] in turn, each on the previous one's output shape."""
+        for layer in self._layers[first:]:
+            shape = layer.build(shape)
+
+    @property
+    def input_shape(self):
+        """(None, *one sample's shape), as Keras; None before the model is built."""
+        return None if not self.built else (None,) + self._input_shape
+
+    @property
+    def output_shape(self):
+        """(None, *one output's shape), as Keras; None before the model is built."""
+        return None if not self.built else (None,) + tuple(self._layers[-1].output_shape)
+
+    @property
+    def dtype(self):
+        """The float type of the weights and of the inputs fit casts to ('float32' by default)."""
+        return self._layers[0].dtype if self._layers else utils.floatx()
+
+    def _require_built(self, what):
+        if not self.built:
+            raise ValueError(f"{what}: the model has not been built yet; build it with "
+                             f"model.build((None, 28, 28, 1)), give the first layer input_shape=..., "
+                             f"or call fit/predict on some data first")
+
+    # ------------------------------------------------------------------------------------------
+    # Weights
+    # ------------------------------------------------------------------------------------------
+    def _params(self):
+        return [p for layer in self._layers for p in layer.params]
+
+    def get_weights(self):
+        """Copies of all weights, one flat list in Keras's order (layer by layer, kernel then bias)."""
+        return [np.array(p, copy=True) for p in self._params()]
+
+    def set_weights(self, weights):
+        """Copy `weights` (get_weights's list) into the model, after checking every shape."""
+        self._require_built("set_weights")
+        weights = list(weights)
+        params = self._params()
+        if len(weights) != len(params):
+            raise ValueError(f"set_weights: the model has {len(params)} weight arrays, got {len(weights)}")
+        owners = [layer.name for layer in self._layers for _ in layer.params]
+        for i, (w, p, owner) in enumerate(zip(weights, params, owners)):
+            if np.shape(w) != p.shape:
+                raise ValueError(f"set_weights: weight {i} (of layer {owner!r}) must have shape "
+                                 f"{p.shape}, got {np.shape(w)}")
+        start = 0
+        for layer in self._layers:
+            count = len(layer.params)
+            layer.set_weights(weights[start:start + count])
+            start += count
+
+    def count_params(self):
+        """The number of scalar weights."""
+        self._require_built("count_params")
+        return sum(layer.count_params() for layer in self._layers)
+
+    # ------------------------------------------------------------------------------------------
+    # compile
+    # ------------------------------------------------------------------------------------------
+    def compile(self, optimizer, loss, metrics=None):
+        """Choose the optimizer ("sgd", "adam" or an instance), the loss
+        ("categorical_crossentropy" for one-hot labels, "sparse_categorical_crossentropy" for
+        integer labels) and the metrics (["accuracy"] or None)."""
+        self.optimizer = optimizers_module.get(optimizer)
+        self.loss = losses_module.get(loss)
+        if metrics is None:
+            metrics = []
+        elif isinstance(metrics, str):
+            metrics = [metrics]
+        metrics = list(metrics)
+        for metric in metrics:
+            if metric not in ACCURACY_NAMES:
+                raise ValueError(f"compile: unknown metric {metric!r}; tinycnn offers "
+                                 f"{', '.join(repr(m) for m in ACCURACY_NAMES)}")
+        if len(metrics) > 1:
+            raise ValueError(f"compile: give at most one accuracy metric, got {metrics}")
+        self._metrics = metrics
+        self.metrics_names = ["loss"] + metrics
+        self.compiled = True
+
+    def _require_compiled(self, what):
+        if not self.compiled:
+            raise ValueError(f"{what}: the model must be compiled first, e.g. model.compile("
+                             f"optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])")
+
+    @property
+    def _accuracy_name(self):
+        return self._metrics[0] if self._metrics else None
+
+    @property
+    def _fused_loss(self):
+        """True when the last layer is a softmax: the loss then works from its logits (as Keras)."""
+        return self._layers[-1].outputs_softmax
+
+    # ------------------------------------------------------------------------------------------
+    # Checking what the user passes (once, before any work)
+    # ------------------------------------------------------------------------------------------
+    def _check_x(self, x, where, what="x"):
+        """x -> a float array of the model's dtype, (N, *input shape); builds the model if needed."""
+        x = np.asarray(x)
+        if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+            raise ValueError(f"{where}: {what} must be an array of numbers, got dtype {x.dtype}")
+        if x.ndim < 2:
+            raise ValueError(f"{where}: {what} must have a batch axis, shape (samples, ...), got shape {x.shape}")
+        if len(x) == 0:
+            raise ValueError(f"{where}: {what} is empty (shape {x.shape}); give at least one sample")
+        if not self.built:
+            self.build(x.shape[1:])
+        expected = self._input_shape
+        if x.shape[1:] != expected:
+            raise ValueError(f"{where}: {self._shape_hint(x.shape, expected, what)}")
+        if np.issubdtype(x.dtype, np.integer):
+            if x.max() > 1:
+                warnings.warn(f"{where}: {what} holds integers ({x.dtype}, up to {x.max()}): pixels that are "
+                              f"not normalized. Networks train badly on raw 0-255 values, and a model "
+                              f"trained on one scale scores at chance on the other; scale them first, "
+                              f"e.g. {what} = {what}.astype('float32') / 255", UserWarning, stacklevel=3)
+        elif not (math.isfinite(x.min()) and math.isfinite(x.max())):   # min/max see NaN and inf
+            bad = np.argwhere(~np.isfinite(x))[0]
+            raise ValueError(f"{where}: {what} holds NaN or infinite values (first at index "
+                             f"{tuple(int(i) for i in bad)}); clean the data first")
+        return x.astype(self.dtype, copy=False)
+
+    @staticmethod
+    def _shape_hint(shape, expected, what):
+        """Explain a shape mismatch and say how to fix the common ones."""
+        want = (None,) + expected
+        message = f"{what} has shape {shape} but the model expects ({', '.join(map(str, want))})"
+        if shape[1:] + (1,) == expected:
+            return (f"{message}: images need a channel axis (NHWC); use "
+                    f"{what}.reshape(-1, {', '.join(map(str, expected))}) or {what}[..., None]")
+        if tuple(shape) == expected:
+            return f"{message}: this is one sample without the batch axis; use {what}[None]"
+        if len(shape) == 4 and len(expected) == 3 and (shape[2], shape[3], shape[1]) == expected:
+            return (f"{message}: it looks channels-first (NCHW); tinycnn uses NHWC: "
+                    f"np.transpose({what}, (0, 2, 3, 1))")
+        if math.prod(shape[1:]) == math.prod(expected):
+            return f"{message}; reshape it: {what}.reshape(-1, {', '.join(map(str, expected))})"
+        return message
+
+    def _check_y(self, y, n, where, what="y"):
+        """y -> (targets for the loss, integer labels (N,) for accuracy), checked against the output."""
+        y = np.asarray(y)
+        if y.dtype == np.bool_ or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+            raise ValueError(f"{where}: {what} must be an array of numbers, got dtype {y.dtype}")
+        if y.ndim == 0 or len(y) != n:
+            raise ValueError(f"{where}: x has {n} samples but {what} has "
+                             f"{'a scalar' if y.ndim == 0 else len(y)}; give one target per sample")
+        if np.issubdtype(y.dtype, np.floating) and not (math.isfinite(y.min()) and math.isfinite(y.max())):
+            raise ValueError(f"{where}: {what} holds NaN or infinite values")
+        classes = self._layers[-1].output_shape[-1]
+        if len(self._layers[-1].output_shape) != 1:
+            raise ValueError(f"{where}: the model's output has shape {self.output_shape}; a classifier "
+                             f"needs (None, classes) (add Flatten() before the last Dense)")
+        if self.loss.sparse:
+            if y.ndim == 2 and y.shape[1] == 1:
+                y = y[:, 0]
+            if y.ndim == 2 and y.shape[1] == classes:
+                raise ValueError(f"{where}: {what} looks one-hot (shape {y.shape}) but the loss is "
+                                 f"'sparse_categorical_crossentropy', which wants integer labels (N,); "
+                                 f"compile with loss='categorical_crossentropy', or pass "
+                                 f"{what}.argmax(axis=1)")
+            if y.ndim != 1:
+                raise ValueError(f"{where}: {what} must be integer labels of shape ({n},) for "
+                                 f"'sparse_categorical_crossentropy', got shape {y.shape}")
+            if not np.issubdtype(y.dtype, np.integer) and np.any(y != np.round(y)):
+                raise ValueError(f"{where}: {what} must hold whole-number class labels, found "
+                                 f"{y[y != np.round(y)][0]!r}")
+            labels = y.astype(np.int64)
+            if labels.min() < 0 or labels.max() >= classes:
+                bad = labels[(labels < 0) | (labels >= classes)][0]
+                raise ValueError(f"{where}: label {bad} in {what} is out of range: the model has "
+                                 f"{classes} outputs, so labels must lie in [0, {classes - 1}]")
+            return labels, labels
+        if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1 and classes > 1):
+            raise ValueError(f"{where}: {what} holds integer labels (shape {y.shape}) but the loss is "
+                             f"'categorical_crossentropy', which wants one-hot rows ({n}, {classes}); "
+                             f"use {what} = tinycnn.utils.to_categorical({what}, {classes}), or compile "
+                             f"with loss='sparse_categorical_crossentropy'")
+        if y.ndim != 2 or y.shape[1] != classes:
+            raise ValueError(f"{where}: {what} must be one-hot rows of shape ({n}, {classes}) for a "
+                             f"{classes}-output model, got shape {y.shape}")
+        if y.min() < 0:
+            raise ValueError(f"{where}: {what} must be one-hot rows (or class probabilities), "
+                             f"found a negative value {y.min()}")
+        return y.astype(self.dtype, copy=False), np.argmax(y, axis=1)
+
+    # ------------------------------------------------------------------------------------------
+    # Forward, loss, backward: the heart of it
+    # ------------------------------------------------------------------------------------------
+    def _forward(self, x, training=False):
+        """x (N, *input shape) -> the last layer's output (N, classes), layer by layer."""
+        for layer in self._layers:
+            x = layer.forward(x, training)
+        return x
+
+    def _loss_and_grad(self, y, probs):
+        """Mean loss of the batch and its gradient with respect to the last layer's logits
+        (softmax output: (softmax - onehot) / batch) or, for other outputs, its probabilities."""
+        if self._fused_loss:
+            return self.loss.from_logits(y, self._layers[-1].logits)
+        return self.loss.from_probs(y, probs)
+
+    def _backward(self, grad):
+        """Backpropagate the loss's gradient through the layers, last to first."""
+        last = self._layers[-1]
+        grad = last.backward_from_logits(grad) if self._fused_loss else last.backward(grad)
+        for layer in reversed(self._layers[:-1]):
+            grad = layer.backward(grad)
+
+    def _train_step(self, x, y):
+        """One step of gradient descent on a batch -> (mean loss before the step, probabilities).
+
+        The loss comes first: when it is NaN or infinite the step is not taken, so the
+        weights stay finite (fit's NaN guard then stops training).
+        """
+        probs = self._forward(x, training=True)
+        loss, grad = self._loss_and_grad(y, probs)
+        if math.isfinite(loss):
+            self._backward(grad)
+            self.optimizer.apply_gradients(self._grads_and_params)
+        return loss, probs
+
+    @property
+    def _grads_and_params(self):
+        return [(g, p) for layer in self._layers for g, p in zip(layer.grads, layer.params)]
+
+    @staticmethod
+    def _count_correct(probs, labels):
+        """How many rows' largest output is at the true label (Keras's accuracy)."""
+        return int(np.count_nonzero(np.argmax(probs, axis=1) == labels))
+
+    # ------------------------------------------------------------------------------------------
+    # fit
+    # ------------------------------------------------------------------------------------------
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
+        """Train for `epochs` passes over (x, y) in batches of `batch_size`; returns a History.
+
+        x: (N, *input shape) floats (NHWC images); y: one-hot (N, classes) or integer
+        labels (N,), as the loss wants. validation_split takes the LAST fraction of x and y
+        (before shuffling) as validation data, as Keras does; validation_data=(x_val, y_val)
+        overrides it. shuffle=True draws a fresh order every epoch from tinycnn.utils.get_rng().
+
+        The reported loss and accuracy are the running means over the epoch (weighted by
+        batch size), as Keras reports them. Training stops early when a callback sets
+        model.stop_training, when the loss becomes NaN or infinite (the bad step is not
+        taken; a RuntimeWarning names the epoch and step), or on Ctrl-C (after the current
+        step; the History of the completed epochs is returned).
+        """
+        self._require_compiled("fit")
+        batch_size = _check_batch_size(batch_size, "fit")
+        verbose = _resolve_verbose(verbose, "fit")
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+            raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
+        if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) \
+                or not 0 <= initial_epoch:
+            raise ValueError(f"fit: initial_epoch must be a non-negative integer, got {initial_epoch!r}")
+        if not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
+            raise ValueError(f"fit: validation_split must be a fraction in [0, 1), got {validation_split!r}")
+        if x is None or y is None:
+            raise ValueError("fit: give both the inputs x and the targets y")
+
+        x = self._check_x(x, "fit")
+        y, labels = self._check_y(y, len(x), "fit")
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
+            x_val = self._check_x(validation_data[0], "fit", "validation_data[0]")
+            y_val, labels_val = self._check_y(validation_data[1], len(x_val), "fit", "validation_data[1]")
+        elif validation_split > 0:
+            split_at = int(math.floor(len(x) * (1.0 - validation_split)))   # Keras's rule
+            if split_at == 0 or split_at == len(x):
+                raise ValueError(f"fit: validation_split={validation_split} of {len(x)} samples leaves "
+                                 f"{split_at} for training and {len(x) - split_at} for validation; "
+                                 f"both need at least one")
+            x, x_val = x[:split_at], x[split_at:]
+            y, y_val = y[:split_at], y[split_at:]
+            labels, labels_val = labels[:split_at], labels[split_at:]
+        else:
+            x_val = None
+
+        n, steps = len(x), math.ceil(len(x) / batch_size)
+        history = callbacks_module.History()
+        user_callbacks = list(callbacks or [])
+        for callback in user_callbacks:
+            if not isinstance(callback, callbacks_module.Callback):
+                raise ValueError(f"fit: callbacks must be tinycnn.callbacks.Callback objects, got {callback!r}")
+        all_callbacks = user_callbacks + [history]
+        if verbose:
+            all_callbacks.append(callbacks_module.progbar_logger(verbose))
+        callback_list = callbacks_module.CallbackList(
+            all_callbacks, self, {"verbose": verbose, "epochs": int(epochs), "steps": steps})
+        accuracy_name = self._accuracy_name
+        rng = utils.get_rng()
+
+        self.history = history
+        self.stop_training = False
+        self._interrupt_requested = False
+        previous_handler = self._catch_ctrl_c()
+        epoch, step, stopped_by = initial_epoch, 0, None
+        callback_list.on_train_begin()
+        try:
+            for epoch in range(initial_epoch, epochs):
+                callback_list.on_epoch_begin(epoch)
+                order = rng.permutation(n) if shuffle else None
+                loss_sum, correct, seen = 0.0, 0, 0
+                for step in range(steps):
+                    start, stop = step * batch_size, min((step + 1) * batch_size, n)
+                    if order is None:                       # views, no copies
+                        xb, yb, lb = x[start:stop], y[start:stop], labels[start:stop]
+                    else:                                   # one gather per batch
+                        rows = order[start:stop]
+                        xb, yb, lb = x[rows], y[rows], labels[rows]
+                    if callback_list.wants_batch_begin:
+                        callback_list.on_train_batch_begin(step)
+
+                    loss, probs = self._train_step(xb, yb)
+                    if not math.isfinite(loss):
+                        stopped_by = "nan"
+                        break
+
+                    loss_sum += loss * (stop - start)
+                    seen += stop - start
+                    if accuracy_name:
+                        correct += self._count_correct(probs, lb)
+                    if callback_list.wants_batch_end:
+                        batch_logs = {"loss": loss_sum / seen}
+                        if accuracy_name:
+                            batch_logs[accuracy_name] = correct / seen
+                        callback_list.on_train_batch_end(step, batch_logs)
+                    if self._interrupt_requested:
+                        stopped_by = "interrupt"
+                        break
+                    if self.stop_training:
+                        break
+                if stopped_by is not None:
+                    break
+
+                logs = {"loss": loss_sum / seen}
+                if accuracy_name:
+                    logs[accuracy_name] = correct / seen
+                if x_val is not None:
+                    val_loss, val_correct = self._evaluate_arrays(x_val, y_val, labels_val, batch_size)
+                    logs["val_loss"] = val_loss
+                    if accuracy_name:
+                        logs["val_" + accuracy_name] = val_correct / len(x_val)
+                callback_list.on_epoch_end(epoch, logs)
+                if self._interrupt_requested:
+                    stopped_by = "interrupt"
+                if self.stop_training or stopped_by is not None:
+                    break
+        except KeyboardInterrupt:
+            stopped_by = "interrupt"
+        finally:
+            self._restore_ctrl_c(previous_handler)
+
+        callback_list.on_train_end()
+        if stopped_by == "nan":
+            self._nan_stop(epoch, step, epochs, steps)
+        elif stopped_by == "interrupt":
+            print(f"Training interrupted (Ctrl-C) in epoch {epoch + 1}/{epochs} at step {step + 1}/{steps}; "
+                  f"the model keeps its current weights, and the returned History holds the "
+                  f"{len(history.epoch)} completed epoch(s).", file=sys.stderr)
+        return history
+
+    def _nan_stop(self, epoch, step, epochs, steps):
+        """After a NaN/inf loss: say where, and make sure the weights are finite."""
+        finite = all(np.isfinite(p).all() for p in self._params())
+        message = (f"Training stopped: the loss became NaN or infinite in epoch {epoch + 1}/{epochs} "
+                   f"at step {step + 1}/{steps}; that step was not applied")
+        if finite:
+            message += ", so the model keeps the last finite weights."
+        else:
+            message += (", but the weights were already not finite (an earlier step overflowed). "
+                        "Lower the learning rate or check the data's scale.")
+        message += " Try a smaller learning rate, or check the inputs' scale."
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    def _catch_ctrl_c(self):
+        """During fit, the first Ctrl-C only asks the loop to stop after the current step
+        (a second one interrupts at once). Returns the previous handler to put back."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is None or previous is signal.SIG_IGN:
+            return None
+
+        def request_stop(signum, frame):
+            if self._interrupt_requested:
+                raise KeyboardInterrupt
+            self._interrupt_requested = True
+
+        signal.signal(signal.SIGINT, request_stop)
+        return previous
+
+    @staticmethod
+    def _restore_ctrl_c(previous):
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+    # ------------------------------------------------------------------------------------------
+    # evaluate, predict, layer outputs
+    # ------------------------------------------------------------------------------------------
+    def _evaluate_arrays(self, x, y, labels, batch_size, progbar=None):
+        """Checked arrays -> (mean loss over all samples, number of correct predictions)."""
+        loss_sum, correct = 0.0, 0
+        for step, start in enumerate(range(0, len(x), batch_size)):
+            stop = min(start + batch_size, len(x))
+            probs = self._forward(x[start:stop], training=False)
+            loss, _ = self._loss_and_grad(y[start:stop], probs)
+            loss_sum += loss * (stop - start)
+            if self._metrics:
+                correct += self._count_correct(probs, labels[start:stop])
+            if progbar is not None:
+                progbar.update(step + 1, [("loss", loss_sum / stop)] +
+                               ([(self._accuracy_name, correct / stop)] if self._metrics else []))
+        return loss_sum / len(x), correct
+
+    def _progbar(self, verbose, steps):
+        if not verbose:
+            return None
+        return callbacks_module.Progbar(steps, dynamic=verbose == 1 and callbacks_module.is_interactive())
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", return_dict=False):
+        """Loss (averaged over all samples) and accuracy on (x, y): [loss, accuracy], or the
+        loss alone when compiled without metrics, or {"loss": ..., "accuracy": ...} with
+        return_dict=True."""
+        self._require_compiled("evaluate")
+        batch_size = _check_batch_size(batch_size, "evaluate")
+        verbose = _resolve_verbose(verbose, "evaluate")
+        if x is None or y is None:
+            raise ValueError("evaluate: give both the inputs x and the targets y")
+        x = self._check_x(x, "evaluate")
+        y, labels = self._check_y(y, len(x), "evaluate")
+        progbar = self._progbar(verbose, math.ceil(len(x) / batch_size))
+        loss, correct = self._evaluate_arrays(x, y, labels, batch_size, progbar)
+        results = {"loss": float(loss)}
+        if self._metrics:
+            results[self._accuracy_name] = correct / len(x)
+        if progbar is not None:
+            progbar.finish(results.items())
+        if return_dict:
+            return results
+        return list(results.values()) if self._metrics else results["loss"]
+
+    def predict(self, x, batch_size=None, verbose="auto"):
+        """The last layer's outputs for x, in batches: (N, classes) probabilities for a classifier."""
+        batch_size = _check_batch_size(batch_size, "predict")
+        verbose = _resolve_verbose(verbose, "predict")
+        x = self._check_x(x, "predict")
+        outputs = np.empty((len(x),) + tuple(self._layers[-1].output_shape), dtype=self.dtype)
+        steps = math.ceil(len(x) / batch_size)
+        progbar = self._progbar(verbose, steps)
+        for step, start in enumerate(range(0, len(x), batch_size)):
+            outputs[start:start + batch_size] = self._forward(x[start:start + batch_size], training=False)
+            if progbar is not None:
+                progbar.update(step + 1)
+        if progbar is not None:
+            progbar.finish()
+        return outputs
+
+    def __call__(self, x, training=False):
+        """The model's output for one batch x (Keras's model(x)), as a NumPy array."""
+        x = self._check_x(x, "Sequential.__call__")
+        return self._forward(x, training=training)
+
+    def layer_outputs(self, x, batch_size=None):
+        """Every layer's output for x, from one forward pass: a list, one array per layer.
+
+        For the notebook's first CNN and one image x (1, 28, 28, 1): shapes (1, 26, 26, 32),
+        (1, 13, 13, 32), (1, 5408), (1, 100), (1, 10). The last equals predict(x).
+        batch_size splits large x into batches (the results are the same).
+        """
+        x = self._check_x(x, "layer_outputs")
+        batch_size = len(x) if batch_size is None else _check_batch_size(batch_size, "layer_outputs")
+        outputs = [np.empty((len(x),) + tuple(layer.output_shape), dtype=self.dtype) for layer in self._layers]
+        for start in range(0, len(x), batch_size):
+            batch = x[start:start + batch_size]
+            for layer, out in zip(self._layers, outputs):
+                batch = layer.forward(batch, training=False)
+                out[start:start + len(batch)] = batch
+        return outputs
+
+    # ------------------------------------------------------------------------------------------
+    # One batch at a time
+    # ------------------------------------------------------------------------------------------
+    def train_on_batch(self, x, y, return_dict=False):
+        """One optimizer step on the batch (x, y) -> [loss, accuracy] of that batch before the step
+        (the loss alone without metrics). A NaN/inf loss skips the step and warns."""
+        self._require_compiled("train_on_batch")
+        x = self._check_x(x, "train_on_batch")
+        y, labels = self._check_y(y, len(x), "train_on_batch")
+        loss, probs = self._train_step(x, y)
+        if not math.isfinite(loss):
+            warnings.warn("train_on_batch: the loss is NaN or infinite; the step was not applied",
+                          RuntimeWarning, stacklevel=2)
+        return self._batch_results(loss, probs, labels, return_dict)
+
+    def test_on_batch(self, x, y, return_dict=False):
+        """[loss, accuracy] on the batch (x, y), without training (the loss alone without metrics)."""
+        self._require_compiled("test_on_batch")
+        x = self._check_x(x, "test_on_batch")
+        y, labels = self._check_y(y, len(x), "test_on_batch")
+        probs = self._forward(x, training=False)
+        loss, _ = self._loss_and_grad(y, probs)
+        return self._batch_results(loss, probs, labels, return_dict)
+
+    def _batch_results(self, loss, probs, labels, return_dict):
+        results = {"loss": float(loss)}
+        if self._metrics:
+            results[self._accuracy_name] = self._count_correct(probs, labels) / len(labels)
+        if return_dict:
+            return results
+        return list(results.values()) if self._metrics else results["loss"]
+
+    # ------------------------------------------------------------------------------------------
+    # summary
+    # ------------------------------------------------------------------------------------------
+    def summary(self, print_fn=None):
+        """Print Keras's table: each layer's name (type), output shape and parameter count, then the totals."""
+        self._require_built("summary")
+        print_fn = print if print_fn is None else print_fn
+        rows = [("Layer (type)", "Output Shape", "Param #")]
+        rows += [(f"{layer.name} ({type(layer).__name__})", str((None,) + tuple(layer.output_shape)),
+                  str(layer.count_params())) for layer in self._layers]
+        # Keras's columns end at 29, 55 and 65 characters; widen them if a name is longer.
+        widths = [29, 26, 10]
+        for row in rows:
+            widths = [max(w, len(cell) + 1) for w, cell in zip(widths, row)]
+        line_length = sum(widths)
+
+        def format_row(row):
+            return "".join(cell.ljust(width) for cell, width in zip(row, widths))
+
+        total = self.count_params()
+        lines = [f'Model: "{self.name}"', "_" * line_length, format_row(rows[0]), "=" * line_length]
+        for i, row in enumerate(rows[1:]):
+            lines.append(format_row(row))
+            lines.append("=" * line_length if i == len(rows) - 2 else "_" * line_length)
+        lines += [f"Total params: {total:,}", f"Trainable params: {total:,}", "Non-trainable params: 0",
+                  "_" * line_length]
+        for line in lines:
+            print_fn(line)
+
+    # ------------------------------------------------------------------------------------------
+    # Config, saving and loading
+    # ------------------------------------------------------------------------------------------
+    def get_config(self):
+        """JSON-able architecture: {"name", "layers": [{"class_name", "config"}], "build_input_shape"}."""
+        return {"name": self.name,
+                "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()}
+                           for layer in self._layers],
+                "build_input_shape": None if not self.built else [None] + list(self._input_shape)}
+
+    @classmethod
+    def from_config(cls, config):
+        """A new model from get_config's dict (fresh weights; built if the config has an input shape)."""
+        layers = []
+        for entry in config["layers"]:
+            class_name = entry["class_name"]
+            if class_name not in layers_module.LAYER_CLASSES:
+                raise ValueError(f"unknown layer class {class_name!r}; tinycnn has "
+                                 f"{sorted(layers_module.LAYER_CLASSES)}")
+            layers.append(layers_module.LAYER_CLASSES[class_name].from_config(dict(entry["config"])))
+        model = cls(layers, name=config.get("name"))
+        if config.get("build_input_shape") is not None and not model.built:
+            model.build(tuple(config["build_input_shape"]))
+        return model
+
+    def _compile_config(self):
+        return {"loss": self.loss.name, "metrics": list(self._metrics),
+                "optimizer": {"class_name": type(self.optimizer).__name__,
+                              "config": self.optimizer.get_config()}}
+
+    def save(self, filepath, overwrite=True):
+        """Write the whole model to one file: architecture, weights, compile settings and the
+        optimizer's state, so load_model(filepath) predicts bit-identically and training
+        continues exactly where it stopped. The write is atomic (temp file, then rename)."""
+        self._require_built("save")
+        self._save(filepath, overwrite, kind="model")
+
+    def save_weights(self, filepath, overwrite=True):
+        """Write only the weights (and the architecture, to check against when loading)."""
+        self._require_built("save_weights")
+        self._save(filepath, overwrite, kind="weights")
+
+    def _save(self, filepath, overwrite, kind):
+        if not overwrite and os.path.exists(filepath):
+            raise FileExistsError(f"{filepath!r} exists; pass overwrite=True to replace it")
+        header = {"kind": kind, "model": self.get_config(), "compile": None}
+        arrays = {f"weight_{i:04d}": w for i, w in enumerate(self._params())}
+        if kind == "model" and self.compiled:
+            header["compile"] = self._compile_config()
+            state = self.optimizer.get_state()
+            header["optimizer_state_count"] = len(state)
+            arrays.update({f"optimizer_{i:04d}": np.asarray(s) for i, s in enumerate(state)})
+        saving.write_model_file(filepath, header, arrays)
+
+    def load_weights(self, filepath):
+        """Load the weights from a file written by save or save_weights into this (same-shaped) model."""
+        header, arrays = saving.read_model_file(filepath)
+        weights = _weights_from(header, arrays, filepath)
+        self._require_built("load_weights")
+        expected = [p.shape for p in self._params()]
+        if [w.shape for w in weights] != expected:
+            raise ModelFileError(f"cannot load weights from {filepath!r}: its weight shapes "
+                                 f"{[w.shape for w in weights]} do not match this model's {expected}")
+        self.set_weights(weights)
+
+    def __repr__(self):
+        return f"<Sequential name={self.name!r} layers={len(self._layers)} built={self.built}>"
+
+
+def _weights_from(header, arrays, filepath):
+    """The weight arrays of a checked file, in order."""
+    count = sum(1 for name in arrays if name.startswith("weight_"))
+    names = [f"weight_{i:04d}" for i in range(count)]
+    if any(name not in arrays for name in names):
+        raise ModelFileError(f"cannot load {filepath!r}: its weights are not numbered 0..{count - 1}")
+    return [arrays[name] for name in names]
+
+
+def load_model(filepath, compile=True):
+    """Rebuild a model saved with model.save: same architecture, weights, compile settings and
+    optimizer state. Raises tinycnn.models.ModelFileError (a ValueError) for a damaged, edited,
+    foreign or too-new file; never returns a half-loaded model. Loading draws no random
+    numbers (tinycnn.utils.get_rng() is left as it was), and never runs code from the file.
+    """
+    header, arrays = saving.read_model_file(filepath, kinds=("model",))
+
+    def fail(problem):
+        return ModelFileError(f"cannot load {filepath!r}: {problem}")
+
+    config = header.get("model")
+    if not isinstance(config, dict) or not isinstance(config.get("layers"), list) or not config["layers"]:
+        raise fail("it has no model architecture")
+    for entry in config["layers"]:
+        if not isinstance(entry, dict) or entry.get("class_name") not in layers_module.LAYER_CLASSES \
+                or not isinstance(entry.get("config"), dict):
+            raise fail(f"unknown layer {entry!r}; tinycnn has {sorted(layers_module.LAYER_CLASSES)}")
+    if config.get("build_input_shape") is None:
+        raise fail("the saved model was never built (no input shape)")
+    weights = _weights_from(header, arrays, filepath)
+
+    rng_state = utils.get_rng().bit_generator.state       # building draws initial weights...
+    try:
+        model = Sequential.from_config(config)
+        model.set_weights(weights)                         # ...which are replaced at once
+    except Exception as error:                             # a crafted file's odd config
+        raise fail(f"its architecture or weights do not fit together ({error})") from None
+    finally:
+        utils.get_rng().bit_generator.state = rng_state    # so loading does not disturb the seed
+
+    compile_config = header.get("compile")
+    if compile and compile_config is not None:
+        try:
+            optimizer_config = compile_config["optimizer"]
+            optimizer = optimizers_module.get(dict(optimizer_config["config"],
+                                                   class_name=optimizer_config["class_name"]))
+            count = int(header.get("optimizer_state_count", 0))
+            state = [arrays[f"optimizer_{i:04d}"] for i in range(count)]
+            if state:
+                optimizer.set_state(state)
+            model.compile(optimizer=optimizer, loss=compile_config["loss"],
+                          metrics=compile_config.get("metrics") or None)
+            if optimizer.slots is not None:
+                slot_shapes = [s.shape for slots in optimizer.slots for s in slots]
+                param_shapes = [p.shape for p in model._params() for _ in optimizer.slot_names]
+                if slot_shapes != param_shapes:
+                    raise ValueError(f"optimizer state shapes {slot_shapes} do not match the weights")
+        except Exception as error:
+            raise fail(f"its compile settings or optimizer state are invalid ({error})") from None
+    return model
