@@ -236,6 +236,20 @@ def test_a_damaged_file_is_a_clear_error_and_is_left_alone(tmp_path, kind):
     assert [info["files"][n]["ok"] for n in NAMES] == [True, False, True, True]
 
 
+def test_with_two_damaged_files_data_info_reports_both_and_agrees_with_load_data(tmp_path):
+    folder = good_folder(tmp_path / "data",
+                         skip={"train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"})
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    (folder / "t10k-labels-idx1-ubyte").mkdir()
+    with pytest.raises(DatasetError) as caught:
+        fm.load_data(path=folder)
+    info = fm.data_info(folder)
+    assert info["error"] == str(caught.value)
+    assert info["files"]["train-images-idx3-ubyte"]["problem"] == "is empty (0 bytes)"
+    assert "is a folder" in info["files"]["t10k-labels-idx1-ubyte"]["problem"]
+    assert list(info["files"]) == NAMES
+
+
 def test_describe_data_shows_what_is_wrong_with_which_file(tmp_path):
     folder = good_folder(tmp_path / "data", skip={"t10k-labels-idx1-ubyte"})
     (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b not really gzip")

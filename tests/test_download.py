@@ -165,6 +165,21 @@ def test_a_failed_download_is_a_clear_error_and_leaves_nothing(mirror, monkeypat
     assert route in mirror.requests
 
 
+def test_an_interrupted_download_leaves_nothing(mirror, monkeypatch):
+    real_read_idx = fm._read_idx
+
+    def interrupt_on_the_third_file(path, name, fix, shown_as=None):
+        if name == "t10k-images-idx3-ubyte":
+            raise KeyboardInterrupt
+        return real_read_idx(path, name, fix, shown_as)
+
+    monkeypatch.setattr(fm, "_read_idx", interrupt_on_the_third_file)
+    with pytest.raises(KeyboardInterrupt):
+        fm.load_data()
+    assert len(mirror.requests) == 3               # two labels files fetched, then images
+    assert os.listdir(mirror.cache) == []
+
+
 def test_an_unreachable_mirror_is_a_clear_error(mirror, monkeypatch):
     mirror.shutdown()
     mirror.server_close()                          # the port now refuses connections

@@ -170,8 +170,8 @@ def data_info(path=None):
     places = _search_places(path)
     place, found = _choose_place(places)
     files = {}
-    first_problem = None
-    for name in FILE_NAMES:
+    first_problem = None                            # the one load_data would raise
+    for name in SMALLEST_FIRST:                     # load_data's order
         magic, shape, sha256 = EXPECTED[name]
         entry = {"path": None, "ok": False, "problem": None, "shape": shape, "sha256": sha256}
         if name not in found:
@@ -185,6 +185,7 @@ def data_info(path=None):
                 entry["problem"] = error.problem
                 first_problem = first_problem or str(error)
         files[name] = entry
+    files = {name: files[name] for name in FILE_NAMES}   # shown in Keras's order
 
     error = None
     if place is None:
@@ -522,6 +523,8 @@ def _fetch(url, directory, fix):
             os.fsync(out.fileno())
     except BaseException as error:
         _remove_quietly(temporary)
+        if isinstance(error, urllib.error.HTTPError):
+            error.close()                  # an HTTPError holds the connection open
         if isinstance(error, DatasetError) or not isinstance(error, Exception):
             raise                          # our own error, or Ctrl-C: pass it on as it is
         raise DatasetError(f"{_describe_network_error(url, error, received)}.\n{fix}",
