@@ -116,6 +116,13 @@ def test_only_the_files_missing_from_the_cache_are_downloaded(mirror):
     mirror.cache.mkdir(parents=True)
     for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"):
         (mirror.cache / (name + ".gz")).write_bytes(real_gz_bytes(name))
+    mirror.routes["/fm/t10k-labels-idx1-ubyte.gz"] = ("404", b"")
+    with pytest.raises(DatasetError) as caught:
+        fm.load_data()
+    assert str(caught.value).startswith("The mirror answered HTTP 404")   # no "not found" preface
+    assert len(os.listdir(mirror.cache)) == 2                           # the good ones stay
+    mirror.routes["/fm/t10k-labels-idx1-ubyte.gz"] = ("file", real_gz_bytes("t10k-labels-idx1-ubyte"))
+    mirror.requests.clear()
     fm.load_data()
     assert sorted(mirror.requests) == ["/fm/t10k-labels-idx1-ubyte.gz",
                                        "/fm/train-labels-idx1-ubyte.gz"]
@@ -185,7 +192,11 @@ def test_an_unreachable_mirror_is_a_clear_error(mirror, monkeypatch):
     mirror.server_close()                          # the port now refuses connections
     with pytest.raises(DatasetError) as caught:
         fm.load_data()
-    assert "Could not reach" in str(caught.value) and mirror.url in str(caught.value)
+    message = str(caught.value)
+    assert "Could not reach" in message and mirror.url in message
+    # Nothing was found anywhere, so the places searched come first.
+    assert "not found on this machine" in message and str(mirror.cache) in message
+    assert str(fm.DEBIAN_DIR) in message and "TINYCNN_DATA: not set" in message
     assert os.listdir(mirror.cache) == []
 
 

@@ -144,7 +144,15 @@ def load_data(path=None, download=True):
             arrays[name] = _read_idx(found[name], name, fix=_fix_for_damaged(place, found[name]))
     if missing:                                     # only ever in tinycnn's own cache
         cache_dir = Path(place["directory"])
-        _download(missing, cache_dir, _mirror())
+        try:
+            _download(missing, cache_dir, _mirror())
+        except DatasetError as error:
+            if found:
+                raise
+            # Nothing anywhere: say where we looked before saying why the download failed.
+            raise DatasetError(f"Fashion-MNIST was not found on this machine. Looked in, in order:\n"
+                               f"{_places_list(places)}\nso tinycnn tried to download it. {error}",
+                               path=error.path, problem=error.problem, reason=error.reason) from None
         for name in missing:
             file_path = cache_dir / (name + ".gz")
             arrays[name] = _read_idx(file_path, name, fix=_fix_for_damaged(place, file_path))
