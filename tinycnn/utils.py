@@ -62,6 +62,8 @@ def to_categorical(y, num_classes=None, dtype="float32"):
         if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
             bad = y[~np.isfinite(y) | (y != np.round(y))].ravel()[0]
             raise ValueError(f"to_categorical: labels must be whole numbers, found {bad!r}")
+    if y.size and y.max() > np.iinfo(np.int64).max // 2:
+        raise ValueError(f"to_categorical: label {y.max()} is too large to be a class index")
     y = y.astype(np.int64)
     if y.ndim > 1 and y.shape[-1] == 1:
         y = y.reshape(y.shape[:-1])
