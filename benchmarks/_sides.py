@@ -224,7 +224,7 @@ def tinycnn_build(name):
     import tinycnn
     try:
         import tinycnn.zoo as zoo
-        return getattr(zoo, name + "_model")(), "tinycnn.zoo." + name + "_model()"
+        return zoo.get_model(name), f"tinycnn.zoo.get_model({name!r})"
     except (ImportError, AttributeError):
         pass
     from tinycnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
