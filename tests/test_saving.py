@@ -1,0 +1,216 @@
+"""The model file: damaged, edited, foreign, too-new and pickle-crafted files are refused with
+ModelFileError before anything is built; writes are atomic."""
+import io
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+from tinycnn import saving, utils
+from tinycnn.layers import Dense, Flatten
+from tinycnn.models import ModelFileError, Sequential, load_model
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """A small compiled, trained model and the path it was saved to."""
+    utils.set_random_seed(0)
+    model = Sequential([Flatten(input_shape=(4, 4, 1)), Dense(5, activation="relu"), Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+    model.fit(np.random.default_rng(0).random((12, 4, 4, 1), dtype=np.float32), np.arange(12) % 3, verbose=0)
+    path = tmp_path / "model.npz"
+    model.save(path)
+    return model, path
+
+
+def members_of(path):
+    with zipfile.ZipFile(path) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def write_zip(path, members):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def npy_bytes(array, allow_pickle=False):
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=allow_pickle)
+    return buffer.getvalue()
+
+
+def test_file_holds_only_numeric_arrays_and_a_json_header(saved):
+    model, path = saved
+    with np.load(path, allow_pickle=False) as archive:
+        assert set(archive.files) >= {"header", "sha256", "weight_0000", "optimizer_0000"}
+        assert all(archive[name].dtype != object for name in archive.files)
+        header = json.loads(archive["header"].tobytes())
+    assert header["format"] == "tinycnn-model" and header["version"] == saving.FORMAT_VERSION
+    assert header["model"]["layers"][1]["class_name"] == "Dense"
+    assert header["compile"]["loss"] == "sparse_categorical_crossentropy"
+    assert header["compile"]["optimizer"]["class_name"] == "Adam"
+
+
+def test_truncated_file_is_refused(saved, tmp_path):
+    _, path = saved
+    data = path.read_bytes()
+    for keep in (len(data) // 2, len(data) - 30, 10):
+        cut = tmp_path / f"cut{keep}.npz"
+        cut.write_bytes(data[:keep])
+        with pytest.raises(ModelFileError, match="cannot load"):
+            load_model(cut)
+
+
+def test_edited_weight_is_caught_by_the_checksum(saved, tmp_path):
+    _, path = saved
+    members = members_of(path)
+    with np.load(path) as archive:
+        weight = archive["weight_0002"].copy()
+    weight[0, 0] += 1e-3                       # a small, plausible edit with a valid zip around it
+    members["weight_0002.npy"] = npy_bytes(weight)
+    edited = tmp_path / "edited.npz"
+    write_zip(edited, members)
+    with pytest.raises(ModelFileError, match="checksum does not match"):
+        load_model(edited)
+
+
+def test_flipped_byte_is_caught(saved, tmp_path):
+    _, path = saved
+    data = bytearray(path.read_bytes())
+    start = data.find(b"weight_0000.npy")
+    data[start + 200] ^= 0xFF                  # inside the first weight's data
+    flipped = tmp_path / "flipped.npz"
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="cannot load"):
+        load_model(flipped)
+
+
+def test_edited_header_is_caught(saved, tmp_path):
+    _, path = saved
+    members = members_of(path)
+    with np.load(path) as archive:
+        header = json.loads(archive["header"].tobytes())
+    header["model"]["layers"][1]["config"]["units"] = 6
+    members["header.npy"] = npy_bytes(np.frombuffer(json.dumps(header).encode(), np.uint8))
+    edited = tmp_path / "edited.npz"
+    write_zip(edited, members)
+    with pytest.raises(ModelFileError, match="checksum"):
+        load_model(edited)
+
+
+def test_newer_format_version_is_refused(saved, tmp_path, monkeypatch):
+    model, _ = saved
+    monkeypatch.setattr(saving, "FORMAT_VERSION", saving.FORMAT_VERSION + 1)
+    model.save(tmp_path / "future.npz")
+    monkeypatch.undo()
+    with pytest.raises(ModelFileError, match="newer tinycnn .*version 2.*upgrade"):
+        load_model(tmp_path / "future.npz")
+
+
+@pytest.mark.parametrize("kind, content, message", [
+    ("text", b"hello, I am a text file\n", "not a tinycnn model file"),
+    ("empty", b"", "empty file"),
+    ("h5", b"\x89HDF\r\n\x1a\n" + bytes(100), "HDF5 file"),
+    ("npy", None, "single NumPy .npy array"),
+    ("pickle", b"\x80\x04\x95" + bytes(20), "pickle"),
+])
+def test_foreign_files_are_refused(tmp_path, kind, content, message):
+    path = tmp_path / f"foreign.{kind}"
+    if content is None:
+        np.save(path, np.arange(3))          # the name ends in .npy: np.save keeps it
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ModelFileError, match=message):
+        load_model(path)
+
+
+def test_foreign_archives_are_refused(tmp_path):
+    plain = tmp_path / "arrays.npz"
+    np.savez(plain, a=np.arange(3), b=np.ones(2))
+    with pytest.raises(ModelFileError, match="not a tinycnn model file"):
+        load_model(plain)
+    keras = tmp_path / "model.keras"
+    write_zip(keras, {"config.json": "{}", "metadata.json": "{}", "model.weights.h5": b"\x89HDF"})
+    with pytest.raises(ModelFileError, match="Keras .keras archive"):
+        load_model(keras)
+    with pytest.raises(FileNotFoundError, match="no model file"):
+        load_model(tmp_path / "missing.npz")
+    with pytest.raises(ModelFileError, match="directory"):
+        load_model(tmp_path)
+
+
+class CreatesMarker:
+    """Unpickling this object would call open(marker, "w"), creating the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("member", ["weight_0000.npy", "header.npy", "sha256.npy"])
+def test_pickle_crafted_file_is_refused_without_running_it(saved, tmp_path, member):
+    _, path = saved
+    marker = tmp_path / "pwned"
+    evil = np.empty(1, dtype=object)
+    evil[0] = CreatesMarker(marker)
+    members = members_of(path)
+    members[member] = npy_bytes(evil, allow_pickle=True)
+    crafted = tmp_path / "crafted.npz"
+    write_zip(crafted, members)
+    with pytest.raises(ModelFileError, match="pickled Python object"):
+        load_model(crafted)
+    assert not marker.exists()
+    # the crafted member really is live: NumPy with pickles allowed would have run it
+    with np.load(crafted, allow_pickle=True) as archive:
+        archive[member[:-4]]
+    assert marker.exists()
+
+
+def test_wrong_kind_and_extra_members_are_refused(saved, tmp_path):
+    model, path = saved
+    model.save_weights(tmp_path / "weights.npz")
+    with pytest.raises(ModelFileError, match="expected one of \\['model'\\]"):
+        load_model(tmp_path / "weights.npz")
+    members = members_of(path)
+    members["extra.npy"] = npy_bytes(np.zeros(2))
+    extra = tmp_path / "extra.npz"
+    write_zip(extra, members)
+    with pytest.raises(ModelFileError):
+        load_model(extra)
+
+
+def test_save_is_atomic_when_writing_fails(saved, tmp_path, monkeypatch):
+    model, path = saved
+    before = path.read_bytes()
+
+    def broken_savez(file, **arrays):
+        file.write(b"PK partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    with pytest.raises(OSError, match="disk full"):
+        model.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before                       # the old file is untouched
+    assert sorted(os.listdir(tmp_path)) == ["model.npz"]     # and no temporary file is left
+    load_model(path)
+
+
+def test_save_errors_name_the_path(saved, tmp_path):
+    model, _ = saved
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        model.save(tmp_path / "no" / "such" / "model.npz")
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        model.save(tmp_path)
+
+
+def test_saved_file_has_the_usual_permissions(saved):
+    _, path = saved
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask
