@@ -69,6 +69,10 @@ def run_side(side, model, args, log):
     if args.blas_env == "unset":
         env.pop("OPENBLAS_CORETYPE", None)
         env.pop("OPENBLAS_L2_SIZE", None)
+    for kv in args.env or []:
+        key, _, value = kv.partition("=")
+        env[key] = value
+    load_before = os.getloadavg()[0]
     t = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
@@ -81,6 +85,7 @@ def run_side(side, model, args, log):
                 "process_s": wall}
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     res["process_s"] = wall
+    res["load_before"], res["load_after"] = load_before, os.getloadavg()[0]
     scale = FULL_EPOCH / res["train_samples"]
     ep = res["epoch_s"]
     steady = ep[1:] if len(ep) > 1 else ep
@@ -89,7 +94,7 @@ def run_side(side, model, args, log):
     res["predict_med_s"] = median(res["predict_s"]) if res["predict_s"] else res["predict_first_s"]
     print(f"  {side:8s} {model:16s} {res['s_per_epoch']:7.2f} s/epoch  acc {res['test_acc']:.4f}  "
           f"predict {res['predict_med_s']:.2f} s  peak {res['peak_train_mb']:.0f} MB  "
-          f"(process {wall:.0f} s)", flush=True)
+          f"(process {wall:.0f} s, load {load_before:.1f} -> {res['load_after']:.1f})", flush=True)
     return res
 
 
@@ -153,9 +158,10 @@ def verdict(r, target):
 def table(summary, meta, sides=("tinycnn", "keras")):
     lines = [
         f"tinycnn vs Keras, {meta['date']}, {meta['cpu']}, {meta['cpu_count']} cores "
-        f"(shared machine), batch {meta['batch_size']}, {meta['epochs']} epochs of "
+        f"(shared machine, 1-min load average {meta['load_range'][0]:.1f} to {meta['load_range'][1]:.1f}), batch {meta['batch_size']}, {meta['epochs']} epochs of "
         f"{meta['train_samples']} images" + (" (times scaled to 60,000)" if meta["train_samples"] < FULL_EPOCH else "")
-        + f", {meta['repeats']} repeat(s), OpenBLAS env: {meta['blas_env']}",
+        + f", {meta['repeats']} repeat(s), OpenBLAS env: {meta['blas_env']}"
+        + (f", extra env: {' '.join(meta['extra_env'])}" if meta["extra_env"] else ""),
         "",
         "| model | side | s/epoch (median) | warm-up s | test acc | predict 10k s | peak MB (train) | MB added by training | import s |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -201,6 +207,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--blas-env", choices=("unset", "inherit"), default="unset",
                    help="unset (default) or keep this machine's OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE in both sides")
+    p.add_argument("--env", action="append", metavar="KEY=VALUE",
+                   help="set this in both sides' environment (e.g. OMP_WAIT_POLICY=PASSIVE); repeatable")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for vs_keras.json/.md")
     args = p.parse_args(argv)
     args.epochs = args.epochs or 3
@@ -238,8 +246,10 @@ def main(argv=None):
         "python": platform.python_version(), "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
         "epochs": args.epochs, "repeats": args.repeats, "train_samples": args.train_samples,
         "batch_size": args.batch_size, "predict_batch_size": args.predict_batch_size,
-        "blas_env": args.blas_env, "settings": settings,
+        "blas_env": args.blas_env, "extra_env": args.env or [], "settings": settings,
         "load_average_after": os.getloadavg(),
+        "load_range": [min((r.get("load_before", 0) for r in runs), default=0),
+                       max((r.get("load_after", 0) for r in runs), default=0)],
         "wall_s": (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(),
     }
     md = table(summary, meta, sides)
