@@ -69,6 +69,9 @@ def test_kernels_match_numpy_twins_on_random_shapes(dtype):
         np.testing.assert_array_equal(K.bias_relu_(z.copy(), b), expected)
         g = rng.standard_normal(z.shape).astype(dtype)
         np.testing.assert_array_equal(K.relu_backward(g, expected), K.relu_backward_numpy(g, expected))
+        sums = K.column_sums(g)
+        assert sums.dtype == dtype
+        np.testing.assert_allclose(sums, K.column_sums_numpy(g), rtol=1e-6, atol=1e-6)
 
 
 def test_col2im_is_the_adjoint_of_im2col():

@@ -336,7 +336,7 @@ class Conv2D(_WeightedLayer):
         dz = grad_z.reshape(-1, f)                                             # (N*OH*OW, F)
         self.grads[0][...] = (self.cols.T @ dz).reshape(self.kernel.shape)
         if self.use_bias:
-            self.grads[1][...] = dz.sum(axis=0)
+            self.grads[1][...] = kernels.column_sums(dz)       # sum over rows
         if not self.need_input_grad:
             return None
         dcols = dz @ self.kernel.reshape(-1, f).T                              # (N*OH*OW, KH*KW*C)
@@ -475,7 +475,7 @@ class Dense(_WeightedLayer):
         dz = grad_z.reshape(-1, self.units)
         self.grads[0][...] = self.x_rows.T @ dz
         if self.use_bias:
-            self.grads[1][...] = dz.sum(axis=0)
+            self.grads[1][...] = kernels.column_sums(dz)       # sum over rows
         if not self.need_input_grad:
             return None
         return (dz @ self.kernel.T).reshape(grad_z.shape[:-1] + (self.kernel.shape[0],))
