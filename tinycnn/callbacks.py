@@ -222,8 +222,8 @@ class Progbar:
         if not self.dynamic:
             return
         now = time.perf_counter()
-        if now - self._last_draw < self.interval and current < self.target:
-            return
+        if now - self._last_draw < self.interval or current >= self.target:
+            return                           # too soon; or done, and finish() draws the last line
         self._last_draw = now
         elapsed = now - self.start
         eta = elapsed / current * (self.target - current) if current else 0.0

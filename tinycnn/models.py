@@ -435,24 +435,7 @@ class Sequential:
         if x is None or y is None:
             raise ValueError("fit: give both the inputs x and the targets y")
 
-        x = self._check_x(x, "fit")
-        y, labels = self._check_y(y, len(x), "fit")
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
-            x_val = self._check_x(validation_data[0], "fit", "validation_data[0]")
-            y_val, labels_val = self._check_y(validation_data[1], len(x_val), "fit", "validation_data[1]")
-        elif validation_split > 0:
-            split_at = int(math.floor(len(x) * (1.0 - validation_split)))   # Keras's rule
-            if split_at == 0 or split_at == len(x):
-                raise ValueError(f"fit: validation_split={validation_split} of {len(x)} samples leaves "
-                                 f"{split_at} for training and {len(x) - split_at} for validation; "
-                                 f"both need at least one")
-            x, x_val = x[:split_at], x[split_at:]
-            y, y_val = y[:split_at], y[split_at:]
-            labels, labels_val = labels[:split_at], labels[split_at:]
-        else:
-            x_val = None
+        x, y, labels, validation = self._fit_data(x, y, validation_data, validation_split)
 
         n, steps = len(x), math.ceil(len(x) / batch_size)
         history = callbacks_module.History()
@@ -460,12 +443,11 @@ class Sequential:
         for callback in user_callbacks:
             if not isinstance(callback, callbacks_module.Callback):
                 raise ValueError(f"fit: callbacks must be tinycnn.callbacks.Callback objects, got {callback!r}")
-        all_callbacks = user_callbacks + [history]
+        all_callbacks = user_callbacks + [history]                  # Keras's order
         if verbose:
             all_callbacks.append(callbacks_module.progbar_logger(verbose))
         callback_list = callbacks_module.CallbackList(
             all_callbacks, self, {"verbose": verbose, "epochs": int(epochs), "steps": steps})
-        accuracy_name = self._accuracy_name
         rng = utils.get_rng()
 
         self.history = history
@@ -478,47 +460,14 @@ class Sequential:
             for epoch in range(initial_epoch, epochs):
                 callback_list.on_epoch_begin(epoch)
                 order = rng.permutation(n) if shuffle else None
-                loss_sum, correct, seen = 0.0, 0, 0
-                for step in range(steps):
-                    start, stop = step * batch_size, min((step + 1) * batch_size, n)
-                    if order is None:                       # views, no copies
-                        xb, yb, lb = x[start:stop], y[start:stop], labels[start:stop]
-                    else:                                   # one gather per batch
-                        rows = order[start:stop]
-                        xb, yb, lb = x[rows], y[rows], labels[rows]
-                    if callback_list.wants_batch_begin:
-                        callback_list.on_train_batch_begin(step)
-
-                    loss, probs = self._train_step(xb, yb)
-                    if not math.isfinite(loss):
-                        stopped_by = "nan"
-                        break
-
-                    loss_sum += loss * (stop - start)
-                    seen += stop - start
-                    if accuracy_name:
-                        correct += self._count_correct(probs, lb)
-                    if callback_list.wants_batch_end:
-                        batch_logs = {"loss": loss_sum / seen}
-                        if accuracy_name:
-                            batch_logs[accuracy_name] = correct / seen
-                        callback_list.on_train_batch_end(step, batch_logs)
-                    if self._interrupt_requested:
-                        stopped_by = "interrupt"
-                        break
-                    if self.stop_training:
-                        break
-                if stopped_by is not None:
+                logs, step, stopped_by = self._fit_epoch(x, y, labels, order, batch_size, callback_list)
+                if stopped_by is not None:                          # NaN or Ctrl-C: epoch not recorded
                     break
-
-                logs = {"loss": loss_sum / seen}
-                if accuracy_name:
-                    logs[accuracy_name] = correct / seen
-                if x_val is not None:
-                    val_loss, val_correct = self._evaluate_arrays(x_val, y_val, labels_val, batch_size)
+                if validation is not None:
+                    val_loss, val_correct = self._evaluate_arrays(*validation, batch_size)
                     logs["val_loss"] = val_loss
-                    if accuracy_name:
-                        logs["val_" + accuracy_name] = val_correct / len(x_val)
+                    if self._accuracy_name:
+                        logs["val_" + self._accuracy_name] = val_correct / len(validation[0])
                 callback_list.on_epoch_end(epoch, logs)
                 if self._interrupt_requested:
                     stopped_by = "interrupt"
@@ -537,6 +486,73 @@ class Sequential:
                   f"the model keeps its current weights, and the returned History holds the "
                   f"{len(history.epoch)} completed epoch(s).", file=sys.stderr)
         return history
+
+    def _fit_data(self, x, y, validation_data, validation_split):
+        """Check fit's data -> (x, y, labels, validation), validation = (x_val, y_val, labels_val) or None."""
+        x = self._check_x(x, "fit")
+        y, labels = self._check_y(y, len(x), "fit")
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
+            x_val = self._check_x(validation_data[0], "fit", "validation_data[0]")
+            y_val, labels_val = self._check_y(validation_data[1], len(x_val), "fit", "validation_data[1]")
+            return x, y, labels, (x_val, y_val, labels_val)
+        if validation_split > 0:
+            split_at = int(math.floor(len(x) * (1.0 - validation_split)))   # Keras's rule: the last part
+            if split_at == 0 or split_at == len(x):
+                raise ValueError(f"fit: validation_split={validation_split} of {len(x)} samples leaves "
+                                 f"{split_at} for training and {len(x) - split_at} for validation; "
+                                 f"both need at least one")
+            validation = (x[split_at:], y[split_at:], labels[split_at:])
+            return x[:split_at], y[:split_at], labels[:split_at], validation
+        return x, y, labels, None
+
+    def _fit_epoch(self, x, y, labels, order, batch_size, callback_list):
+        """One pass over the data in batches (in `order`, or as given when order is None).
+
+        Returns (logs, last step, stopped_by): logs = the running means {"loss", "accuracy"};
+        stopped_by = None, "nan" (the loss was not finite: that step was not applied) or
+        "interrupt" (Ctrl-C). A callback's model.stop_training also ends the epoch early.
+        """
+        n, accuracy_name = len(x), self._accuracy_name
+        loss_sum, correct, seen, stopped_by = 0.0, 0, 0, None
+        step = 0
+        try:
+            for step in range(math.ceil(n / batch_size)):
+                start, stop = step * batch_size, min((step + 1) * batch_size, n)
+                if order is None:                               # views, no copies
+                    xb, yb, lb = x[start:stop], y[start:stop], labels[start:stop]
+                else:                                           # one gather per batch
+                    rows = order[start:stop]
+                    xb, yb, lb = x[rows], y[rows], labels[rows]
+                if callback_list.wants_batch_begin:
+                    callback_list.on_train_batch_begin(step)
+
+                loss, probs = self._train_step(xb, yb)
+                if not math.isfinite(loss):
+                    stopped_by = "nan"
+                    break
+
+                loss_sum += loss * (stop - start)               # running means, weighted by batch size
+                seen += stop - start
+                if accuracy_name:
+                    correct += self._count_correct(probs, lb)
+                if callback_list.wants_batch_end:
+                    batch_logs = {"loss": loss_sum / seen}
+                    if accuracy_name:
+                        batch_logs[accuracy_name] = correct / seen
+                    callback_list.on_train_batch_end(step, batch_logs)
+                if self._interrupt_requested:
+                    stopped_by = "interrupt"
+                    break
+                if self.stop_training:
+                    break
+        except KeyboardInterrupt:         # raised by a callback, a second Ctrl-C, or outside the main thread
+            stopped_by = "interrupt"
+        logs = {"loss": loss_sum / seen} if seen else {}
+        if accuracy_name and seen:
+            logs[accuracy_name] = correct / seen
+        return logs, step, stopped_by
 
     def _nan_stop(self, epoch, step, epochs, steps):
         """After a NaN/inf loss: say where, and make sure the weights are finite."""

@@ -197,6 +197,9 @@ def read_model_file(path, kinds=("model", "weights")):
     if _digest(header_bytes, members) != checksum.tobytes():
         raise fail("its SHA-256 checksum does not match its contents: the file was damaged or "
                    "edited after it was written")
+    if header.get("kind") == "weights" and "weights" not in kinds:
+        raise fail("it holds only weights (written by save_weights); load them into a model of the "
+                   "same architecture with model.load_weights(path)")
     if header.get("kind") not in kinds:
         raise fail(f"it holds {header.get('kind')!r}, expected one of {list(kinds)}")
 
