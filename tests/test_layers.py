@@ -68,7 +68,7 @@ def random_conv_configs(count, seed):
     return configs
 
 
-@pytest.mark.parametrize("cfg", random_conv_configs(16, seed=10), ids=lambda c: str(c))
+@pytest.mark.parametrize("cfg", random_conv_configs(40, seed=10), ids=lambda c: str(c))
 def test_conv2d_gradients(cfg):
     cfg = dict(cfg)
     batch, input_shape = cfg.pop("batch"), cfg.pop("input_shape")
@@ -81,8 +81,19 @@ def test_conv2d_gradients(cfg):
     assert len(report.entries) == 1 + len(layer.params)
 
 
-def random_pool_configs():
-    return [  # (batch, input (h, w, c), pool, strides, padding)
+def random_pool_configs(count=12, seed=12):
+    """The hand-picked cases below, then `count` random ones (overlap, gaps, both paddings)."""
+    rng = np.random.default_rng(seed)
+    drawn = []
+    while len(drawn) < count:
+        h, w, c = (int(v) for v in (rng.integers(2, 9), rng.integers(2, 9), rng.integers(1, 4)))
+        pool = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
+        strides = None if rng.integers(3) == 0 else (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        padding = ["valid", "same"][len(drawn) % 2]
+        if padding == "valid" and (pool[0] > h or pool[1] > w):
+            continue
+        drawn.append((int(rng.integers(1, 4)), (h, w, c), pool, strides, padding))
+    return drawn + [  # (batch, input (h, w, c), pool, strides, padding)
         (2, (4, 4, 3), 2, None, "valid"), (1, (5, 7, 2), 2, None, "valid"),     # odd sizes drop the edge
         (3, (6, 5, 2), 3, 1, "valid"), (2, (7, 7, 1), (3, 2), (2, 1), "valid"),  # overlapping windows
         (2, (5, 5, 2), 2, None, "same"), (1, (7, 6, 3), 3, 2, "same"),           # padding, ignored cells
@@ -169,6 +180,24 @@ def test_conv2d_forward_matches_the_definition(cfg):
     y = layer.forward(x)
     assert y.shape == (batch,) + layer.output_shape
     assert rel_error(y, expected) < 1e-12
+
+
+@pytest.mark.parametrize("cfg", random_conv_configs(12, seed=13), ids=lambda c: str(c))
+def test_conv2d_float32_agrees_with_float64(cfg):
+    cfg = dict(cfg)
+    batch, input_shape = cfg.pop("batch"), cfg.pop("input_shape")
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((batch,) + input_shape)
+    results = []
+    for dtype in ("float32", "float64"):
+        layer = L.Conv2D(**cfg, dtype=dtype)
+        layer.build(input_shape)
+        layer.set_weights([np.random.default_rng(15).standard_normal(p.shape) for p in layer.params])
+        y = layer.forward(x)
+        dx = layer.backward(np.random.default_rng(16).standard_normal(y.shape))
+        results.append([y, dx] + [g.copy() for g in layer.grads])
+    for a, b in zip(*results):
+        assert a.dtype == np.float32 and rel_error(a, b) < 1e-5
 
 
 @pytest.mark.parametrize("batch,input_shape,pool,strides,padding", random_pool_configs())
@@ -368,3 +397,18 @@ def test_set_weights_errors_name_the_layer_and_shapes():
         dense.set_weights([np.ones((4, 3)), np.ones(4)])
     for a, b in zip(before, dense.get_weights()):                           # nothing half-written
         np.testing.assert_array_equal(a, b)
+
+
+def test_backward_checks_the_gradient_it_is_given():
+    dense = L.Dense(3)
+    with pytest.raises(ValueError, match="dense: backward called before forward"):
+        dense.backward(np.zeros((2, 3)))
+    dense.forward(np.zeros((2, 4)))
+    with pytest.raises(ValueError, match=r"dense: backward expected a gradient of shape \(2, 3\).*got \(2, 4\)"):
+        dense.backward(np.zeros((2, 4)))
+    pool = L.MaxPooling2D(2)
+    pool.forward(np.zeros((1, 4, 4, 2)))
+    with pytest.raises(ValueError, match=r"max_pooling2d: backward expected .*\(1, 2, 2, 2\)"):
+        pool.backward(np.zeros((1, 4, 4, 2)))
+    # a float64 gradient given to a float32 layer comes back as float32
+    assert dense.backward(np.ones((2, 3))).dtype == np.float32 and dense.grads[0].dtype == np.float32

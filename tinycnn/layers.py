@@ -153,7 +153,20 @@ class Layer:
                              f"{', '.join(map(str, self.input_shape))}), got {x.shape}")
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)
+        self._batch_size = x.shape[0]                 # backward checks its gradient against this
         return np.ascontiguousarray(x)
+
+    def _check_grad(self, grad_out):
+        """grad_out as an array of the layer's dtype, after checking it matches the last forward's output."""
+        batch = getattr(self, "_batch_size", None)
+        if batch is None:
+            raise ValueError(f"{self.name}: backward called before forward; run forward(x) first")
+        grad_out = np.asarray(grad_out, dtype=self.dtype)
+        expected = (batch,) + tuple(self.output_shape)
+        if grad_out.shape != expected:
+            raise ValueError(f"{self.name}: backward expected a gradient of shape {expected} (the shape of "
+                             f"the last forward's output), got {grad_out.shape}")
+        return grad_out
 
     # -- the maths (subclasses) -------------------------------------------------------------------
     def forward(self, x, training=False):
@@ -250,14 +263,14 @@ class _WeightedLayer(Layer):
 
     def backward(self, grad_out):
         """dL/dx from dL/dy: through the activation (dL/dz = f'(z) * dL/dy), then the linear part."""
-        grad_z = self.activation.backward(grad_out, self.output)
+        grad_z = self.activation.backward(self._check_grad(grad_out), self.output)
         return self.backward_linear(grad_z)
 
     def backward_from_logits(self, grad_logits):
         """dL/dx from dL/dz, z the softmax's input (the loss gives (softmax - onehot)/batch)."""
         if not self.outputs_softmax:
             super().backward_from_logits(grad_logits)
-        return self.backward_linear(grad_logits)
+        return self.backward_linear(self._check_grad(grad_logits))
 
     def get_config(self):
         config = super().get_config()
@@ -400,7 +413,7 @@ class MaxPooling2D(Layer):
         if not self.need_input_grad:
             return None
         h, w, _ = self.input_shape
-        return kernels.maxpool_backward(np.ascontiguousarray(grad_out), self.argmax, h, w)
+        return kernels.maxpool_backward(np.ascontiguousarray(self._check_grad(grad_out)), self.argmax, h, w)
 
     def get_config(self):
         config = super().get_config()
@@ -427,7 +440,7 @@ class Flatten(Layer):
     def backward(self, grad_out):
         if not self.need_input_grad:
             return None
-        return grad_out.reshape((grad_out.shape[0],) + self.input_shape)
+        return self._check_grad(grad_out).reshape((grad_out.shape[0],) + self.input_shape)
 
 
 # ---------------------------------------------------------------------------
@@ -508,13 +521,13 @@ class Activation(Layer):
         """dL/dx = f'(x) * dL/dy (for softmax, the Jacobian-vector product)."""
         if not self.need_input_grad:
             return None
-        return self.activation.backward(grad_out, self.output)
+        return self.activation.backward(self._check_grad(grad_out), self.output)
 
     def backward_from_logits(self, grad_logits):
         """With a softmax, dL/dlogits is dL/dx itself: pass it through (a copy, never the caller's array)."""
         if not self.outputs_softmax:
             super().backward_from_logits(grad_logits)
-        return np.array(grad_logits, copy=True) if self.need_input_grad else None
+        return self._check_grad(grad_logits).copy() if self.need_input_grad else None
 
     def get_config(self):
         config = super().get_config()
