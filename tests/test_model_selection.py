@@ -133,6 +133,15 @@ def test_cross_validate_is_repeatable_and_parallel_equals_serial():
         assert a.history == b.history
 
 
+def test_a_model_fn_workers_cannot_import_runs_here_serially_only():
+    x, y = tiny_data(60)
+    build = lambda: tiny_model()          # noqa: E731  (a lambda: workers can't import it)
+    result = cross_validate(build, x, y, n_splits=2, epochs=1, batch_size=8, verbose=0)
+    assert len(result.scores) == 2 and all(0.0 <= s <= 1.0 for s in result.scores)
+    with pytest.raises(ValueError, match="cannot import model_fn"):
+        cross_validate(build, x, y, n_splits=2, epochs=1, n_jobs=2, verbose=0)
+
+
 def test_cross_validate_rejects_bad_input():
     x, y = tiny_data(12)
     with pytest.raises(ValueError, match="same number of samples"):

@@ -3,4 +3,5 @@ import sys
 
 from tinycnn.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":      # not when a worker process of `tinycnn cv --jobs 2` imports it
+    sys.exit(main())

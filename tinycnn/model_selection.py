@@ -14,6 +14,10 @@ folds here are the folds the tutorial used (for the same data order and random_s
 """
 import multiprocessing
 import os
+import pickle
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -137,23 +141,31 @@ class CVResult:
 
 def cross_validate(model_fn, x, y, n_splits=5, epochs=10, batch_size=32, random_state=1,
                    shuffle=True, n_jobs=1, verbose=1):
-    """Train and score a fresh model on each of `n_splits` folds.
+    """Train and score a fresh model on each of `n_splits` folds (the tutorial's evaluate_model).
 
     model_fn: a function with no arguments that returns a compiled model
-        (e.g. `tinycnn.zoo.cnn_categorical_model`). In parallel runs it must be
-        importable by name (a module-level function, not a lambda).
+        (e.g. `tinycnn.zoo.cnn_categorical_model`, or your own `define_model`).
     x: inputs, shape (N, ...) (e.g. (N, 28, 28, 1) float32 in [0, 1]).
     y: labels in the format the model's loss wants: (N, 10) one-hot or (N,) integers.
-    random_state: seeds the fold split (as KFold) and each fold's model:
-        fold i calls `set_random_seed(random_state + i)` before building its model, so
-        a fold gives the same result whether it runs alone, in order or in parallel.
-    n_jobs: how many folds train at the same time, each in its own process
-        (one thread each). 1 trains them one after the other here. -1: one per CPU.
-    verbose: 1 prints `> 91.200` per fold (the accuracy in percent), as the tutorial;
-        2 also shows each fold's progress bar (serial runs only); 0 prints nothing.
+    n_splits, shuffle, random_state: the folds, as KFold(n_splits, shuffle, random_state).
+    epochs, batch_size: passed to each fold's fit.
+    random_state also seeds each fold's model: fold i calls set_random_seed(random_state + i)
+        before building it.
+    n_jobs: how many folds train at the same time (-1: one per CPU).
+    verbose: 1 prints `> 91.200` per fold (its accuracy in percent), as the tutorial does;
+        2 also shows each fold's progress bar; 0 prints nothing.
 
-    Returns a CVResult (scores, histories, folds); `scores, histories = cross_validate(...)`
-    also works.
+    Where the folds run: each fold trains in a fresh worker process with one thread
+    (numba and BLAS), n_jobs of them at a time, so a fold's result depends only on its
+    data and seed: n_jobs=1 and n_jobs=5 give identical scores and histories. Worker
+    processes import model_fn by name, and (on every OS) re-import the script you run,
+    so a script that calls cross_validate must keep its code under
+    `if __name__ == "__main__":`. A model_fn that workers cannot import (a lambda, a
+    nested function, one defined in a notebook) is trained here instead, with this
+    process's threads, and only with n_jobs=1.
+
+    Returns a CVResult (.scores, .histories, .folds, .mean, .std);
+    `scores, histories = cross_validate(...)` also works.
     """
     if not callable(model_fn):
         raise ValueError(f"cross_validate: model_fn must be a function that returns a compiled "
@@ -161,35 +173,47 @@ def cross_validate(model_fn, x, y, n_splits=5, epochs=10, batch_size=32, random_
     if len(x) != len(y):
         raise ValueError(f"cross_validate: x and y must have the same number of samples, "
                          f"got {len(x)} and {len(y)}")
-    if random_state is None:
-        random_state = 0
     if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)) \
             or random_state < 0:
         raise ValueError(f"cross_validate: random_state must be a non-negative integer, "
                          f"got {random_state!r}")
     n_jobs = _resolve_n_jobs(n_jobs, n_splits)
+    in_workers = _workers_can_import(model_fn)
+    if not in_workers and n_jobs > 1:
+        raise ValueError(
+            f"cross_validate: worker processes cannot import model_fn {model_fn!r} (a lambda, "
+            f"a nested function or a function defined in a notebook); define it at the top "
+            f"level of a .py module, or use n_jobs=1")
 
-    kfold = KFold(n_splits, shuffle=shuffle, random_state=random_state if shuffle else None)
+    kfold = KFold(n_splits, shuffle=shuffle, random_state=int(random_state) if shuffle else None)
     folds = list(kfold.split(x))
-    jobs = [(model_fn, x, y, train_index, test_index, epochs, batch_size,
-             int(random_state) + fold_number, verbose if n_jobs == 1 else 0)
+    jobs = [(train_index, test_index, int(random_state) + fold_number)
             for fold_number, (train_index, test_index) in enumerate(folds)]
+    settings = (model_fn, epochs, batch_size, verbose)
 
     result = CVResult(folds=folds)
-    if n_jobs == 1:
+    if in_workers:
+        context = multiprocessing.get_context("spawn")
+        with _single_threaded_children(), ProcessPoolExecutor(
+                n_jobs, mp_context=context, initializer=_worker_start,
+                initargs=(x, y, settings)) as pool:
+            try:
+                # map keeps the folds in order; each score is printed as soon as it is known.
+                for score, history in pool.map(_worker_fold, jobs):
+                    _report(score, verbose)
+                    result.scores.append(score)
+                    result.histories.append(history)
+            except BrokenProcessPool:
+                raise RuntimeError(
+                    "cross_validate: a worker process failed to start. If you run a script, put "
+                    "its code under `if __name__ == \"__main__\":` (each worker re-imports the "
+                    "script); see the worker's error above.") from None
+    else:
         for job in jobs:
-            score, history = _train_one_fold(*job)
+            score, history = _train_one_fold(x, y, *job, *settings)
             _report(score, verbose)
             result.scores.append(score)
             result.histories.append(history)
-    else:
-        context = multiprocessing.get_context("spawn")
-        with _single_threaded_children(), context.Pool(n_jobs) as pool:
-            # imap keeps the folds in order and lets us print each score as it arrives.
-            for score, history in pool.imap(_train_one_fold_star, jobs):
-                _report(score, verbose)
-                result.scores.append(score)
-                result.histories.append(history)
     return result
 
 
@@ -208,8 +232,22 @@ def _resolve_n_jobs(n_jobs, n_splits):
     return max(1, min(int(n_jobs), n_splits))
 
 
+def _workers_can_import(model_fn):
+    """True when a worker process can find model_fn by its module and name."""
+    main = sys.modules.get("__main__")
+    if getattr(model_fn, "__module__", None) == "__main__" and not getattr(main, "__file__", None):
+        return False                      # defined in a notebook or an interactive session
+    try:
+        pickle.dumps(model_fn)            # functions pickle as "module.name": a lookup, no code
+    except Exception:
+        return False                      # a lambda or a nested function
+    return True
+
+
 # The thread settings of a worker process. They must be in the environment before
 # NumPy and numba are imported there, which a freshly spawned process guarantees.
+# (One thread each is also much faster than several on a small, busy machine: the
+# threads of a multi-threaded BLAS spin while they wait for a core.)
 _ONE_THREAD = {
     "NUMBA_NUM_THREADS": "1",
     "OMP_NUM_THREADS": "1",
@@ -219,8 +257,7 @@ _ONE_THREAD = {
 
 
 class _single_threaded_children:
-    """While active, processes started from here get one thread each (2 folds on 2 cores
-    then run side by side instead of fighting over the cores)."""
+    """While active, processes started from here get one thread each."""
 
     def __enter__(self):
         self.saved = {name: os.environ.get(name) for name in _ONE_THREAD}
@@ -236,14 +273,22 @@ class _single_threaded_children:
         return False
 
 
-def _train_one_fold_star(job):
-    return _train_one_fold(*job)
+# What a worker process holds: the whole data set and the settings, sent once per worker.
+_worker_state = {}
 
 
-def _train_one_fold(model_fn, x, y, train_index, test_index, epochs, batch_size, seed, verbose):
+def _worker_start(x, y, settings):
+    _worker_state.update(x=x, y=y, settings=settings)
+
+
+def _worker_fold(job):
+    return _train_one_fold(_worker_state["x"], _worker_state["y"], *job, *_worker_state["settings"])
+
+
+def _train_one_fold(x, y, train_index, test_index, seed, model_fn, epochs, batch_size, verbose):
     """Build a fresh model with a fixed seed, fit it on the training part, score the test part.
 
-    Returns (test accuracy as a float in [0, 1], the History of the fit).
+    Returns (test accuracy as a float in [0, 1], the fit's History as a FoldHistory).
     """
     from tinycnn.utils import set_random_seed
 
@@ -254,12 +299,12 @@ def _train_one_fold(model_fn, x, y, train_index, test_index, epochs, batch_size,
     history = model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size,
                         validation_data=(x_test, y_test), verbose=1 if verbose >= 2 else 0)
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)
-    history = _portable_history(history)
-    return float(accuracy), history
+    return float(accuracy), _portable_history(history)
 
 
 class FoldHistory:
-    """A picklable stand-in for a fit's History: `.history` (dict of lists) and `.epoch`."""
+    """A fit's History reduced to plain numbers: `.history` (dict of per-epoch lists) and
+    `.epoch`, so that it can come back from a worker process."""
 
     def __init__(self, history, epoch):
         self.history = history
@@ -270,9 +315,6 @@ class FoldHistory:
 
 
 def _portable_history(history):
-    """Copy what a History holds into plain floats, so it can cross process boundaries
-    (a History may hold a reference to its model)."""
     values = {key: [float(v) for v in series] for key, series in history.history.items()}
     epoch = list(getattr(history, "epoch", range(len(next(iter(values.values()), [])))))
     return FoldHistory(values, epoch)
-
