@@ -136,7 +136,7 @@ def test_foreign_archives_are_refused(tmp_path):
     write_zip(keras, {"config.json": "{}", "metadata.json": "{}", "model.weights.h5": b"\x89HDF"})
     with pytest.raises(ModelFileError, match="Keras .keras archive"):
         load_model(keras)
-    with pytest.raises(FileNotFoundError, match="no model file"):
+    with pytest.raises(FileNotFoundError, match="No such file"):
         load_model(tmp_path / "missing.npz")
     with pytest.raises(ModelFileError, match="directory"):
         load_model(tmp_path)

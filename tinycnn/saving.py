@@ -18,6 +18,7 @@ returns anything, and raises ModelFileError, naming the file and the problem, ot
 The checksum detects accidents and casual edits; it is not a signature (whoever edits a
 file can recompute it). Loading stays safe regardless: only numbers and JSON are read.
 """
+import errno
 import hashlib
 import json
 import os
@@ -130,7 +131,7 @@ def read_model_file(path, kinds=("model", "weights")):
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no model file at {path!r}")
+        raise FileNotFoundError(errno.ENOENT, "No such file (no model file there)", path)
     if os.path.isdir(path):
         raise ModelFileError(f"{path!r} is a directory, not a tinycnn model file")
 
