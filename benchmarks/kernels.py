@@ -131,6 +131,7 @@ def kernel_cases(k):
         z = rand(N * oh * ow, f)
         b = rand(f)
         cases.setdefault("bias_relu_", []).append((label, (z, b), 2 * z.nbytes))
+        cases.setdefault("column_sums", []).append((label, (rand(N * oh * ow, f),), z.nbytes))
         y = np.maximum(rand(N * oh * ow, f), 0)
         cases.setdefault("relu_backward", []).append((label, (rand(N * oh * ow, f), y), 3 * y.nbytes))
     for label, h, w, c in POOLS:
@@ -145,6 +146,7 @@ def kernel_cases(k):
         if act == "relu":
             z, b = rand(N, o), rand(o)
             cases.setdefault("bias_relu_", []).append((label, (z, b), 2 * z.nbytes))
+        cases.setdefault("column_sums", []).append((label, (rand(N, o),), N * o * 4))
     return cases
 
 
