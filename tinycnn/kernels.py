@@ -75,31 +75,33 @@ def im2col(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w):
     x (N, H, W, C) -> cols (N*OH*OW, KH*KW*C); pixels outside the image read as 0.
     For a fixed kernel row i, the KW*C values of a patch are contiguous both in x and in
     cols, so the common case (the patch row lies inside the image) is one straight copy.
+    (Indexing the innermost loop with the bare loop counter lets numba vectorise it.)
     """
     n, h, w, c = x.shape
-    x_rows = x.reshape(n, h, w * c)                 # one image row = W*C contiguous values
-    run = kw * c
+    run = kw * c                                     # one patch row: KW pixels x C channels
+    x_rows = x.reshape(n, h, w * c)                  # an image row = W*C contiguous values
     cols = np.empty((n * out_h * out_w, kh * run), dtype=x.dtype)
+    patches = cols.reshape(n * out_h * out_w, kh, run)
     for b in range(n):
         for oy in range(out_h):
             for ox in range(out_w):
                 row = (b * out_h + oy) * out_w + ox
-                x0 = ox * sw - pad_left             # first image column of the patch
+                x0 = ox * sw - pad_left              # first image column of the patch
                 for i in range(kh):
                     yy = oy * sh - pad_top + i
-                    dst = i * run
-                    if yy < 0 or yy >= h:           # a padding row
+                    out = patches[row, i]
+                    if yy < 0 or yy >= h:            # a padding row
                         for t in range(run):
-                            cols[row, dst + t] = 0
-                    elif x0 >= 0 and x0 + kw <= w:  # fully inside: copy KW*C values
-                        src = x0 * c
+                            out[t] = 0
+                    elif x0 >= 0 and x0 + kw <= w:   # inside the image: copy KW*C values
+                        src = x_rows[b, yy, x0 * c:x0 * c + run]
                         for t in range(run):
-                            cols[row, dst + t] = x_rows[b, yy, src + t]
-                    else:                           # straddles the left/right padding
+                            out[t] = src[t]
+                    else:                            # straddles the left/right padding
                         for j in range(kw):
                             xx = x0 + j
                             for ch in range(c):
-                                cols[row, dst + j * c + ch] = x[b, yy, xx, ch] if 0 <= xx < w else 0
+                                out[j * c + ch] = x[b, yy, xx, ch] if 0 <= xx < w else 0
     return cols
 
 
@@ -124,23 +126,32 @@ def col2im(dcols, n, h, w, c, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w):
     """dx[n, y, x, c] = sum of dcols over every (row, column) that im2col copied from x[n, y, x, c].
 
     dcols (N*OH*OW, KH*KW*C) -> dx (N, H, W, C). Entries that came from padding are dropped.
+    The same contiguous runs as in im2col, added instead of copied.
     """
+    run = kw * c
     dx = np.zeros((n, h, w, c), dtype=dcols.dtype)
+    dx_rows = dx.reshape(n, h, w * c)
+    patches = dcols.reshape(n * out_h * out_w, kh, run)
     for b in range(n):
         for oy in range(out_h):
             for ox in range(out_w):
                 row = (b * out_h + oy) * out_w + ox
+                x0 = ox * sw - pad_left
                 for i in range(kh):
                     yy = oy * sh - pad_top + i
-                    if yy < 0 or yy >= h:
+                    if yy < 0 or yy >= h:            # a padding row: nothing to give back
                         continue
-                    for j in range(kw):
-                        xx = ox * sw - pad_left + j
-                        if xx < 0 or xx >= w:
-                            continue
-                        base = (i * kw + j) * c
-                        for ch in range(c):
-                            dx[b, yy, xx, ch] += dcols[row, base + ch]
+                    src = patches[row, i]
+                    if x0 >= 0 and x0 + kw <= w:
+                        dst = dx_rows[b, yy, x0 * c:x0 * c + run]
+                        for t in range(run):
+                            dst[t] += src[t]
+                    else:
+                        for j in range(kw):
+                            xx = x0 + j
+                            if 0 <= xx < w:
+                                for ch in range(c):
+                                    dx[b, yy, xx, ch] += src[j * c + ch]
     return dx
 
 
@@ -173,21 +184,23 @@ def maxpool_forward(x, ph, pw, sh, sw, pad_top, pad_left, out_h, out_w):
     argmax = np.empty((n, out_h, out_w, c), dtype=np.int32)
     for b in range(n):
         for oy in range(out_h):
-            y0 = max(oy * sh - pad_top, 0)
+            y0 = max(oy * sh - pad_top, 0)           # the window's rows and columns inside the image
             y1 = min(oy * sh - pad_top + ph, h)
             for ox in range(out_w):
                 x0 = max(ox * sw - pad_left, 0)
                 x1 = min(ox * sw - pad_left + pw, w)
-                for ch in range(c):                      # start from the window's first real cell
-                    y[b, oy, ox, ch] = x[b, y0, x0, ch]
-                    argmax[b, oy, ox, ch] = y0 * w + x0
+                best, where = y[b, oy, ox], argmax[b, oy, ox]      # (C,) views
+                first = x[b, y0, x0]
+                for ch in range(c):                  # start from the window's first real cell
+                    best[ch] = first[ch]
+                    where[ch] = y0 * w + x0
                 for yy in range(y0, y1):
                     for xx in range(x0, x1):
+                        pixel = x[b, yy, xx]
                         for ch in range(c):
-                            v = x[b, yy, xx, ch]
-                            if v > y[b, oy, ox, ch]:
-                                y[b, oy, ox, ch] = v
-                                argmax[b, oy, ox, ch] = yy * w + xx
+                            if pixel[ch] > best[ch]:
+                                best[ch] = pixel[ch]
+                                where[ch] = yy * w + xx
     return y, argmax
 
 
@@ -217,12 +230,13 @@ def maxpool_backward(dy, argmax, h, w):
     """
     n, out_h, out_w, c = dy.shape
     dx = np.zeros((n, h, w, c), dtype=dy.dtype)
+    dx_pixels = dx.reshape(n, h * w, c)              # pixel y*W + x, channel c
     for b in range(n):
         for oy in range(out_h):
             for ox in range(out_w):
+                grad, where = dy[b, oy, ox], argmax[b, oy, ox]
                 for ch in range(c):
-                    k = argmax[b, oy, ox, ch]
-                    dx[b, k // w, k % w, ch] += dy[b, oy, ox, ch]
+                    dx_pixels[b, where[ch], ch] += grad[ch]
     return dx
 
 
