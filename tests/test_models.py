@@ -396,6 +396,43 @@ def test_nan_guard_stops_without_applying_the_bad_step(data):
     assert model.optimizer.iterations == 10 + 3
 
 
+def test_nan_guard_goes_back_to_the_epoch_start_if_the_weights_overflowed(data):
+    x, y = data[0][:96], data[1][:96]
+    model = dense_model(units=8)
+    start = {}
+
+    class Overflow(callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            start[epoch] = self.model.get_weights()
+
+        def on_train_batch_end(self, batch, logs=None):
+            if len(start) == 2 and batch == 1:       # epoch 2: make a weight infinite "by a step"
+                self.model.layers[-1].params[1][0] = np.inf
+
+    with pytest.warns(RuntimeWarning, match=r"epoch 2/2 at step 3/3.*back to its weights at the start of epoch 2"), \
+            np.errstate(over="ignore", invalid="ignore"):
+        history = model.fit(x, y, epochs=2, verbose=0, callbacks=[Overflow()])
+    assert history.epoch == [0]
+    assert same_weights(model.get_weights(), start[1])
+    assert model.optimizer.iterations == 3                    # the optimizer's state went back too
+
+    # a weight that overflows while the loss stays finite is caught at the end of the epoch
+    model = dense_model(units=8)
+
+    class SilentOverflow(callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            start[epoch] = self.model.get_weights()
+
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:                                       # after the epoch's last step
+                self.model.layers[1].params[0][0, 0] = np.inf
+
+    with pytest.warns(RuntimeWarning, match=r"weights became NaN or infinite during epoch 1/2.*start of epoch 1"), \
+            np.errstate(over="ignore", invalid="ignore"):
+        history = model.fit(x, y, epochs=2, verbose=0, callbacks=[SilentOverflow()])
+    assert history.epoch == [] and same_weights(model.get_weights(), start[0])
+
+
 def test_keyboard_interrupt_stops_after_the_step_and_keeps_the_history(data, capsys):
     x, y = data[0][:160], data[1][:160]
 

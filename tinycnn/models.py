@@ -459,8 +459,12 @@ class Sequential:
         try:
             for epoch in range(initial_epoch, epochs):
                 callback_list.on_epoch_begin(epoch)
+                # a copy of the weights, for the NaN guard's rare worst case (see _nan_stop)
+                epoch_start = (self.get_weights(), self.optimizer.get_state())
                 order = rng.permutation(n) if shuffle else None
                 logs, step, stopped_by = self._fit_epoch(x, y, labels, order, batch_size, callback_list)
+                if stopped_by is None and not self._weights_are_finite():
+                    stopped_by = "nan weights"                     # overflowed, yet the loss stayed finite
                 if stopped_by is not None:                          # NaN or Ctrl-C: epoch not recorded
                     break
                 if validation is not None:
@@ -479,8 +483,8 @@ class Sequential:
             self._restore_ctrl_c(previous_handler)
 
         callback_list.on_train_end()
-        if stopped_by == "nan":
-            self._nan_stop(epoch, step, epochs, steps)
+        if stopped_by in ("nan", "nan weights"):
+            self._nan_stop(epoch, step, epochs, steps, epoch_start, loss_was_nan=stopped_by == "nan")
         elif stopped_by == "interrupt":
             print(f"Training interrupted (Ctrl-C) in epoch {epoch + 1}/{epochs} at step {step + 1}/{steps}; "
                   f"the model keeps its current weights, and the returned History holds the "
@@ -554,17 +558,31 @@ class Sequential:
             logs[accuracy_name] = correct / seen
         return logs, step, stopped_by
 
-    def _nan_stop(self, epoch, step, epochs, steps):
-        """After a NaN/inf loss: say where, and make sure the weights are finite."""
-        finite = all(np.isfinite(p).all() for p in self._params())
-        message = (f"Training stopped: the loss became NaN or infinite in epoch {epoch + 1}/{epochs} "
-                   f"at step {step + 1}/{steps}; that step was not applied")
-        if finite:
+    def _weights_are_finite(self):
+        return all(np.isfinite(p).all() for p in self._params())
+
+    def _nan_stop(self, epoch, step, epochs, steps, epoch_start, loss_was_nan):
+        """After a NaN/inf loss (or weights): say where, and make sure the model keeps finite weights.
+
+        The step with the bad loss was not applied, so the weights are normally those of the
+        step before. Only if an earlier step already overflowed them (finite loss, infinite
+        gradient) are they put back to the copy taken at the start of the epoch.
+        """
+        if loss_was_nan:
+            message = (f"Training stopped: the loss became NaN or infinite in epoch {epoch + 1}/{epochs} "
+                       f"at step {step + 1}/{steps}; that step was not applied")
+        else:
+            message = (f"Training stopped: the weights became NaN or infinite during epoch "
+                       f"{epoch + 1}/{epochs} while the loss stayed finite")
+        if self._weights_are_finite():
             message += ", so the model keeps the last finite weights."
         else:
-            message += (", but the weights were already not finite (an earlier step overflowed). "
-                        "Lower the learning rate or check the data's scale.")
-        message += " Try a smaller learning rate, or check the inputs' scale."
+            weights, optimizer_state = epoch_start
+            self.set_weights(weights)
+            self.optimizer.set_state(optimizer_state)
+            message += (f". A step had made the weights infinite, so the model was put back to "
+                        f"its weights at the start of epoch {epoch + 1}.")
+        message += " Try a smaller learning rate, or check the scale of the inputs."
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def _catch_ctrl_c(self):
