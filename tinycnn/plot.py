@@ -174,6 +174,8 @@ def learning_curves(histories, save=None):
         ax.grid(alpha=0.3)
         ax.legend()
     acc_ax.set_xlabel("epoch")
+    from matplotlib.ticker import MaxNLocator
+    acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))     # epochs 1, 2, 3, not 1.5
     return _finish(fig, save)
 
 
