@@ -167,3 +167,25 @@ def test_kernels_run_when_numba_cannot_write_a_cache(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_optimizer_updates_are_bit_identical_to_numpy(dtype):
+    rng = np.random.default_rng(5)
+    f = np.dtype(dtype).type
+    size = 1001
+    for nesterov in (False, True):
+        p, g, vel = (rng.standard_normal(size).astype(dtype) for _ in range(3))
+        p2, vel2 = p.copy(), vel.copy()
+        K.sgd_momentum_update_(p, g, vel, f(0.01), f(0.9), nesterov)
+        K.sgd_momentum_update_numpy(p2, g, vel2, f(0.01), f(0.9), nesterov)
+        np.testing.assert_array_equal(p, p2)
+        np.testing.assert_array_equal(vel, vel2)
+    p, g, m = (rng.standard_normal(size).astype(dtype) for _ in range(3))
+    v = rng.random(size).astype(dtype)
+    copies = [a.copy() for a in (p, m, v)]
+    args = (f(0.003), f(0.1), f(1 - 0.999), f(1e-7))
+    K.adam_update_(p, g, m, v, *args)
+    K.adam_update_numpy(copies[0], g, copies[1], copies[2], *args)
+    for a, b in zip((p, m, v), copies):
+        np.testing.assert_array_equal(a, b)

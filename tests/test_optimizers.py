@@ -124,3 +124,17 @@ def test_bad_use_raises_clear_errors():
         O.Adam(beta_1=1.0)
     with pytest.raises(ValueError, match="set_state"):
         O.Adam().set_state([np.array(1), np.zeros(3)])          # Adam needs m and v per parameter
+
+
+@pytest.mark.parametrize("make", [lambda: O.SGD(0.1, momentum=0.9, nesterov=True), lambda: O.Adam(0.01)])
+def test_non_contiguous_params_take_the_numpy_path_with_the_same_result(make):
+    rng = np.random.default_rng(2)
+    base = rng.standard_normal((4, 6)).astype(np.float32)
+    strided = base.copy()[:, ::2]                         # a view: not C-contiguous
+    contiguous = np.ascontiguousarray(strided)
+    opt_a, opt_b = make(), make()
+    for _ in range(3):
+        g = rng.standard_normal((4, 3)).astype(np.float32)
+        opt_a.apply_gradients([(g, strided)])
+        opt_b.apply_gradients([(g, contiguous)])
+    np.testing.assert_array_equal(strided, contiguous)

@@ -32,16 +32,16 @@ import numba
 import numpy as np
 
 
-def _jit(parallel=False):
-    """`numba.njit(cache=True)`, falling back to no cache where numba cannot write one."""
+def _jit(**options):
+    """`numba.njit(cache=True, **options)`, falling back to no cache where numba cannot write one."""
     def decorate(func):
         try:
-            return numba.njit(cache=True, parallel=parallel)(func)
+            return numba.njit(cache=True, **options)(func)
         except RuntimeError as err:          # "cannot cache function ...: no locator available"
             warnings.warn(f"tinycnn.kernels: numba cannot cache compiled code ({err}); "
                           "compiling without a cache (slower start). Set NUMBA_CACHE_DIR "
                           "to a writable directory to fix this.", RuntimeWarning, stacklevel=2)
-            return numba.njit(cache=False, parallel=parallel)(func)
+            return numba.njit(cache=False, **options)(func)
     return decorate
 
 
@@ -308,3 +308,48 @@ def relu_backward(grad_y, y):
 def relu_backward_numpy(grad_y, y):
     """NumPy twin of `relu_backward`."""
     return np.where(y > 0, grad_y, 0).astype(grad_y.dtype)
+
+
+# ---------------------------------------------------------------------------
+# Optimizer updates, in place, one pass over each parameter
+# ---------------------------------------------------------------------------
+# The arithmetic is exactly that of the NumPy twins (same operations, same order, same
+# float type, no fused multiply-add), so the results are bit-identical to them; a test
+# checks this. The arrays are flat views (C-contiguous parameters, reshaped to 1-D).
+@_jit()
+def sgd_momentum_update_(param, grad, velocity, lr, momentum, nesterov):
+    """v = momentum * v - lr * g;  w += v  (Nesterov: w += momentum * v - lr * g). 1-D arrays, in place."""
+    for i in range(param.size):
+        v = momentum * velocity[i] - lr * grad[i]
+        velocity[i] = v
+        if nesterov:
+            param[i] += momentum * v - lr * grad[i]
+        else:
+            param[i] += v
+
+
+def sgd_momentum_update_numpy(param, grad, velocity, lr, momentum, nesterov):
+    """NumPy twin of `sgd_momentum_update_`."""
+    velocity *= momentum
+    velocity -= lr * grad
+    if nesterov:
+        param += momentum * velocity - lr * grad
+    else:
+        param += velocity
+
+
+@_jit(error_model="numpy")   # IEEE division (no Python zero-check per element), so the loop vectorises
+def adam_update_(param, grad, m, v, alpha, one_minus_beta_1, one_minus_beta_2, epsilon):
+    """m += (g - m)(1 - b1);  v += (g*g - v)(1 - b2);  w -= (m * alpha) / (sqrt(v) + eps). 1-D, in place."""
+    for i in range(param.size):
+        g = grad[i]
+        m[i] += (g - m[i]) * one_minus_beta_1
+        v[i] += (g * g - v[i]) * one_minus_beta_2
+        param[i] -= (m[i] * alpha) / (np.sqrt(v[i]) + epsilon)
+
+
+def adam_update_numpy(param, grad, m, v, alpha, one_minus_beta_1, one_minus_beta_2, epsilon):
+    """NumPy twin of `adam_update_`."""
+    m += (grad - m) * one_minus_beta_1
+    v += (grad * grad - v) * one_minus_beta_2
+    param -= (m * alpha) / (np.sqrt(v) + epsilon)

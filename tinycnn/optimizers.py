@@ -23,6 +23,8 @@ them back, so training continues bit-identically after a save/load.
 """
 import numpy as np
 
+from tinycnn import kernels
+
 
 class Optimizer:
     """Base class: learning rate, step counter, per-position slots, state and config."""
@@ -75,8 +77,15 @@ class Optimizer:
         """One step: update every param in place from its grad. grads_and_vars: (grad, param) pairs."""
         pairs = self._check_pairs(grads_and_vars)
         for (grad, param), slots in zip(pairs, self.slots):
-            self._update(np.asarray(grad, dtype=param.dtype), param, slots)
+            self._update(np.ascontiguousarray(grad, dtype=param.dtype), param, slots)
         self.iterations += 1
+
+    @staticmethod
+    def _flat(*arrays):
+        """1-D views of C-contiguous arrays for the fused numba kernels; None if one is not contiguous."""
+        if all(a.flags.c_contiguous for a in arrays):
+            return [a.reshape(-1) for a in arrays]
+        return None
 
     def _update(self, grad, param, slots):
         raise NotImplementedError
@@ -139,12 +148,11 @@ class SGD(Optimizer):
             param -= grad * lr
             return
         velocity, momentum = slots[0], param.dtype.type(self.momentum)
-        velocity *= momentum                            # v = momentum * v - lr * g
-        velocity -= grad * lr
-        if self.nesterov:                               # w = w + (momentum * v - lr * g)
-            param += velocity * momentum - grad * lr
-        else:                                           # w = w + v
-            param += velocity
+        # v = momentum * v - lr * g;  w = w + v   (Nesterov: w = w + (momentum * v - lr * g)),
+        # in one fused pass (kernels.sgd_momentum_update_numpy is the same in NumPy, bit for bit)
+        flat = self._flat(param, grad, velocity)
+        update = kernels.sgd_momentum_update_ if flat else kernels.sgd_momentum_update_numpy
+        update(*(flat or (param, grad, velocity)), lr, momentum, self.nesterov)
 
     def get_config(self):
         config = super().get_config()
@@ -171,9 +179,13 @@ class Adam(Optimizer):
         f = param.dtype.type                            # do the scalar maths in the params' dtype
         t = f(self.iterations + 1)
         alpha = f(self.learning_rate) * np.sqrt(f(1) - f(self.beta_2) ** t) / (f(1) - f(self.beta_1) ** t)
-        m += (grad - m) * f(1 - self.beta_1)            # m = beta_1 m + (1 - beta_1) g
-        v += (grad * grad - v) * f(1 - self.beta_2)     # v = beta_2 v + (1 - beta_2) g^2
-        param -= (m * alpha) / (np.sqrt(v) + f(self.epsilon))
+        # m += (g - m) * (1 - beta_1)       i.e. m = beta_1 m + (1 - beta_1) g
+        # v += (g*g - v) * (1 - beta_2)     i.e. v = beta_2 v + (1 - beta_2) g^2
+        # w -= (m * alpha) / (sqrt(v) + epsilon)
+        # in one fused pass (kernels.adam_update_numpy is the same in NumPy, bit for bit)
+        flat = self._flat(param, grad, m, v)
+        update = kernels.adam_update_ if flat else kernels.adam_update_numpy
+        update(*(flat or (param, grad, m, v)), alpha, f(1 - self.beta_1), f(1 - self.beta_2), f(self.epsilon))
 
     def get_config(self):
         config = super().get_config()
