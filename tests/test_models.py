@@ -220,6 +220,9 @@ def test_model_names_follow_keras():
         model.add(Dense(2, name="a"))
     with pytest.raises(ValueError, match="call it first"):
         model.add(Dense)
+    assert model.get_layer("a") is model.layers[0] is model.get_layer(index=-1)
+    with pytest.raises(ValueError, match=r"no layer named 'b'; the layers are \['a'\]"):
+        model.get_layer("b")
 
 
 NOTEBOOK_CNN_SUMMARY = '''\
@@ -520,3 +523,51 @@ def test_integer_pixels_are_accepted_with_a_warning(data):
         model.fit(raw, y, verbose=0)
     with pytest.warns(UserWarning, match="not normalized"):
         model.predict(raw, verbose=0)
+
+
+# ---------------------------------------------------------------------------
+# Opt-in: against Keras itself (pytest -m keras), and a full epoch (pytest -m slow)
+# ---------------------------------------------------------------------------
+@pytest.mark.keras
+@pytest.mark.parametrize("labels", ["one-hot, SGD momentum", "integers, Adam"])
+def test_fit_and_evaluate_report_what_keras_reports(data, labels):
+    """Same weights, same batches (shuffle=False): the same History (running means, val_
+    metrics), evaluate results and final weights as Keras, to float32 precision."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    keras = pytest.importorskip("keras")
+    x, y, x_val, y_val = data[0][:512], data[1][:512], data[2][:200], data[3][:200]
+    if labels.startswith("one-hot"):
+        y, y_val = utils.to_categorical(y, 10), utils.to_categorical(y_val, 10)
+        loss, ours_opt, keras_opt = "categorical_crossentropy", SGD(0.01, momentum=0.9), keras.optimizers.SGD(0.01, momentum=0.9)
+    else:
+        loss, ours_opt, keras_opt = "sparse_categorical_crossentropy", Adam(), keras.optimizers.Adam()
+    theirs = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(8, 3, activation="relu"),
+                               keras.layers.MaxPooling2D(2), keras.layers.Flatten(),
+                               keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10, activation="softmax")])
+    ours = Sequential([Conv2D(8, 3, activation="relu", input_shape=(28, 28, 1)), MaxPooling2D(2), Flatten(),
+                       Dense(32, activation="relu"), Dense(10, activation="softmax")])
+    ours.set_weights(theirs.get_weights())
+    theirs.compile(optimizer=keras_opt, loss=loss, metrics=["accuracy"])
+    ours.compile(optimizer=ours_opt, loss=loss, metrics=["accuracy"])
+    assert ours.evaluate(x_val, y_val, verbose=0) == pytest.approx(theirs.evaluate(x_val, y_val, verbose=0), rel=1e-5)
+    kwargs = dict(epochs=2, batch_size=32, shuffle=False, validation_data=(x_val, y_val), verbose=0)
+    their_history, our_history = theirs.fit(x, y, **kwargs).history, ours.fit(x, y, **kwargs).history
+    assert set(our_history) == set(their_history)
+    for key in our_history:
+        assert our_history[key] == pytest.approx(their_history[key], rel=2e-5, abs=1e-6), key
+    for ours_w, theirs_w in zip(ours.get_weights(), theirs.get_weights()):
+        assert np.abs(ours_w - theirs_w).max() <= 1e-4 * np.abs(theirs_w).max()
+    assert ours.evaluate(x_val, y_val, verbose=0) == pytest.approx(theirs.evaluate(x_val, y_val, verbose=0), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_notebook_cnn_one_full_epoch():
+    """The notebook's first CNN, one epoch on all 60,000 images: about 0.88 on the test set."""
+    from tinycnn.zoo import cnn_categorical_model
+    (x_train, y_train), (x_test, y_test) = fashion_mnist.load_data(download=False)
+    prep = lambda x: (x.reshape(-1, 28, 28, 1) / np.float32(255)).astype(np.float32)
+    utils.set_random_seed(0)
+    model = cnn_categorical_model()
+    history = model.fit(prep(x_train), utils.to_categorical(y_train, 10), epochs=1, batch_size=32, verbose=0)
+    loss, accuracy = model.evaluate(prep(x_test), utils.to_categorical(y_test, 10), verbose=0)
+    assert history.history["accuracy"][0] > 0.8 and accuracy > 0.85 and loss < 0.45

@@ -107,6 +107,21 @@ class Sequential:
         """The layers, first to last (a copy of the list; the layers themselves are shared)."""
         return list(self._layers)
 
+    def get_layer(self, name=None, index=None):
+        """A layer by its name ("conv2d") or its position (0 = first), as Keras's get_layer."""
+        if (name is None) == (index is None):
+            raise ValueError("get_layer: give either name or index")
+        if index is not None:
+            if not -len(self._layers) <= index < len(self._layers):
+                raise ValueError(f"get_layer: index {index} is out of range for a model with "
+                                 f"{len(self._layers)} layers")
+            return self._layers[index]
+        for layer in self._layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"get_layer: no layer named {name!r}; the layers are "
+                         f"{[layer.name for layer in self._layers]}")
+
     def add(self, layer):
         """Append a layer. If the model is already built, the layer is built at once."""
         if isinstance(layer, type):
