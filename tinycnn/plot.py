@@ -165,17 +165,20 @@ def learning_curves(histories, save=None):
                                  f"(it has {sorted(history)})")
             epochs = np.arange(1, len(history[key]) + 1)
             first = fold == 0
-            ax.plot(epochs, history[key], color=TRAIN_COLOR, label="train" if first else None)
+            ax.plot(epochs, history[key], color=TRAIN_COLOR, marker="o", markersize=3,
+                    label="train" if first else None)
             if "val_" + key in history:
-                ax.plot(epochs, history["val_" + key], color=VALIDATION_COLOR,
-                        label="validation" if first else None)
+                ax.plot(epochs, history["val_" + key], color=VALIDATION_COLOR, marker="o",
+                        markersize=3, label="validation" if first else None)
         ax.set_title(title)
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
         ax.legend()
     acc_ax.set_xlabel("epoch")
-    from matplotlib.ticker import MaxNLocator
-    acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))     # epochs 1, 2, 3, not 1.5
+    n_epochs = max(len(history["loss"]) for history in histories)
+    if n_epochs <= 20:
+        acc_ax.set_xticks(np.arange(1, n_epochs + 1))          # whole epochs: 1, 2, 3, not 1.5
+    acc_ax.set_xlim(0.5, n_epochs + 0.5)
     return _finish(fig, save)
 
 
