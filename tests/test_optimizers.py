@@ -138,3 +138,12 @@ def test_non_contiguous_params_take_the_numpy_path_with_the_same_result(make):
         opt_a.apply_gradients([(g, strided)])
         opt_b.apply_gradients([(g, contiguous)])
     np.testing.assert_array_equal(strided, contiguous)
+
+
+def test_restored_state_takes_the_params_float_type():
+    opt = O.Adam()
+    w = np.ones(3, np.float32)
+    opt.set_state([np.array(2), np.full(3, 0.5), np.full(3, 0.25)])       # float64 slots, e.g. from a file
+    opt.apply_gradients([(np.ones(3, np.float32), w)])
+    assert opt.iterations == 3 and all(s.dtype == np.float32 for s in opt.slots[0])
+    assert w.dtype == np.float32 and np.all(w < 1)

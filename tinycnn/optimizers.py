@@ -71,6 +71,9 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__}: this optimizer was built for {len(self.slots)} "
                              f"parameters with shapes {expected}, got {len(pairs)} with shapes "
                              f"{[p.shape for _, p in pairs]}; use a new optimizer for a new model")
+        for i, (_, param) in enumerate(pairs):          # restored state keeps the params' float type
+            if any(s.dtype != param.dtype or not s.flags.c_contiguous for s in self.slots[i]):
+                self.slots[i] = [np.ascontiguousarray(s, dtype=param.dtype) for s in self.slots[i]]
         return pairs
 
     def apply_gradients(self, grads_and_vars):
