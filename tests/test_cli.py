@@ -75,6 +75,15 @@ def test_missing_data_is_one_clear_line(tmp_path, monkeypatch, capsys):
     assert "NOT USABLE" in capsys.readouterr().out
 
 
+def test_bad_output_folder_fails_before_training(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert main(["train", "--limit", "100", "--out", str(a_file / "run")]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("tinycnn train: error: cannot create the output folder")
+    assert "training on" not in captured.out                 # failed before any work
+
+
 @pytest.mark.parametrize("content", [None, b"not a model at all"])
 def test_bad_model_file_is_one_clear_line(tmp_path, capsys, content):
     path = tmp_path / "model.npz"

@@ -204,11 +204,11 @@ def command_train(args):
     from tinycnn.zoo import get_spec
 
     spec = get_spec(args.model)
-    out = args.out or os.path.join("runs", args.model)
+    out = _make_output_folder(args.out or os.path.join("runs", args.model))
     (x_train, y_train), (x_test, y_test) = load_for_model(args.model, limit=args.limit)
     print(f"{args.model}: {spec.description}")
     print(f"training on {len(x_train)} images, testing on {len(x_test)}; "
-          f"{args.epochs} epochs, batch {args.batch_size}, seed {args.seed}")
+          f"epochs: {args.epochs}, batch size: {args.batch_size}, seed: {args.seed}")
 
     set_random_seed(args.seed)
     model = spec.build()
@@ -221,7 +221,6 @@ def command_train(args):
     print(f"test loss {test_loss:.4f} - test accuracy {test_accuracy:.4f} "
           f"(trained in {train_seconds:.1f} s, {train_seconds / args.epochs:.1f} s/epoch)")
 
-    os.makedirs(out, exist_ok=True)
     model_path = os.path.join(out, MODEL_FILE_NAME)
     model.save(model_path)
     write_json(os.path.join(out, "history.json"), _plain_history(history))
@@ -280,19 +279,17 @@ def command_cv(args):
     from tinycnn.zoo import get_spec
 
     spec = get_spec(args.model)
-    out = args.out or os.path.join("runs", f"cv_{args.model}")
+    out = _make_output_folder(args.out or os.path.join("runs", f"cv_{args.model}"))
     (x_train, y_train), _ = load_for_model(args.model, limit=args.limit)
-    print(f"{args.folds}-fold cross-validation of {args.model} on {len(x_train)} training images: "
-          f"{args.epochs} epochs, batch {args.batch_size}, {args.jobs} job(s)")
+    print(f"{args.folds}-fold cross-validation of {args.model} on {len(x_train)} training images; "
+          f"epochs: {args.epochs}, batch size: {args.batch_size}, processes: {args.jobs}")
     start = time.perf_counter()
     result = cross_validate(spec.build, x_train, y_train, n_splits=args.folds, epochs=args.epochs,
                             batch_size=args.batch_size, random_state=args.seed,
                             n_jobs=args.jobs, verbose=2 if args.verbose == 2 else 1)
     seconds = time.perf_counter() - start
-    percent = [s * 100 for s in result.scores]
     print("Accuracy: mean=%.3f std=%.3f, n=%d  (%.1f s)" % (result.mean * 100, result.std * 100,
-                                                          len(percent), seconds))
-    os.makedirs(out, exist_ok=True)
+                                                          len(result.scores), seconds))
     write_json(os.path.join(out, "cv.json"), {
         "model": args.model, "folds": args.folds, "epochs": args.epochs,
         "batch_size": args.batch_size, "seed": args.seed, "train_images": len(x_train),
@@ -368,6 +365,17 @@ def command_plot_images(args):
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
+def _make_output_folder(path):
+    """Create the output folder before any long work, so a bad --out fails at once."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"cannot create the output folder {path!r}: {error.strerror or error}") from None
+    if not os.access(path, os.W_OK):
+        raise OSError(f"cannot write into the output folder {path!r}; choose another with --out")
+    return path
+
+
 def _load_model_and_test_data(model_file, limit=None):
     """A saved model and the test set in the format it takes:
     x float32 (N,) + its input shape, y one-hot (N, 10) or integers (N,) as its loss wants."""
