@@ -204,8 +204,8 @@ def command_train(args):
     from tinycnn.zoo import get_spec
 
     spec = get_spec(args.model)
-    out = _make_output_folder(args.out or os.path.join("runs", args.model))
     (x_train, y_train), (x_test, y_test) = load_for_model(args.model, limit=args.limit)
+    out = _make_output_folder(args.out or os.path.join("runs", args.model))
     print(f"{args.model}: {spec.description}")
     print(f"training on {len(x_train)} images, testing on {len(x_test)}; "
           f"epochs: {args.epochs}, batch size: {args.batch_size}, seed: {args.seed}")
@@ -279,8 +279,8 @@ def command_cv(args):
     from tinycnn.zoo import get_spec
 
     spec = get_spec(args.model)
-    out = _make_output_folder(args.out or os.path.join("runs", f"cv_{args.model}"))
     (x_train, y_train), _ = load_for_model(args.model, limit=args.limit)
+    out = _make_output_folder(args.out or os.path.join("runs", f"cv_{args.model}"))
     print(f"{args.folds}-fold cross-validation of {args.model} on {len(x_train)} training images; "
           f"epochs: {args.epochs}, batch size: {args.batch_size}, processes: {args.jobs}")
     start = time.perf_counter()
@@ -366,7 +366,7 @@ def command_plot_images(args):
 # Helpers
 # ---------------------------------------------------------------------------
 def _make_output_folder(path):
-    """Create the output folder before any long work, so a bad --out fails at once."""
+    """Create the output folder before training, so a bad --out fails at once."""
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as error:
