@@ -60,3 +60,16 @@ def test_check_model_on_an_object_with_layers_and_loss():
     assert len(report.entries) == 1 + 4
     with pytest.raises(ValueError, match="loss"):
         gradcheck.check_model(TinyModel.layers, x, np.array([0, 2, 1]))
+
+
+def test_check_model_on_a_compiled_sequential():
+    from tinycnn import models
+    model = models.Sequential([L.Conv2D(2, 3, activation="relu", input_shape=(6, 6, 1)), L.MaxPooling2D(2),
+                               L.Flatten(), L.Dense(3, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    before = model.get_weights()
+    report = gradcheck.check_model(model, np.random.default_rng(3).standard_normal((2, 6, 6, 1)), np.array([0, 2]))
+    assert report.max_error < 1e-6, str(report)
+    assert len(report.entries) == 1 + 4
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
