@@ -196,3 +196,21 @@ def test_cv_command_quick(tmp_path, capsys):
                                                   np.std(report["scores"]) * 100) in printed
     for name in ("learning_curves.png", "performance.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_dense_model_run_has_no_conv_pictures_and_refuses_activation_maps(tmp_path, capsys):
+    out = tmp_path / "dense"
+    assert main(["train", "--model", "simple_dense", "--limit", "300", "--epochs", "1",
+                 "--no-validation", "--verbose", "0", "--out", str(out)]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["confusion_matrix.png", "history.json", "learning_curves.png",
+                       "misclassified.png", "model.npz", "results.json"]
+    history = json.loads((out / "history.json").read_text())
+    assert set(history) == {"loss", "accuracy"}                # --no-validation
+    capsys.readouterr()
+    assert main(["plot", "activations", str(out / "model.npz"), "--out",
+                 str(tmp_path / "a.png")]) == 1
+    assert "has no Conv2D layer" in capsys.readouterr().err
+    assert main(["evaluate", str(out / "model.npz"), "--limit", "300"]) == 0   # (N, 28, 28) input
+    results = json.loads((out / "results.json").read_text())
+    assert f"test accuracy {results['test_accuracy']:.4f}" in capsys.readouterr().out

@@ -309,9 +309,9 @@ def command_cv(args):
 def command_plot_activations(args):
     from tinycnn import plot
     model, x_test, y_test = _load_model_and_test_data(args.model_file)
-    if len(x_test[0].shape) != 3:
-        raise ValueError(f"{args.model_file} takes flat images; activation maps need a model "
-                         f"with Conv2D layers (cnn_categorical or cnn_sparse)")
+    if not any(type(layer).__name__ == "Conv2D" for layer in model.layers):
+        raise ValueError(f"{args.model_file} has no Conv2D layer; activation maps need a "
+                         f"convolutional model (cnn_categorical or cnn_sparse)")
     for index in args.images:
         if index >= len(x_test):
             raise ValueError(f"--images: index {index} is out of range; the test set has "
