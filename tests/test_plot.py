@@ -162,3 +162,8 @@ def test_filters_one_panel_per_first_layer_filter():
     kernel = model.layers[0].get_weights()[0]
     assert len(shown) == kernel.shape[-1] == 6
     np.testing.assert_allclose(shown[5].images[0].get_array(), kernel[:, :, 0, 5])
+
+
+def test_class_names_are_the_datasets():
+    from tinycnn.datasets import CLASS_NAMES
+    assert tuple(plot.CLASS_NAMES) == tuple(CLASS_NAMES)
