@@ -214,3 +214,19 @@ def test_dense_model_run_has_no_conv_pictures_and_refuses_activation_maps(tmp_pa
     assert main(["evaluate", str(out / "model.npz"), "--limit", "300"]) == 0   # (N, 28, 28) input
     results = json.loads((out / "results.json").read_text())
     assert f"test accuracy {results['test_accuracy']:.4f}" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------
+# The accuracy targets on the full data (minutes each: `pytest -m slow`)
+# ---------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("name, target", [
+    ("cnn_categorical", 0.895), ("simple_dense", 0.865), ("cnn_sparse", 0.900)])
+def test_full_training_reaches_the_notebooks_accuracy(name, target, tmp_path):
+    done = subprocess.run(["tinycnn", "train", "--model", name, "--epochs", "5", "--out",
+                           str(tmp_path), "--verbose", "0"],
+                          capture_output=True, text=True, env=headless_env(), timeout=3600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["train_images"] == 60000 and results["test_images"] == 10000
+    assert results["test_accuracy"] >= target

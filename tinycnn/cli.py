@@ -212,6 +212,10 @@ def command_train(args):
 
     set_random_seed(args.seed)
     model = spec.build()
+    if not model.built:
+        model.build((None,) + spec.input_shape)    # simple_dense has no input_shape of its own
+    if args.verbose:
+        model.summary()
     validation = None if args.no_validation else (x_test, y_test)
     start = time.perf_counter()
     history = model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
