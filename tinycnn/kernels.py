@@ -1,4 +1,5 @@
-"""The fast core: numba kernels for convolution and pooling, each with a plain-NumPy twin.
+"""The fast core: numba kernels (im2col/col2im, max pooling, bias + ReLU, the bias
+gradient, the optimizer updates), each with a plain-NumPy twin.
 
 The layers in `tinycnn.layers` stay readable and call these functions for the loops
 that NumPy cannot vectorise well. Every kernel `foo` has a twin `foo_numpy` that does
@@ -20,7 +21,9 @@ is done in a fixed order). The batch loops could be numba `prange`s (each image 
 written by one thread only), but on a small shared machine each parallel region costs
 milliseconds of thread wake-ups (measured: im2col of a 32-image batch took 1 ms on one
 thread and 15 ms with numba's OpenMP pool on 2 busy cores), while the big matrix
-products, where the FLOPs are, already use every core through NumPy's BLAS.
+products, where the FLOPs are, go through NumPy's BLAS, which has its own threads.
+(The same wake-up cost hits OpenBLAS on a busy machine: there, OPENBLAS_NUM_THREADS=1
+trained an epoch several times faster than the default of one thread per core.)
 
 Numba caches the compiled machine code next to this file (or in NUMBA_CACHE_DIR).
 If no cache directory is writable (a read-only install), the kernels are compiled
