@@ -3,6 +3,7 @@
     python3 benchmarks/vs_keras.py                  # all three models, 3 epochs, 2 repeats
     python3 benchmarks/vs_keras.py --quick          # 200 steps an epoch, scaled to 60,000 images
     python3 benchmarks/vs_keras.py --model cnn_sparse --epochs 5 --repeats 1
+    python3 benchmarks/vs_keras.py --variant blas1:OPENBLAS_NUM_THREADS=1   # a third side
 
 Each (side, model, repeat) is a process of its own (benchmarks/_sides.py), so peak memory
 is that side's alone. Within a repeat the two sides run back to back and the order flips
@@ -60,7 +61,9 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
-def run_side(side, model, args, log):
+def run_side(label, model, args, log, variant_env=None):
+    """Run one side (label "keras", "tinycnn" or "tinycnn[NAME]" for a --variant) in its own process."""
+    side = label.split("[")[0]
     cmd = [sys.executable, os.path.join(HERE, "_sides.py"), "--side", side, "--model", model,
            "--epochs", str(args.epochs), "--train-samples", str(args.train_samples),
            "--predict-repeats", str(args.predict_repeats), "--seed", str(args.seed),
@@ -72,19 +75,21 @@ def run_side(side, model, args, log):
     for kv in args.env or []:
         key, _, value = kv.partition("=")
         env[key] = value
+    env.update(variant_env or {})
     load_before = os.getloadavg()[0]
     t = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
-    log.write(f"\n===== {side} {model} rc={proc.returncode} {wall:.1f}s\n{proc.stderr}\n")
+    log.write(f"\n===== {label} {model} rc={proc.returncode} {wall:.1f}s\n{proc.stderr}\n")
     log.flush()
     if proc.returncode != 0:
-        print(f"  {side} {model}: FAILED (rc {proc.returncode}); last lines of its stderr:", file=sys.stderr)
+        print(f"  {label} {model}: FAILED (rc {proc.returncode}); last lines of its stderr:", file=sys.stderr)
         print("    " + "\n    ".join(proc.stderr.strip().splitlines()[-8:]), file=sys.stderr)
-        return {"side": side, "model": model, "error": proc.stderr.strip().splitlines()[-1:] or ["?"],
+        return {"side": label, "model": model, "error": proc.stderr.strip().splitlines()[-1:] or ["?"],
                 "process_s": wall}
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     res["process_s"] = wall
+    res["side"], res["library"], res["variant_env"] = label, side, variant_env or {}
     res["load_before"], res["load_after"] = load_before, os.getloadavg()[0]
     scale = FULL_EPOCH / res["train_samples"]
     ep = res["epoch_s"]
@@ -92,17 +97,17 @@ def run_side(side, model, args, log):
     res["s_per_epoch"] = median(steady) * scale
     res["warmup_s"] = ep[0] - median(steady) if len(ep) > 1 else None
     res["predict_med_s"] = median(res["predict_s"]) if res["predict_s"] else res["predict_first_s"]
-    print(f"  {side:8s} {model:16s} {res['s_per_epoch']:7.2f} s/epoch  acc {res['test_acc']:.4f}  "
+    print(f"  {label:16s} {model:16s} {res['s_per_epoch']:7.2f} s/epoch  acc {res['test_acc']:.4f}  "
           f"predict {res['predict_med_s']:.2f} s  peak {res['peak_train_mb']:.0f} MB  "
           f"(process {wall:.0f} s, load {load_before:.1f} -> {res['load_after']:.1f})", flush=True)
     return res
 
 
-def summarize(runs, models):
+def summarize(runs, models, labels):
     summary = {}
     for m in models:
-        s = {}
-        for side in ("tinycnn", "keras"):
+        s = {"ratio": {}}
+        for side in labels:
             rs = [r for r in runs if r["model"] == m and r["side"] == side and "error" not in r]
             if not rs:
                 s[side] = None
@@ -123,20 +128,24 @@ def summarize(runs, models):
                 "import_s": median([r["import_s"] for r in rs]),
                 "params": rs[0]["params"],
             }
-        t, k = s["tinycnn"], s["keras"]
-        if t and k:
+        k = s.get("keras")
+        for label in labels:
+            t = s.get(label)
+            if label == "keras" or not t or not k:
+                continue
             ratio = lambda key: t[key] / k[key] if t[key] and k[key] else None  # noqa: E731
-            s["ratio"] = {key: ratio(key) for key in ("s_per_epoch", "predict_s", "peak_train_mb",
-                                                      "train_increment_mb", "import_s")}
+            rs = {key: ratio(key) for key in ("s_per_epoch", "predict_s", "peak_train_mb",
+                                              "train_increment_mb", "import_s")}
             # ratios within a repeat (same moment of the machine), then their median
             paired = []
             for rep in sorted({r["repeat"] for r in runs if r["model"] == m}):
                 a = [r for r in runs if r["model"] == m and r["repeat"] == rep and "error" not in r]
-                ta = [r for r in a if r["side"] == "tinycnn"]
+                ta = [r for r in a if r["side"] == label]
                 ka = [r for r in a if r["side"] == "keras"]
                 if ta and ka:
                     paired.append(ta[0]["s_per_epoch"] / ka[0]["s_per_epoch"])
-            s["ratio"]["s_per_epoch_paired"] = [round(p, 3) for p in paired]
+            rs["s_per_epoch_paired"] = [round(p, 3) for p in paired]
+            s["ratio"][label] = rs
         summary[m] = s
     return summary
 
@@ -155,7 +164,7 @@ def verdict(r, target):
     return f" ({'meets' if r <= target else 'misses'} <= {target:g})"
 
 
-def table(summary, meta, sides=("tinycnn", "keras")):
+def table(summary, meta, sides):
     lines = [
         f"tinycnn vs Keras, {meta['date']}, {meta['cpu']}, {meta['cpu_count']} cores "
         f"(shared machine, 1-min load average {meta['load_range'][0]:.1f} to {meta['load_range'][1]:.1f}), batch {meta['batch_size']}, {meta['epochs']} epochs of "
@@ -175,18 +184,20 @@ def table(summary, meta, sides=("tinycnn", "keras")):
             lines.append(
                 f"| {m} | {side} | {d['s_per_epoch']:.2f} | {fmt(d['warmup_s'], '.2f')} | {d['test_acc']:.4f} | "
                 f"{d['predict_s']:.3f} | {d['peak_train_mb']:.0f} | {d['train_increment_mb']:.0f} | {d['import_s']:.2f} |")
-        r = s.get("ratio")
-        if r:
+        for label, r in s.get("ratio", {}).items():
             floor = FLOOR_S.get(m)
-            tin = s["tinycnn"]["s_per_epoch"]
+            tin = s[label]["s_per_epoch"]
             lines.append(
-                f"| {m} | **tinycnn/Keras** | **{r['s_per_epoch']:.2f}**{verdict(r['s_per_epoch'], target_of(m, 'epoch'))}"
+                f"| {m} | **{label}/Keras** | **{r['s_per_epoch']:.2f}**{verdict(r['s_per_epoch'], target_of(m, 'epoch'))}"
                 f" paired {r['s_per_epoch_paired']} | | | **{fmt(r['predict_s'], '.2f')}**"
                 f"{verdict(r['predict_s'], target_of(m, 'predict'))} | **{fmt(r['peak_train_mb'], '.2f')}**"
                 f"{verdict(r['peak_train_mb'], target_of(m, 'peak'))} | {fmt(r['train_increment_mb'], '.2f')} | "
                 f"{fmt(r['import_s'], '.2f')} |")
             if floor:
-                lines.append(f"| {m} | floor (REFERENCE.md) | {floor:g} (tinycnn at {tin / floor:.1f}x the floor) | | | | | | |")
+                lines.append(f"| {m} | floor (REFERENCE.md) | {floor:g} ({label} at {tin / floor:.1f}x the floor) | | | | | | |")
+    if meta.get("variants"):
+        lines += ["", "Variants (tinycnn with extra environment): " + "; ".join(
+            f"tinycnn[{n}]: {' '.join(f'{k}={v}' for k, v in e.items())}" for n, e in meta["variants"].items())]
     lines += ["", "Thread settings: " + "; ".join(f"{k}: {v}" for k, v in meta["settings"].items())]
     return "\n".join(lines)
 
@@ -209,6 +220,9 @@ def main(argv=None):
                    help="unset (default) or keep this machine's OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE in both sides")
     p.add_argument("--env", action="append", metavar="KEY=VALUE",
                    help="set this in both sides' environment (e.g. OMP_WAIT_POLICY=PASSIVE); repeatable")
+    p.add_argument("--variant", action="append", metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                   help="also run tinycnn with this extra environment, labelled tinycnn[NAME], in the same "
+                        "alternation (e.g. blas1:OPENBLAS_NUM_THREADS=1); repeatable")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for vs_keras.json/.md")
     args = p.parse_args(argv)
     args.epochs = args.epochs or 3
@@ -217,6 +231,15 @@ def main(argv=None):
     args.predict_repeats = args.predict_repeats if args.predict_repeats is not None else (2 if args.quick else 3)
     models = args.model or list(MODELS)
     sides = args.side or ["tinycnn", "keras"]
+    variants = {}
+    for v in args.variant or []:
+        name, _, kvs = v.partition(":")
+        variants[name] = dict(kv.split("=", 1) for kv in kvs.split(",") if kv)
+    labels = []
+    for side in sides:
+        labels.append(side)
+        if side == "tinycnn":
+            labels += [f"tinycnn[{n}]" for n in variants]
     os.makedirs(args.out, exist_ok=True)
 
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -225,14 +248,15 @@ def main(argv=None):
         for m in models:
             print(f"{m}:", flush=True)
             for rep in range(args.repeats):
-                order = sides if rep % 2 == 0 else sides[::-1]
-                for side in order:
-                    r = run_side(side, m, args, log)
+                order = labels if rep % 2 == 0 else labels[::-1]
+                for label in order:
+                    venv = variants.get(label[len("tinycnn["):-1]) if label.startswith("tinycnn[") else None
+                    r = run_side(label, m, args, log, venv)
                     r["repeat"] = rep
                     runs.append(r)
-    summary = summarize(runs, models)
+    summary = summarize(runs, models, labels)
     settings = {}
-    for side in sides:
+    for side in labels:
         r = next((r for r in runs if r["side"] == side and "settings" in r), None)
         if r:
             st = dict(r["settings"])
@@ -246,13 +270,13 @@ def main(argv=None):
         "python": platform.python_version(), "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
         "epochs": args.epochs, "repeats": args.repeats, "train_samples": args.train_samples,
         "batch_size": args.batch_size, "predict_batch_size": args.predict_batch_size,
-        "blas_env": args.blas_env, "extra_env": args.env or [], "settings": settings,
+        "blas_env": args.blas_env, "extra_env": args.env or [], "variants": variants, "settings": settings,
         "load_average_after": os.getloadavg(),
         "load_range": [min((r.get("load_before", 0) for r in runs), default=0),
                        max((r.get("load_after", 0) for r in runs), default=0)],
         "wall_s": (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(),
     }
-    md = table(summary, meta, sides)
+    md = table(summary, meta, labels)
     print()
     print(md)
     with open(os.path.join(args.out, "vs_keras.json"), "w") as f:
