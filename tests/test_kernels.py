@@ -189,3 +189,13 @@ def test_fused_optimizer_updates_are_bit_identical_to_numpy(dtype):
     K.adam_update_numpy(copies[0], g, copies[1], copies[2], *args)
     for a, b in zip((p, m, v), copies):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("h,w,kh,kw,sh,sw,padding", [(28, 28, 3, 3, 1, 1, "valid"), (7, 5, 4, 2, 2, 3, "same"),
+                                                     (6, 9, 1, 5, 3, 1, "same"), (5, 5, 5, 5, 1, 1, "valid")])
+def test_one_channel_im2col_path_matches_the_twin(h, w, kh, kw, sh, sw, padding):
+    # im2col takes a separate loop order for C = 1 (grey images): same result.
+    x = np.random.default_rng(6).standard_normal((3, h, w, 1)).astype(np.float32)
+    pt, pl, oh, ow = sizes(h, w, kh, kw, sh, sw, padding)
+    np.testing.assert_array_equal(K.im2col(x, kh, kw, sh, sw, pt, pl, oh, ow),
+                                  K.im2col_numpy(x, kh, kw, sh, sw, pt, pl, oh, ow))

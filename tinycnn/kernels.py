@@ -81,6 +81,8 @@ def im2col(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w):
     (Indexing the innermost loop with the bare loop counter lets numba vectorise it.)
     """
     n, h, w, c = x.shape
+    if c == 1:                                       # runs of KW values are too short to pay:
+        return _im2col_one_channel(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w)
     run = kw * c                                     # one patch row: KW pixels x C channels
     x_rows = x.reshape(n, h, w * c)                  # an image row = W*C contiguous values
     cols = np.empty((n * out_h * out_w, kh * run), dtype=x.dtype)
@@ -105,6 +107,34 @@ def im2col(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w):
                             xx = x0 + j
                             for ch in range(c):
                                 out[j * c + ch] = x[b, yy, xx, ch] if 0 <= xx < w else 0
+    return cols
+
+
+@_jit()
+def _im2col_one_channel(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w):
+    """im2col for C = 1 (a grey image): column (i, j) of a row of outputs, one image row at a time.
+
+    Same result as im2col; for one channel, looping over the output columns innermost
+    (as the NumPy twin does) is about twice as fast as copying runs of KW values.
+    """
+    n, h, w, _ = x.shape
+    cols = np.empty((n * out_h * out_w, kh * kw), dtype=x.dtype)
+    blocks = cols.reshape(n, out_h, out_w, kh * kw)
+    for b in range(n):
+        for oy in range(out_h):
+            block = blocks[b, oy]                    # (OW, KH*KW): the patches of output row oy
+            for i in range(kh):
+                yy = oy * sh - pad_top + i
+                for j in range(kw):
+                    k = i * kw + j
+                    if yy < 0 or yy >= h:            # a padding row
+                        for ox in range(out_w):
+                            block[ox, k] = 0
+                        continue
+                    line = x[b, yy, :, 0]            # (W,) the image row
+                    for ox in range(out_w):
+                        xx = ox * sw - pad_left + j
+                        block[ox, k] = line[xx] if 0 <= xx < w else 0
     return cols
 
 
