@@ -18,39 +18,31 @@ from tinycnn.data import load_dataset, prep_pixels
 from tinycnn.model_selection import cross_validate
 from tinycnn.zoo import cnn_categorical_model
 
+parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+parser.add_argument("--out", default="out/05_cross_validation", help="folder for the pictures")
+parser.add_argument("--quick", action="store_true", help="2,000 images and 1 epoch per fold")
+parser.add_argument("--epochs", type=int, default=10)
+parser.add_argument("--jobs", type=int, default=1, help="folds trained at once (processes)")
+args = parser.parse_args()
+os.makedirs(args.out, exist_ok=True)
+limit, epochs = (2000, 1) if args.quick else (None, args.epochs)
 
-def run_test_harness():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="out/05_cross_validation", help="folder for the pictures")
-    parser.add_argument("--quick", action="store_true", help="2,000 images and 1 epoch per fold")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--jobs", type=int, default=1, help="folds trained at once (processes)")
-    args = parser.parse_args()
-    os.makedirs(args.out, exist_ok=True)
-    limit, epochs = (2000, 1) if args.quick else (None, args.epochs)
+# 1. Data: only the training set; every fold's held-out part plays the test set.
+train_images, train_labels, _, _ = load_dataset(one_hot_encode=True, limit=limit)
+train_images = prep_pixels(train_images)
 
-    # 1. Data: only the training set; every fold's held-out part plays the test set.
-    train_images, train_labels, _, _ = load_dataset(one_hot_encode=True, limit=limit)
-    train_images = prep_pixels(train_images)
+# 2. Evaluate the model: one fresh model per fold, "> 91.200" printed per fold.
+scores, histories = cross_validate(cnn_categorical_model, train_images, train_labels,
+                                   n_splits=5, epochs=epochs, batch_size=32, random_state=1,
+                                   n_jobs=args.jobs)
 
-    # 2. Evaluate the model: one fresh model per fold, "> 91.200" printed per fold.
-    scores, histories = cross_validate(cnn_categorical_model, train_images, train_labels,
-                                       n_splits=5, epochs=epochs, batch_size=32, random_state=1,
-                                       n_jobs=args.jobs)
+# 3. Learning curves (summarize_diagnostics): training in blue, held-out fold in orange.
+plot.learning_curves(histories, save=os.path.join(args.out, "learning_curves.png"))
 
-    # 3. Learning curves (summarize_diagnostics): training in blue, held-out fold in orange.
-    plot.learning_curves(histories, save=os.path.join(args.out, "learning_curves.png"))
+# 4. Scores (summarize_performance): mean, standard deviation and a box plot.
+print("Accuracy: mean=%.3f std=%.3f, n=%d" % (np.mean(scores) * 100, np.std(scores) * 100,
+                                              len(scores)))
+plot.performance(scores, save=os.path.join(args.out, "performance.png"))
 
-    # 4. Scores (summarize_performance): mean, standard deviation and a box plot.
-    print("Accuracy: mean=%.3f std=%.3f, n=%d" % (np.mean(scores) * 100, np.std(scores) * 100,
-                                                  len(scores)))
-    plot.performance(scores, save=os.path.join(args.out, "performance.png"))
-
-    print(f"saved learning_curves.png and performance.png in {args.out}")
-    plot.show()
-
-
-# The folds train in worker processes, and each worker imports this file: the guard keeps
-# them from running the whole script again.
-if __name__ == "__main__":
-    run_test_harness()
+print(f"saved learning_curves.png and performance.png in {args.out}")
+plot.show()

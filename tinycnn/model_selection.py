@@ -12,12 +12,12 @@
 `KFold` follows scikit-learn's `sklearn.model_selection.KFold` to the index, so the
 folds here are the folds the tutorial used (for the same data order and random_state).
 """
-import multiprocessing
+import importlib
+import json
 import os
-import pickle
+import subprocess
 import sys
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -155,14 +155,13 @@ def cross_validate(model_fn, x, y, n_splits=5, epochs=10, batch_size=32, random_
     verbose: 1 prints `> 91.200` per fold (its accuracy in percent), as the tutorial does;
         2 also shows each fold's progress bar; 0 prints nothing.
 
-    Where the folds run: each fold trains in a fresh worker process with one thread
+    Where the folds run: each fold trains in a fresh Python process with one thread
     (numba and BLAS), n_jobs of them at a time, so a fold's result depends only on its
-    data and seed: n_jobs=1 and n_jobs=5 give identical scores and histories. Worker
-    processes import model_fn by name, and (on every OS) re-import the script you run,
-    so a script that calls cross_validate must keep its code under
-    `if __name__ == "__main__":`. A model_fn that workers cannot import (a lambda, a
-    nested function, one defined in a notebook) is trained here instead, with this
-    process's threads, and only with n_jobs=1.
+    data and its seed: n_jobs=1 and n_jobs=5 give identical scores and histories.
+    The worker imports model_fn by its module and name. A model_fn it cannot import
+    (defined in the script you run or in a notebook, a lambda, a nested function)
+    trains here instead, one fold after the other, with this process's threads; that
+    needs n_jobs=1.
 
     Returns a CVResult (.scores, .histories, .folds, .mean, .std);
     `scores, histories = cross_validate(...)` also works.
@@ -178,42 +177,29 @@ def cross_validate(model_fn, x, y, n_splits=5, epochs=10, batch_size=32, random_
         raise ValueError(f"cross_validate: random_state must be a non-negative integer, "
                          f"got {random_state!r}")
     n_jobs = _resolve_n_jobs(n_jobs, n_splits)
-    in_workers = _workers_can_import(model_fn)
+    in_workers = _importable(model_fn)
     if not in_workers and n_jobs > 1:
         raise ValueError(
-            f"cross_validate: worker processes cannot import model_fn {model_fn!r} (a lambda, "
-            f"a nested function or a function defined in a notebook); define it at the top "
-            f"level of a .py module, or use n_jobs=1")
+            f"cross_validate: n_jobs={n_jobs} needs a model_fn that worker processes can import, "
+            f"but {model_fn!r} is defined in your script or notebook (or is a lambda or a nested "
+            f"function); move it into a .py module next to your script and import it, "
+            f"or use n_jobs=1")
 
     kfold = KFold(n_splits, shuffle=shuffle, random_state=int(random_state) if shuffle else None)
     folds = list(kfold.split(x))
-    jobs = [(train_index, test_index, int(random_state) + fold_number)
-            for fold_number, (train_index, test_index) in enumerate(folds)]
-    settings = (model_fn, epochs, batch_size, verbose)
+    seeds = [int(random_state) + fold_number for fold_number in range(n_splits)]
 
     result = CVResult(folds=folds)
     if in_workers:
-        context = multiprocessing.get_context("spawn")
-        with _single_threaded_children(), ProcessPoolExecutor(
-                n_jobs, mp_context=context, initializer=_worker_start,
-                initargs=(x, y, settings)) as pool:
-            try:
-                # map keeps the folds in order; each score is printed as soon as it is known.
-                for score, history in pool.map(_worker_fold, jobs):
-                    _report(score, verbose)
-                    result.scores.append(score)
-                    result.histories.append(history)
-            except BrokenProcessPool:
-                raise RuntimeError(
-                    "cross_validate: a worker process failed to start. If you run a script, put "
-                    "its code under `if __name__ == \"__main__\":` (each worker re-imports the "
-                    "script); see the worker's error above.") from None
+        outcomes = _run_in_workers(model_fn, x, y, folds, seeds, epochs, batch_size, n_jobs, verbose)
     else:
-        for job in jobs:
-            score, history = _train_one_fold(x, y, *job, *settings)
-            _report(score, verbose)
-            result.scores.append(score)
-            result.histories.append(history)
+        outcomes = (_train_one_fold(model_fn, x, y, train_index, test_index, seed, epochs,
+                                    batch_size, verbose)
+                    for (train_index, test_index), seed in zip(folds, seeds))
+    for score, history in outcomes:          # in fold order, each printed as soon as known
+        _report(score, verbose)
+        result.scores.append(score)
+        result.histories.append(history)
     return result
 
 
@@ -232,63 +218,10 @@ def _resolve_n_jobs(n_jobs, n_splits):
     return max(1, min(int(n_jobs), n_splits))
 
 
-def _workers_can_import(model_fn):
-    """True when a worker process can find model_fn by its module and name."""
-    main = sys.modules.get("__main__")
-    if getattr(model_fn, "__module__", None) == "__main__" and not getattr(main, "__file__", None):
-        return False                      # defined in a notebook or an interactive session
-    try:
-        pickle.dumps(model_fn)            # functions pickle as "module.name": a lookup, no code
-    except Exception:
-        return False                      # a lambda or a nested function
-    return True
-
-
-# The thread settings of a worker process. They must be in the environment before
-# NumPy and numba are imported there, which a freshly spawned process guarantees.
-# (One thread each is also much faster than several on a small, busy machine: the
-# threads of a multi-threaded BLAS spin while they wait for a core.)
-_ONE_THREAD = {
-    "NUMBA_NUM_THREADS": "1",
-    "OMP_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
-
-
-class _single_threaded_children:
-    """While active, processes started from here get one thread each."""
-
-    def __enter__(self):
-        self.saved = {name: os.environ.get(name) for name in _ONE_THREAD}
-        os.environ.update(_ONE_THREAD)
-        return self
-
-    def __exit__(self, *exc):
-        for name, value in self.saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        return False
-
-
-# What a worker process holds: the whole data set and the settings, sent once per worker.
-_worker_state = {}
-
-
-def _worker_start(x, y, settings):
-    _worker_state.update(x=x, y=y, settings=settings)
-
-
-def _worker_fold(job):
-    return _train_one_fold(_worker_state["x"], _worker_state["y"], *job, *_worker_state["settings"])
-
-
-def _train_one_fold(x, y, train_index, test_index, seed, model_fn, epochs, batch_size, verbose):
+def _train_one_fold(model_fn, x, y, train_index, test_index, seed, epochs, batch_size, verbose):
     """Build a fresh model with a fixed seed, fit it on the training part, score the test part.
 
-    Returns (test accuracy as a float in [0, 1], the fit's History as a FoldHistory).
+    Returns (test accuracy as a float in [0, 1], the fit's history as a FoldHistory).
     """
     from tinycnn.utils import set_random_seed
 
@@ -299,12 +232,13 @@ def _train_one_fold(x, y, train_index, test_index, seed, model_fn, epochs, batch
     history = model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size,
                         validation_data=(x_test, y_test), verbose=1 if verbose >= 2 else 0)
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)
-    return float(accuracy), _portable_history(history)
+    values = {key: [float(v) for v in series] for key, series in history.history.items()}
+    return float(accuracy), FoldHistory(values, list(history.epoch))
 
 
 class FoldHistory:
-    """A fit's History reduced to plain numbers: `.history` (dict of per-epoch lists) and
-    `.epoch`, so that it can come back from a worker process."""
+    """One fold's training history as plain numbers, like a History:
+    `.history` maps 'loss', 'accuracy', 'val_loss', 'val_accuracy' to one float per epoch."""
 
     def __init__(self, history, epoch):
         self.history = history
@@ -314,7 +248,96 @@ class FoldHistory:
         return f"FoldHistory(epochs={len(self.epoch)}, keys={list(self.history)})"
 
 
-def _portable_history(history):
-    values = {key: [float(v) for v in series] for key, series in history.history.items()}
-    epoch = list(getattr(history, "epoch", range(len(next(iter(values.values()), [])))))
-    return FoldHistory(values, epoch)
+# ---------------------------------------------------------------------------
+# Worker processes
+# ---------------------------------------------------------------------------
+# Each fold runs as `python -m tinycnn.model_selection FOLDER FOLD` in a fresh interpreter:
+# it never imports the script that called cross_validate (so scripts need no
+# `if __name__ == "__main__":`), and its thread settings are in the environment before
+# NumPy and numba load. The data goes through .npy files, the result comes back as JSON.
+
+# One thread per worker: 2 folds on 2 cores run side by side instead of fighting over
+# the cores (and one BLAS thread is much faster than several on a small, busy machine).
+_ONE_THREAD = {
+    "NUMBA_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+
+
+def _importable(model_fn):
+    """True when a fresh Python process can import model_fn by its module and name."""
+    module_name = getattr(model_fn, "__module__", None)
+    qualname = getattr(model_fn, "__qualname__", "")
+    if module_name in (None, "__main__") or "<" in qualname:     # script, notebook, lambda, nested
+        return False
+    found = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found is model_fn
+
+
+def _run_in_workers(model_fn, x, y, folds, seeds, epochs, batch_size, n_jobs, verbose):
+    """Train every fold in a worker process, n_jobs at a time; yield (score, FoldHistory)
+    in fold order."""
+    with tempfile.TemporaryDirectory(prefix="tinycnn-cv-") as folder:
+        np.save(os.path.join(folder, "x.npy"), x)
+        np.save(os.path.join(folder, "y.npy"), y)
+        for fold, ((train_index, test_index), seed) in enumerate(zip(folds, seeds)):
+            np.save(os.path.join(folder, f"train_index_{fold}.npy"), train_index)
+            np.save(os.path.join(folder, f"test_index_{fold}.npy"), test_index)
+            _write_json(os.path.join(folder, f"job_{fold}.json"), {
+                "module": model_fn.__module__, "function": model_fn.__qualname__,
+                "seed": seed, "epochs": epochs, "batch_size": batch_size, "verbose": verbose})
+
+        env = dict(os.environ, **_ONE_THREAD)
+        env["PYTHONPATH"] = os.pathsep.join(path or os.getcwd() for path in sys.path)
+        running = {}                       # fold -> its process
+        next_fold = 0
+        try:
+            for fold in range(len(folds)):
+                while next_fold < len(folds) and len(running) < n_jobs:
+                    running[next_fold] = subprocess.Popen(
+                        [sys.executable, "-m", "tinycnn.model_selection", folder, str(next_fold)],
+                        env=env)
+                    next_fold += 1
+                status = running.pop(fold).wait()
+                if status != 0:
+                    raise RuntimeError(f"cross_validate: fold {fold + 1} failed in its worker "
+                                       f"process (exit status {status}); its error is above")
+                with open(os.path.join(folder, f"result_{fold}.json")) as file:
+                    outcome = json.load(file)
+                yield outcome["score"], FoldHistory(outcome["history"], outcome["epoch"])
+        finally:
+            for process in running.values():         # an error or Ctrl-C: stop the others
+                process.terminate()
+                process.wait()
+
+
+def _write_json(path, data):
+    """Write JSON via a temporary file and a rename, so a reader never sees half a file."""
+    with open(path + ".tmp", "w") as file:
+        json.dump(data, file)
+    os.replace(path + ".tmp", path)
+
+
+def _worker_main(folder, fold):
+    """The worker: read fold `fold`'s job from `folder`, train it, write result_FOLD.json."""
+    with open(os.path.join(folder, f"job_{fold}.json")) as file:
+        job = json.load(file)
+    model_fn = importlib.import_module(job["module"])
+    for part in job["function"].split("."):
+        model_fn = getattr(model_fn, part)
+    x = np.load(os.path.join(folder, "x.npy"), mmap_mode="r")
+    y = np.load(os.path.join(folder, "y.npy"), mmap_mode="r")
+    train_index = np.load(os.path.join(folder, f"train_index_{fold}.npy"))
+    test_index = np.load(os.path.join(folder, f"test_index_{fold}.npy"))
+    score, history = _train_one_fold(model_fn, x, y, train_index, test_index, job["seed"],
+                                     job["epochs"], job["batch_size"], job["verbose"])
+    _write_json(os.path.join(folder, f"result_{fold}.json"),
+                {"score": score, "history": history.history, "epoch": history.epoch})
+
+
+if __name__ == "__main__":
+    _worker_main(sys.argv[1], int(sys.argv[2]))
