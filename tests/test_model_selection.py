@@ -142,6 +142,17 @@ def test_a_model_fn_workers_cannot_import_runs_here_serially_only():
         cross_validate(build, x, y, n_splits=2, epochs=1, n_jobs=2, verbose=0)
 
 
+def broken_model():
+    raise ValueError("deliberately broken model_fn")
+
+
+def test_a_failing_worker_is_reported_not_hung(capfd):
+    x, y = tiny_data(20)
+    with pytest.raises(RuntimeError, match="fold 1 failed in its worker process"):
+        cross_validate(broken_model, x, y, n_splits=2, epochs=1, n_jobs=2, verbose=0)
+    assert "deliberately broken model_fn" in capfd.readouterr().err    # the worker's own error
+
+
 def test_cross_validate_rejects_bad_input():
     x, y = tiny_data(12)
     with pytest.raises(ValueError, match="same number of samples"):
