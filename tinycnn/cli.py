@@ -198,7 +198,6 @@ def command_summary(args):
 
 
 def command_train(args):
-    from tinycnn import plot
     from tinycnn.data import load_for_model
     from tinycnn.utils import set_random_seed
     from tinycnn.zoo import get_spec
@@ -235,13 +234,12 @@ def command_train(args):
         "train_seconds": round(train_seconds, 2),
     })
 
-    saved = _save_model_pictures(model, spec, x_test, y_test, out, history=history)
+    saved = _save_model_pictures(model, x_test, y_test, out, history=history)
     print(f"saved {model_path}, history.json, results.json and {', '.join(saved)} in {out}")
-    plot.show()
     return 0
 
 
-def _save_model_pictures(model, spec, x_test, y_test, out, history=None):
+def _save_model_pictures(model, x_test, y_test, out, history=None):
     """The pictures of a trained model, saved into `out`; returns their file names."""
     from tinycnn import plot
     import matplotlib.pyplot as plt
