@@ -1,4 +1,6 @@
 """Each plot draws the right panels, and saves a real PNG when asked."""
+import os
+
 import numpy as np
 import pytest
 
@@ -36,6 +38,11 @@ def test_show_images_grid_titles_are_class_names(tmp_path):
     # the pixels shown are the images', channel axis dropped
     np.testing.assert_array_equal(shown[4].images[0].get_array(), x[4, :, :, 0])
     assert (tmp_path / "grid.png").read_bytes()[:8] == PNG_MAGIC
+    # written through a private temporary file, but ends with the usual permissions
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "grid.png").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]          # no temporary left
 
 
 def test_learning_curves_all_folds_blue_train_orange_validation(tmp_path):

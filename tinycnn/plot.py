@@ -70,12 +70,20 @@ def save_figure(fig, path, dpi=100):
     try:
         with os.fdopen(handle, "wb") as file:
             fig.savefig(file, format=extension, dpi=dpi)
+        os.chmod(temporary, 0o666 & ~_umask())      # mkstemp makes it private; open it as usual
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
     return path
+
+
+def _umask():
+    """The process's umask (reading it means setting it, so set it straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # ---------------------------------------------------------------------------
