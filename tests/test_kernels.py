@@ -199,3 +199,13 @@ def test_one_channel_im2col_path_matches_the_twin(h, w, kh, kw, sh, sw, padding)
     pt, pl, oh, ow = sizes(h, w, kh, kw, sh, sw, padding)
     np.testing.assert_array_equal(K.im2col(x, kh, kw, sh, sw, pt, pl, oh, ow),
                                   K.im2col_numpy(x, kh, kw, sh, sw, pt, pl, oh, ow))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bias_relu_keeps_nan_as_its_twin_and_tensorflow_do(dtype):
+    z = np.array([[np.nan, -1.0, 2.0], [0.0, np.inf, -np.inf]], dtype=dtype)
+    b = np.zeros(3, dtype=dtype)
+    expected = K.bias_relu_numpy(z, b)
+    assert np.isnan(expected[0, 0])
+    np.testing.assert_array_equal(K.bias_relu_(z.copy(), b), expected)      # NaN compares equal here
+    np.testing.assert_array_equal(K.bias_relu_(z.copy(), b), [[np.nan, 0, 2], [0, np.inf, 0]])

@@ -310,12 +310,16 @@ def column_sums_numpy(a):
 # ---------------------------------------------------------------------------
 @_jit()
 def bias_relu_(z, bias):
-    """In place: z[m, f] = max(z[m, f] + bias[f], 0). z (M, F), bias (F,). Returns z."""
+    """In place: z[m, f] = max(z[m, f] + bias[f], 0). z (M, F), bias (F,). Returns z.
+
+    NaN stays NaN, as in np.maximum and TensorFlow (so a diverging model shows NaN, not 0):
+    hence "not (v <= 0)" rather than "v > 0", which is False for NaN.
+    """
     m, f = z.shape
     for r in range(m):
         for k in range(f):
             v = z[r, k] + bias[k]
-            z[r, k] = v if v > 0 else 0
+            z[r, k] = v if not (v <= 0) else 0
     return z
 
 
