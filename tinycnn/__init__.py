@@ -14,9 +14,9 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "activations", "callbacks", "cli", "datasets", "gradcheck", "initializers",
+    "activations", "callbacks", "cli", "data", "datasets", "gradcheck", "initializers",
     "kernels", "layers", "losses", "model_selection", "models", "optimizers",
-    "plot", "utils", "zoo",
+    "plot", "saving", "utils", "zoo",
 )
 
 
