@@ -299,7 +299,8 @@ def tinycnn_run(args, x, y, xt):
     if len(times) != args.epochs:
         raise RuntimeError(f"tinycnn's fit called the epoch callbacks {len(times)} times for {args.epochs} epochs")
     peak = proc_status_mb("VmHWM")
-    predict = lambda: model.predict(xt, batch_size=args.predict_batch_size)  # noqa: E731
+    pkw = {"verbose": 0} if "verbose" in inspect.signature(model.predict).parameters else {}
+    predict = lambda: model.predict(xt, batch_size=args.predict_batch_size, **pkw)  # noqa: E731
     threads = {"timed_by": how, "built_by": built_by}
     try:
         import numba
@@ -365,7 +366,7 @@ def main(argv=None):
         "test_acc": acc, "settings": threads, "cpu": cpu_model(), "python": sys.version.split()[0],
         "numpy": np.__version__,
     }
-    line = json.dumps(out)
+    line = "\n" + json.dumps(out)          # on a line of its own, whatever was printed before
     if args.out:
         with open(args.out, "w") as f:
             f.write(line + "\n")
