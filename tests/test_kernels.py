@@ -209,3 +209,40 @@ def test_bias_relu_keeps_nan_as_its_twin_and_tensorflow_do(dtype):
     assert np.isnan(expected[0, 0])
     np.testing.assert_array_equal(K.bias_relu_(z.copy(), b), expected)      # NaN compares equal here
     np.testing.assert_array_equal(K.bias_relu_(z.copy(), b), [[np.nan, 0, 2], [0, np.inf, 0]])
+
+
+
+def test_kernels_write_into_out_when_given():
+    # The layers pass arrays they keep across steps (out=): same values as a fresh result, in that array.
+    rng = np.random.default_rng(8)
+    for _ in range(20):
+        n, h, w, c, kh, kw, sh, sw, padding = random_geometry(rng)
+        pt, pl, oh, ow = sizes(h, w, kh, kw, sh, sw, padding)
+        x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+        for kernel in (K.im2col, K.im2col_numpy):
+            out = np.full((n * oh * ow, kh * kw * c), np.nan, np.float32)
+            assert kernel(x, kh, kw, sh, sw, pt, pl, oh, ow, out=out) is out
+            np.testing.assert_array_equal(out, K.im2col_numpy(x, kh, kw, sh, sw, pt, pl, oh, ow))
+        dcols = rng.standard_normal((n * oh * ow, kh * kw * c)).astype(np.float32)
+        for kernel in (K.col2im, K.col2im_numpy):
+            out = np.full(x.shape, np.nan, np.float32)                     # stale values must not leak in
+            assert kernel(dcols, n, h, w, c, kh, kw, sh, sw, pt, pl, oh, ow, out=out) is out
+            np.testing.assert_allclose(out, K.col2im(dcols, n, h, w, c, kh, kw, sh, sw, pt, pl, oh, ow),
+                                       rtol=1e-6, atol=1e-6)
+        expected = K.maxpool_forward(x, kh, kw, sh, sw, pt, pl, oh, ow)
+        for kernel in (K.maxpool_forward, K.maxpool_forward_numpy):
+            out = (np.full((n, oh, ow, c), np.nan, np.float32), np.full((n, oh, ow, c), -1, np.int32))
+            y, argmax = kernel(x, kh, kw, sh, sw, pt, pl, oh, ow, out=out)
+            assert y is out[0] and argmax is out[1]
+            np.testing.assert_array_equal(y, expected[0])
+            np.testing.assert_array_equal(argmax, expected[1])
+        dy = rng.standard_normal(expected[0].shape).astype(np.float32)
+        for kernel in (K.maxpool_backward, K.maxpool_backward_numpy):
+            out = np.full(x.shape, np.nan, np.float32)
+            assert kernel(dy, expected[1], h, w, out=out) is out
+            np.testing.assert_allclose(out, K.maxpool_backward(dy, expected[1], h, w), rtol=1e-6, atol=1e-6)
+        y = np.maximum(x, 0)
+        for kernel in (K.relu_backward, K.relu_backward_numpy):
+            out = np.full(x.shape, np.nan, np.float32)
+            assert kernel(dy.sum() + x, y, out=out) is out
+            np.testing.assert_array_equal(out, K.relu_backward_numpy(dy.sum() + x, y))

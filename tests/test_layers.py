@@ -317,6 +317,40 @@ def test_params_stay_the_same_arrays_and_grad_out_is_not_modified():
     assert not np.all(layer.params[0] == 7)                             # get_weights returns copies
 
 
+def test_buffers_are_reused_across_steps_and_follow_the_batch_size():
+    # Layers keep their big arrays (patches, output, dL/dx) from step to step (Layer._buffer):
+    # the results must be exactly those of a fresh layer, for every batch size in any order.
+    rng = np.random.default_rng(13)
+    layers = [L.Conv2D(4, 3, activation="relu", input_shape=(9, 9, 2)), L.MaxPooling2D(2), L.Flatten(),
+              L.Dense(5, activation="relu")]
+    shape = (9, 9, 2)
+    for layer in layers:
+        shape = layer.build(shape)
+    weights = [layer.get_weights() for layer in layers]
+
+    def step(net, x, g):
+        for layer in net:
+            x = layer.forward(x, training=True)
+        out = x.copy()
+        for layer in reversed(net):
+            g = layer.backward(g)
+        return [out, g.copy()] + [grad.copy() for layer in net for grad in layer.grads]
+
+    for batch in (3, 3, 1, 3):                 # the same size again, a smaller one, back
+        x = rng.standard_normal((batch, 9, 9, 2)).astype(np.float32)
+        g = rng.standard_normal((batch, 5)).astype(np.float32)
+        fresh = [type(layer).from_config(layer.get_config()) for layer in layers]
+        shape = (9, 9, 2)
+        for layer, w in zip(fresh, weights):
+            shape = layer.build(shape)
+            layer.set_weights(w)
+        for a, b in zip(step(layers, x, g), step(fresh, x, g)):
+            np.testing.assert_array_equal(a, b)
+    conv = layers[0]
+    y = conv.forward(x)
+    assert conv.forward(x * 2) is y or np.shares_memory(conv.forward(x), y)    # the same memory again
+
+
 def test_need_input_grad_false_skips_dx_but_fills_param_grads():
     rng = np.random.default_rng(12)
     x = rng.standard_normal((2, 6, 6, 1))

@@ -16,6 +16,11 @@ Layout conventions (as Keras, "channels_last"):
 Padding is given by the number of zero rows on top (`pad_top`) and zero columns on the
 left (`pad_left`); the output size (OH, OW) fixes how much padding the bottom/right get.
 
+Outputs: a kernel that makes a big array takes an optional `out=` (the array to write
+into, of the right shape and dtype, C-contiguous) and returns it; without it, it makes a
+new one. The layers pass arrays they keep from step to step (see Layer._buffer), because
+fresh multi-megabyte arrays cost page faults at every step.
+
 Threads: the kernels are single-threaded on purpose, and so deterministic (every sum
 is done in a fixed order). The batch loops could be numba `prange`s (each image is
 written by one thread only), but on a small shared machine each parallel region costs
@@ -72,7 +77,7 @@ def conv_output_size(size, kernel, stride, padding):
 # im2col: image patches -> rows of a matrix
 # ---------------------------------------------------------------------------
 @_jit()
-def im2col(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w):
+def im2col(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, out=None):
     """Patches of x as rows: cols[(n*OH + oy)*OW + ox, (i*KW + j)*C + c] = x[n, oy*sh-pad_top+i, ox*sw-pad_left+j, c].
 
     x (N, H, W, C) -> cols (N*OH*OW, KH*KW*C); pixels outside the image read as 0.
@@ -81,11 +86,11 @@ def im2col(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w):
     (Indexing the innermost loop with the bare loop counter lets numba vectorise it.)
     """
     n, h, w, c = x.shape
+    cols = np.empty((n * out_h * out_w, kh * kw * c), dtype=x.dtype) if out is None else out
     if c == 1:                                       # runs of KW values are too short to pay:
-        return _im2col_one_channel(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w)
+        return _im2col_one_channel(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, cols)
     run = kw * c                                     # one patch row: KW pixels x C channels
     x_rows = x.reshape(n, h, w * c)                  # an image row = W*C contiguous values
-    cols = np.empty((n * out_h * out_w, kh * run), dtype=x.dtype)
     patches = cols.reshape(n * out_h * out_w, kh, run)
     for b in range(n):
         for oy in range(out_h):
@@ -111,14 +116,13 @@ def im2col(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w):
 
 
 @_jit()
-def _im2col_one_channel(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w):
+def _im2col_one_channel(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, cols):
     """im2col for C = 1 (a grey image): column (i, j) of a row of outputs, one image row at a time.
 
     Same result as im2col; for one channel, looping over the output columns innermost
     (as the NumPy twin does) is about twice as fast as copying runs of KW values.
     """
     n, h, w, _ = x.shape
-    cols = np.empty((n * out_h * out_w, kh * kw), dtype=x.dtype)
     blocks = cols.reshape(n, out_h, out_w, kh * kw)
     for b in range(n):
         for oy in range(out_h):
@@ -138,7 +142,7 @@ def _im2col_one_channel(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w):
     return cols
 
 
-def im2col_numpy(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w):
+def im2col_numpy(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, out=None):
     """NumPy twin of `im2col`: pad, then copy one strided slice per kernel position (i, j)."""
     n, h, w, c = x.shape
     pad_bottom = max((out_h - 1) * sh + kh - h - pad_top, 0)
@@ -148,21 +152,30 @@ def im2col_numpy(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w):
     for i in range(kh):
         for j in range(kw):
             cols[:, :, :, i, j, :] = xp[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :]
-    return cols.reshape(n * out_h * out_w, kh * kw * c)
+    return _into(out, cols.reshape(n * out_h * out_w, kh * kw * c))
+
+
+def _into(out, result):
+    """The twins' out=: copy result into out (and return out), or return result as it is."""
+    if out is None:
+        return result
+    out[...] = result
+    return out
 
 
 # ---------------------------------------------------------------------------
 # col2im: the adjoint of im2col (adds each row back onto the pixels it came from)
 # ---------------------------------------------------------------------------
 @_jit()
-def col2im(dcols, n, h, w, c, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w):
+def col2im(dcols, n, h, w, c, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, out=None):
     """dx[n, y, x, c] = sum of dcols over every (row, column) that im2col copied from x[n, y, x, c].
 
     dcols (N*OH*OW, KH*KW*C) -> dx (N, H, W, C). Entries that came from padding are dropped.
     The same contiguous runs as in im2col, added instead of copied.
     """
     run = kw * c
-    dx = np.zeros((n, h, w, c), dtype=dcols.dtype)
+    dx = np.empty((n, h, w, c), dtype=dcols.dtype) if out is None else out
+    dx.fill(0)
     dx_rows = dx.reshape(n, h, w * c)
     patches = dcols.reshape(n * out_h * out_w, kh, run)
     for b in range(n):
@@ -188,7 +201,7 @@ def col2im(dcols, n, h, w, c, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w):
     return dx
 
 
-def col2im_numpy(dcols, n, h, w, c, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w):
+def col2im_numpy(dcols, n, h, w, c, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, out=None):
     """NumPy twin of `col2im`: add one strided slice per kernel position into a padded image, then crop."""
     pad_bottom = max((out_h - 1) * sh + kh - h - pad_top, 0)
     pad_right = max((out_w - 1) * sw + kw - w - pad_left, 0)
@@ -197,24 +210,26 @@ def col2im_numpy(dcols, n, h, w, c, kh, kw, sh, sw, pad_top, pad_left, out_h, ou
     for i in range(kh):
         for j in range(kw):
             dxp[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :] += d6[:, :, :, i, j, :]
-    return dxp[:, pad_top:pad_top + h, pad_left:pad_left + w, :].copy()
+    return _into(out, dxp[:, pad_top:pad_top + h, pad_left:pad_left + w, :].copy())
 
 
 # ---------------------------------------------------------------------------
 # Max pooling, keeping where each maximum came from
 # ---------------------------------------------------------------------------
 @_jit()
-def maxpool_forward(x, ph, pw, sh, sw, pad_top, pad_left, out_h, out_w):
+def maxpool_forward(x, ph, pw, sh, sw, pad_top, pad_left, out_h, out_w, out=None):
     """Max over each (PH, PW) window; padded cells are ignored (never chosen).
 
     x (N, H, W, C) -> y (N, OH, OW, C) and argmax (N, OH, OW, C) int32, the flat
-    position y*W + x of the chosen pixel in its image plane.
+    position y*W + x of the chosen pixel in its image plane. out: the pair (y, argmax) to fill.
     Ties: the window is scanned row by row, left to right, and only a strictly larger
     value replaces the current best, so the FIRST maximum wins (TensorFlow's rule).
     """
     n, h, w, c = x.shape
-    y = np.empty((n, out_h, out_w, c), dtype=x.dtype)
-    argmax = np.empty((n, out_h, out_w, c), dtype=np.int32)
+    if out is None:
+        y, argmax = np.empty((n, out_h, out_w, c), dtype=x.dtype), np.empty((n, out_h, out_w, c), dtype=np.int32)
+    else:
+        y, argmax = out
     for b in range(n):
         for oy in range(out_h):
             y0 = max(oy * sh - pad_top, 0)           # the window's rows and columns inside the image
@@ -237,7 +252,7 @@ def maxpool_forward(x, ph, pw, sh, sw, pad_top, pad_left, out_h, out_w):
     return y, argmax
 
 
-def maxpool_forward_numpy(x, ph, pw, sh, sw, pad_top, pad_left, out_h, out_w):
+def maxpool_forward_numpy(x, ph, pw, sh, sw, pad_top, pad_left, out_h, out_w, out=None):
     """NumPy twin of `maxpool_forward`: pad with -inf, stack the windows, np.argmax (first max wins)."""
     n, h, w, c = x.shape
     pad_bottom = max((out_h - 1) * sh + ph - h - pad_top, 0)
@@ -252,17 +267,19 @@ def maxpool_forward_numpy(x, ph, pw, sh, sw, pad_top, pad_left, out_h, out_w):
     # window position -> pixel row/column in the unpadded image
     rows = np.arange(out_h)[None, :, None, None] * sh - pad_top + k // pw
     cols = np.arange(out_w)[None, None, :, None] * sw - pad_left + k % pw
-    return y, (rows * w + cols).astype(np.int32)
+    argmax = (rows * w + cols).astype(np.int32)
+    return (y, argmax) if out is None else (_into(out[0], y), _into(out[1], argmax))
 
 
 @_jit()
-def maxpool_backward(dy, argmax, h, w):
+def maxpool_backward(dy, argmax, h, w, out=None):
     """Send each output gradient to the pixel that won its window; overlapping windows add up.
 
     dy (N, OH, OW, C), argmax (N, OH, OW, C) -> dx (N, H, W, C).
     """
     n, out_h, out_w, c = dy.shape
-    dx = np.zeros((n, h, w, c), dtype=dy.dtype)
+    dx = np.empty((n, h, w, c), dtype=dy.dtype) if out is None else out
+    dx.fill(0)
     dx_pixels = dx.reshape(n, h * w, c)              # pixel y*W + x, channel c
     for b in range(n):
         for oy in range(out_h):
@@ -273,14 +290,14 @@ def maxpool_backward(dy, argmax, h, w):
     return dx
 
 
-def maxpool_backward_numpy(dy, argmax, h, w):
+def maxpool_backward_numpy(dy, argmax, h, w, out=None):
     """NumPy twin of `maxpool_backward`: np.add.at scatters (and adds up repeated winners)."""
     n, out_h, out_w, c = dy.shape
     dx = np.zeros((n, h * w, c), dtype=dy.dtype)
     b = np.arange(n)[:, None, None, None]
     ch = np.arange(c)[None, None, None, :]
     np.add.at(dx, (np.broadcast_to(b, dy.shape), argmax, np.broadcast_to(ch, dy.shape)), dy)
-    return dx.reshape(n, h, w, c)
+    return _into(out, dx.reshape(n, h, w, c))
 
 
 # ---------------------------------------------------------------------------
@@ -329,22 +346,22 @@ def bias_relu_numpy(z, bias):
 
 
 @_jit()
-def relu_backward(grad_y, y):
+def relu_backward(grad_y, y, out=None):
     """dL/dz = dL/dy where the ReLU output y > 0, else 0 (also 0 at z = 0, as TensorFlow).
 
-    grad_y and y: same shape (any), C-contiguous. Returns a new array; grad_y is not changed.
+    grad_y and y: same shape (any), C-contiguous. Returns out (or a new array); grad_y is not changed.
     """
-    g = grad_y.reshape(-1)
-    yf = y.reshape(-1)
-    out = np.empty_like(g)
+    grad_z = np.empty_like(grad_y) if out is None else out
+    g, yf, gz = grad_y.reshape(-1), y.reshape(-1), grad_z.reshape(-1)
     for i in range(g.size):
-        out[i] = g[i] if yf[i] > 0 else 0
-    return out.reshape(grad_y.shape)
+        gz[i] = g[i] if yf[i] > 0 else 0
+    return grad_z
 
 
-def relu_backward_numpy(grad_y, y):
+def relu_backward_numpy(grad_y, y, out=None):
     """NumPy twin of `relu_backward`."""
-    return np.where(y > 0, grad_y, 0).astype(grad_y.dtype)
+    return _into(out, np.where(y > 0, grad_y, 0).astype(grad_y.dtype))
+
 
 
 # ---------------------------------------------------------------------------
