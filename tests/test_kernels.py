@@ -246,3 +246,16 @@ def test_kernels_write_into_out_when_given():
             out = np.full(x.shape, np.nan, np.float32)
             assert kernel(dy.sum() + x, y, out=out) is out
             np.testing.assert_array_equal(out, K.relu_backward_numpy(dy.sum() + x, y))
+
+
+@pytest.mark.parametrize("h,w,padding", [(26, 26, "valid"), (11, 11, "valid"), (5, 8, "same"), (7, 6, "same"), (2, 3, "valid")])
+def test_two_by_two_pooling_path_matches_the_twin(h, w, padding):
+    # maxpool_forward takes a separate loop for 2x2 windows with stride 2 inside the image: same
+    # result, ties included (a coarse grid of values makes many ties).
+    rng = np.random.default_rng(7)
+    x = np.round(rng.standard_normal((3, h, w, 5)) * 2).astype(np.float32)
+    pt, pl, oh, ow = sizes(h, w, 2, 2, 2, 2, padding)
+    y, argmax = K.maxpool_forward(x, 2, 2, 2, 2, pt, pl, oh, ow)
+    y2, argmax2 = K.maxpool_forward_numpy(x, 2, 2, 2, 2, pt, pl, oh, ow)
+    np.testing.assert_array_equal(y, y2)
+    np.testing.assert_array_equal(argmax, argmax2)
