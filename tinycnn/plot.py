@@ -202,11 +202,11 @@ def performance(scores, save=None):
         raise ValueError("performance: no scores given")
     percent = scores * 100.0
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4, 5))
+    fig, ax = plt.subplots(figsize=(5, 5))
     ax.boxplot(percent)
     ax.plot(np.ones_like(percent), percent, "o", color=TRAIN_COLOR, alpha=0.6)
     ax.set_title("Accuracy: mean=%.3f std=%.3f, n=%d" % (percent.mean(), percent.std(),
-                                                         percent.size))
+                                                         percent.size), fontsize=11)
     ax.set_ylabel("accuracy (%)")
     ax.set_xticks([1])
     ax.set_xticklabels(["folds"])
