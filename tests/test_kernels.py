@@ -259,3 +259,17 @@ def test_two_by_two_pooling_path_matches_the_twin(h, w, padding):
     y2, argmax2 = K.maxpool_forward_numpy(x, 2, 2, 2, 2, pt, pl, oh, ow)
     np.testing.assert_array_equal(y, y2)
     np.testing.assert_array_equal(argmax, argmax2)
+
+
+@pytest.mark.parametrize("m,k,n", [(21632, 9, 32), (5000, 9, 64), (3000, 9, 64), (700, 9, 32), (3872, 576, 64)])
+def test_weight_gradient_in_blocks_of_rows_is_the_product(m, k, n):
+    # matmul_tn_rows sums a.T @ b over blocks of rows when K*N is small (tall first-layer products):
+    # the product to float32 rounding, and the same bits at every call.
+    rng = np.random.default_rng(9)
+    a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((m, n)).astype(np.float32)
+    out = np.full((k, n), np.nan, np.float32)
+    assert K.matmul_tn_rows(a, b, out) is out
+    exact = a.astype(np.float64).T @ b.astype(np.float64)
+    assert np.abs(out - exact).max() <= 1e-5 * np.abs(a).max() * np.abs(b).max() * np.sqrt(m) * 10
+    np.testing.assert_allclose(out, K.matmul_tn_rows_numpy(a, b, np.empty_like(out)), rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(K.matmul_tn_rows(a, b, np.empty_like(out)), out)

@@ -372,7 +372,7 @@ class Conv2D(_WeightedLayer):
         """
         (kh, kw), (sh, sw), f = self.kernel_size, self.strides, self.filters
         dz = grad_z.reshape(-1, f)                                             # (N*OH*OW, F)
-        np.matmul(self.cols.T, dz, out=self.grads[0].reshape(-1, f))         # written into dL/dkernel
+        kernels.matmul_tn_rows(self.cols, dz, out=self.grads[0].reshape(-1, f))  # cols.T @ dz, into dL/dkernel
         if self.use_bias:
             self.grads[1][...] = kernels.column_sums(dz)       # sum over rows
         if not self.need_input_grad:
