@@ -273,3 +273,14 @@ def test_weight_gradient_in_blocks_of_rows_is_the_product(m, k, n):
     assert np.abs(out - exact).max() <= 1e-5 * np.abs(a).max() * np.abs(b).max() * np.sqrt(m) * 10
     np.testing.assert_allclose(out, K.matmul_tn_rows_numpy(a, b, np.empty_like(out)), rtol=1e-4, atol=1e-3)
     np.testing.assert_array_equal(K.matmul_tn_rows(a, b, np.empty_like(out)), out)
+
+
+def test_malloc_setting_is_applied_where_glibc_is():
+    # kernels asks glibc to keep freed blocks (no page faults for each step's fresh arrays);
+    # elsewhere it says False and changes nothing.
+    import platform
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert K.MALLOC_KEEPS_FREED_MEMORY is True
+        assert K.keep_freed_memory() is True                 # calling it again is harmless
+    else:
+        assert K.MALLOC_KEEPS_FREED_MEMORY is False

@@ -18,8 +18,7 @@ left (`pad_left`); the output size (OH, OW) fixes how much padding the bottom/ri
 
 Outputs: a kernel that makes a big array takes an optional `out=` (the array to write
 into, of the right shape and dtype, C-contiguous) and returns it; without it, it makes a
-new one. The layers pass arrays they keep from step to step (see Layer._buffer), because
-fresh multi-megabyte arrays cost page faults at every step.
+new one (what the layers do: see `keep_freed_memory` for why that is fast).
 
 Threads: the kernels are single-threaded on purpose, and so deterministic (every sum
 is done in a fixed order). The batch loops could be numba `prange`s (each image is
@@ -34,6 +33,8 @@ Numba caches the compiled machine code next to this file (or in NUMBA_CACHE_DIR)
 If no cache directory is writable (a read-only install), the kernels are compiled
 without a cache at every start instead of failing.
 """
+import ctypes
+import sys
 import warnings
 
 import numba
@@ -51,6 +52,36 @@ def _jit(**options):
                           "to a writable directory to fix this.", RuntimeWarning, stacklevel=2)
             return numba.njit(cache=False, **options)(func)
     return decorate
+
+
+# ---------------------------------------------------------------------------
+# Memory: keep freed arrays in the process, so the next step's arrays need no page faults
+# ---------------------------------------------------------------------------
+# A training step makes the same multi-megabyte arrays again and again (patches, outputs,
+# gradients). glibc's malloc adapts its thresholds to the largest block freed so far and
+# gives the top of its heap back to the system once more than twice that is free: with
+# cnn_categorical's 2.7 MB arrays that happened at every step, and the fresh pages cost
+# 1,300 page faults a step (measured: 4.1 ms a step instead of 1.8). Keeping per-layer
+# buffers instead removed the faults but made cnn_sparse 10% slower (8.5 -> 7.7 ms a step
+# with fresh arrays): malloc hands back the block freed last, still in the cache. So blocks
+# under 32 MB come from the heap, and the heap keeps up to 64 MB of freed memory.
+MMAP_THRESHOLD = 32 * 2 ** 20          # glibc's largest allowed value on 64-bit systems
+TRIM_THRESHOLD = 64 * 2 ** 20
+
+
+def keep_freed_memory():
+    """Tell glibc's malloc to keep freed blocks under 32 MB in the heap. True if it could (Linux, glibc)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3        # from glibc's <malloc.h>
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+MALLOC_KEEPS_FREED_MEMORY = keep_freed_memory()
 
 
 # ---------------------------------------------------------------------------

@@ -17,11 +17,6 @@ place, so an optimizer can keep its per-parameter state by position.
 A layer whose activation is softmax also caches its `logits` (the input of the softmax)
 and offers `backward_from_logits(dL/dlogits)`: with a cross-entropy loss the model
 hands it (softmax - onehot) / batch directly and the softmax Jacobian is never formed.
-
-Speed: the big arrays a layer makes at every step (the patches, its output, dL/dx) live
-in buffers it keeps from one step to the next (`Layer._buffer`). So the arrays that
-forward and backward return are only valid until that layer's next forward/backward;
-copy them to keep them (Sequential.predict and layer_outputs do).
 """
 import math
 import re
@@ -115,7 +110,6 @@ class Layer:
         self.params = []                               # Keras order: what get_weights returns
         self.grads = []                                # same shapes, filled by backward
         self.need_input_grad = True                    # the model sets False on the first layer
-        self._buffers = {}                             # name -> array reused across steps
 
     # -- shapes ------------------------------------------------------------------------------
     def build(self, input_shape):
@@ -173,19 +167,6 @@ class Layer:
             raise ValueError(f"{self.name}: backward expected a gradient of shape {expected} (the shape of "
                              f"the last forward's output), got {grad_out.shape}")
         return np.ascontiguousarray(grad_out)
-
-    def _buffer(self, name, shape, dtype=None):
-        """The layer's array `name` of this shape: the same memory at every step while the shape stays.
-
-        A fresh multi-megabyte array at every step costs page faults (the allocator gives the
-        memory back to the system and takes it again): in cnn_categorical that was 1,300
-        faults and about 40% of a training step. Buffers are made once per batch size instead.
-        """
-        dtype = self.dtype if dtype is None else dtype
-        array = self._buffers.get(name)
-        if array is None or array.shape != shape or array.dtype != dtype:
-            array = self._buffers[name] = np.empty(shape, dtype)
-        return array
 
     # -- the maths (subclasses) -------------------------------------------------------------------
     def forward(self, x, training=False):
@@ -282,11 +263,7 @@ class _WeightedLayer(Layer):
 
     def backward(self, grad_out):
         """dL/dx from dL/dy: through the activation (dL/dz = f'(z) * dL/dy), then the linear part."""
-        grad_y = self._check_grad(grad_out)
-        if self.activation.name == "relu":      # dL/dz = dL/dy * [y > 0], into a reused buffer
-            grad_z = kernels.relu_backward(grad_y, self.output, out=self._buffer("grad_z", grad_y.shape))
-        else:
-            grad_z = self.activation.backward(grad_y, self.output)
+        grad_z = self.activation.backward(self._check_grad(grad_out), self.output)
         return self.backward_linear(grad_z)
 
     def backward_from_logits(self, grad_logits):
@@ -353,10 +330,8 @@ class Conv2D(_WeightedLayer):
         """x (N, H, W, C) -> y (N, OH, OW, F). Caches cols (for dW, dx) and y (for the activation)."""
         x = self._check_input(x)
         (kh, kw), (sh, sw), f = self.kernel_size, self.strides, self.filters
-        rows = x.shape[0] * self._oh * self._ow
-        self.cols = kernels.im2col(x, kh, kw, sh, sw, self._pad_top, self._pad_left, self._oh, self._ow,
-                                   out=self._buffer("cols", (rows, kh * kw * x.shape[3])))
-        z = np.matmul(self.cols, self.kernel.reshape(-1, f), out=self._buffer("z", (rows, f)))  # (N*OH*OW, F)
+        self.cols = kernels.im2col(x, kh, kw, sh, sw, self._pad_top, self._pad_left, self._oh, self._ow)
+        z = self.cols @ self.kernel.reshape(kh * kw * x.shape[3], f)        # (N*OH*OW, F)
         y = self._bias_and_activation(z)
         self.output = y.reshape(x.shape[0], self._oh, self._ow, f)
         if self.outputs_softmax:
@@ -377,10 +352,10 @@ class Conv2D(_WeightedLayer):
             self.grads[1][...] = kernels.column_sums(dz)       # sum over rows
         if not self.need_input_grad:
             return None
-        dcols = np.matmul(dz, self.kernel.reshape(-1, f).T, out=self._buffer("dcols", self.cols.shape))
-        n, (h, w, c) = grad_z.shape[0], self.input_shape
-        return kernels.col2im(dcols, n, h, w, c, kh, kw, sh, sw, self._pad_top, self._pad_left,
-                              self._oh, self._ow, out=self._buffer("dx", (n, h, w, c)))
+        dcols = dz @ self.kernel.reshape(-1, f).T                              # (N*OH*OW, KH*KW*C)
+        h, w, c = self.input_shape
+        return kernels.col2im(dcols, grad_z.shape[0], h, w, c, kh, kw, sh, sw,
+                              self._pad_top, self._pad_left, self._oh, self._ow)
 
     def get_config(self):
         config = super().get_config()
@@ -429,20 +404,16 @@ class MaxPooling2D(Layer):
     def forward(self, x, training=False):
         """x (N, H, W, C) -> y (N, OH, OW, C); caches argmax (N, OH, OW, C), each winner's y*W + x."""
         x = self._check_input(x)
-        (ph, pw), (sh, sw), (oh, ow, c) = self.pool_size, self.strides, self.output_shape
-        shape = (x.shape[0], oh, ow, c)
-        out = (self._buffer("y", shape), self._buffer("argmax", shape, np.int32))
-        y, self.argmax = kernels.maxpool_forward(x, ph, pw, sh, sw, self._pad_top, self._pad_left, oh, ow, out=out)
+        (ph, pw), (sh, sw), (oh, ow, _) = self.pool_size, self.strides, self.output_shape
+        y, self.argmax = kernels.maxpool_forward(x, ph, pw, sh, sw, self._pad_top, self._pad_left, oh, ow)
         return y
 
     def backward(self, grad_out):
         """dL/dy (N, OH, OW, C) -> dL/dx (N, H, W, C): scattered onto the winners, summed."""
         if not self.need_input_grad:
             return None
-        grad_y = self._check_grad(grad_out)
-        h, w, c = self.input_shape
-        dx = self._buffer("dx", (grad_y.shape[0], h, w, c))
-        return kernels.maxpool_backward(grad_y, self.argmax, h, w, out=dx)
+        h, w, _ = self.input_shape
+        return kernels.maxpool_backward(self._check_grad(grad_out), self.argmax, h, w)
 
     def get_config(self):
         config = super().get_config()
@@ -501,8 +472,7 @@ class Dense(_WeightedLayer):
         """x (N, in) -> y (N, units). Caches the input rows (for dW) and y (for the activation)."""
         x = self._check_input(x)
         self.x_rows = x.reshape(-1, x.shape[-1])                  # (N, in)
-        z = np.matmul(self.x_rows, self.kernel, out=self._buffer("z", (len(self.x_rows), self.units)))
-        y = self._bias_and_activation(z)                           # (N, units)
+        y = self._bias_and_activation(self.x_rows @ self.kernel)   # (N, units)
         self.output = y.reshape(x.shape[:-1] + (self.units,))
         if self.outputs_softmax:
             self.logits = self.logits.reshape(self.output.shape)
@@ -521,8 +491,7 @@ class Dense(_WeightedLayer):
             self.grads[1][...] = kernels.column_sums(dz)       # sum over rows
         if not self.need_input_grad:
             return None
-        dx = np.matmul(dz, self.kernel.T, out=self._buffer("dx", self.x_rows.shape))
-        return dx.reshape(grad_z.shape[:-1] + (self.kernel.shape[0],))
+        return (dz @ self.kernel.T).reshape(grad_z.shape[:-1] + (self.kernel.shape[0],))
 
     def get_config(self):
         config = super().get_config()
