@@ -132,6 +132,9 @@ def kernel_cases(k):
         b = rand(f)
         cases.setdefault("bias_relu_", []).append((label, (z, b), 2 * z.nbytes))
         cases.setdefault("column_sums", []).append((label, (rand(N * oh * ow, f),), z.nbytes))
+        cols = rand(N * oh * ow, 9 * c)
+        cases.setdefault("matmul_tn_rows", []).append(
+            (label + " dW", (cols, z, np.empty((9 * c, f), np.float32)), cols.nbytes + z.nbytes))
         y = np.maximum(rand(N * oh * ow, f), 0)
         cases.setdefault("relu_backward", []).append((label, (rand(N * oh * ow, f), y), 3 * y.nbytes))
     for label, h, w, c in POOLS:
