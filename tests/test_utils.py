@@ -164,3 +164,69 @@ def test_floatx_defaults_to_float32_and_can_be_set(monkeypatch):
     with pytest.raises(ValueError, match="'float32' or 'float64'"):
         utils.set_floatx("float16")
     assert utils.floatx() == "float64"
+
+
+# ---------------------------------------------------------------------------
+# BLAS threads during training
+# ---------------------------------------------------------------------------
+def test_set_num_threads_rejects_bad_counts_and_env_is_read(monkeypatch):
+    from tinycnn import utils
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="positive integer"):
+            utils.set_num_threads(bad)
+    monkeypatch.setattr(utils, "_num_threads", None)
+    monkeypatch.setenv("TINYCNN_NUM_THREADS", "2")
+    assert utils.get_num_threads() == 2
+    monkeypatch.setenv("TINYCNN_NUM_THREADS", "two")
+    with pytest.raises(ValueError, match="TINYCNN_NUM_THREADS"):
+        utils.get_num_threads()
+    monkeypatch.delenv("TINYCNN_NUM_THREADS")
+    assert utils.get_num_threads() == 1
+    utils.set_num_threads(3)
+    assert utils.get_num_threads() == 3
+
+
+def test_blas_threads_sets_openblas_inside_and_restores_it_after(monkeypatch):
+    from tinycnn import utils
+    functions = utils._openblas_thread_functions()
+    assert functions is not None, "NumPy's wheels ship OpenBLAS: its thread functions should be found"
+    set_threads, get_threads = functions
+    monkeypatch.setattr(utils, "_num_threads", None)
+    monkeypatch.delenv("TINYCNN_NUM_THREADS", raising=False)
+    set_threads(2)
+    try:
+        with utils.blas_threads():
+            assert get_threads() == 1
+        assert get_threads() == 2
+        with pytest.raises(RuntimeError):
+            with utils.blas_threads(1):
+                raise RuntimeError("boom")
+        assert get_threads() == 2                    # restored on the way out of an error too
+    finally:
+        set_threads(2)
+
+
+def test_fit_and_predict_train_with_the_chosen_blas_threads(monkeypatch):
+    from tinycnn import callbacks, layers, models, utils
+    set_threads, get_threads = utils._openblas_thread_functions()
+    seen = []
+
+    class Spy(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(get_threads())
+
+    utils.set_random_seed(0)
+    model = models.Sequential([layers.Dense(4, activation="softmax", input_shape=(3,))])
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    x, y = np.random.default_rng(0).random((20, 3)).astype("float32"), np.arange(20) % 4
+    set_threads(2)
+    try:
+        monkeypatch.setattr(utils, "_num_threads", None)
+        monkeypatch.delenv("TINYCNN_NUM_THREADS", raising=False)
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[Spy()])
+        monkeypatch.setenv("TINYCNN_NUM_THREADS", "2")
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[Spy()])
+        assert seen == [1, 2]
+        assert get_threads() == 2                    # NumPy's own setting is back after fit
+    finally:
+        set_threads(2)

@@ -15,8 +15,9 @@ Every command has --help. Mistakes (a bad argument, missing data, a bad model fi
 with one clear message on stderr and exit status 1 (2 for bad arguments), no traceback.
 Set TINYCNN_DEBUG=1 to see the traceback anyway.
 
-The command uses one BLAS thread unless OPENBLAS_NUM_THREADS (or OMP_NUM_THREADS) says
-otherwise: on a small busy machine that is several times faster (see main()).
+Training and prediction use one BLAS thread unless TINYCNN_NUM_THREADS says otherwise
+(see tinycnn.utils.set_num_threads: on a small machine doing other work too, that is
+several times faster).
 
 Only argparse is imported up front, so `tinycnn --help` answers at once; numpy, numba
 and matplotlib load when a command needs them.
@@ -67,8 +68,8 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="tinycnn",
         description="Train and inspect the Fashion-MNIST notebook's CNNs with tinycnn.",
-        epilog="Run `tinycnn COMMAND --help` for a command's options. One BLAS thread is used "
-               "unless OPENBLAS_NUM_THREADS says otherwise (faster on a small, busy machine).")
+        epilog="Run `tinycnn COMMAND --help` for a command's options. Training uses one BLAS thread "
+               "unless TINYCNN_NUM_THREADS says otherwise (faster on a small, busy machine).")
     parser.add_argument("--version", action="version", version=f"tinycnn {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -442,22 +443,8 @@ def _is_user_error(error):
     return isinstance(error, (ValueError, OSError))
 
 
-def _one_blas_thread_by_default():
-    """Use one BLAS thread unless the user chose otherwise (OPENBLAS_NUM_THREADS=2 tinycnn ...).
-
-    The matrix products of a batch of 32 are small, and on a small machine shared with
-    other work the threads of a multi-threaded BLAS spin while they wait for a core:
-    measured on 2 busy cores, one epoch of 6,000 images of cnn_categorical took 1.5 s
-    with one thread and 15 s with two. Only possible before NumPy is imported.
-    """
-    if "numpy" not in sys.modules:
-        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(name, "1")
-
-
 def main(argv=None):
     """Run the `tinycnn` command with `argv` (default: sys.argv[1:]); return the exit status."""
-    _one_blas_thread_by_default()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

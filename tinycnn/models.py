@@ -472,26 +472,27 @@ class Sequential:
         epoch, step, stopped_by = initial_epoch, 0, None
         callback_list.on_train_begin()
         try:
-            for epoch in range(initial_epoch, epochs):
-                callback_list.on_epoch_begin(epoch)
-                # a copy of the weights, for the NaN guard's rare worst case (see _nan_stop)
-                epoch_start = (self.get_weights(), self.optimizer.get_state())
-                order = rng.permutation(n) if shuffle else None
-                logs, step, stopped_by = self._fit_epoch(x, y, labels, order, batch_size, callback_list)
-                if stopped_by is None and not self._weights_are_finite():
-                    stopped_by = "nan weights"                     # overflowed, yet the loss stayed finite
-                if stopped_by is not None:                          # NaN or Ctrl-C: epoch not recorded
-                    break
-                if validation is not None:
-                    val_loss, val_correct = self._evaluate_arrays(*validation, batch_size)
-                    logs["val_loss"] = val_loss
-                    if self._accuracy_name:
-                        logs["val_" + self._accuracy_name] = val_correct / len(validation[0])
-                callback_list.on_epoch_end(epoch, logs)
-                if self._interrupt_requested:
-                    stopped_by = "interrupt"
-                if self.stop_training or stopped_by is not None:
-                    break
+            with utils.blas_threads():            # one BLAS thread by default: see utils.set_num_threads
+                for epoch in range(initial_epoch, epochs):
+                    callback_list.on_epoch_begin(epoch)
+                    # a copy of the weights, for the NaN guard's rare worst case (see _nan_stop)
+                    epoch_start = (self.get_weights(), self.optimizer.get_state())
+                    order = rng.permutation(n) if shuffle else None
+                    logs, step, stopped_by = self._fit_epoch(x, y, labels, order, batch_size, callback_list)
+                    if stopped_by is None and not self._weights_are_finite():
+                        stopped_by = "nan weights"                     # overflowed, yet the loss stayed finite
+                    if stopped_by is not None:                          # NaN or Ctrl-C: epoch not recorded
+                        break
+                    if validation is not None:
+                        val_loss, val_correct = self._evaluate_arrays(*validation, batch_size)
+                        logs["val_loss"] = val_loss
+                        if self._accuracy_name:
+                            logs["val_" + self._accuracy_name] = val_correct / len(validation[0])
+                    callback_list.on_epoch_end(epoch, logs)
+                    if self._interrupt_requested:
+                        stopped_by = "interrupt"
+                    if self.stop_training or stopped_by is not None:
+                        break
         except KeyboardInterrupt:
             stopped_by = "interrupt"
         finally:
@@ -657,7 +658,8 @@ class Sequential:
         x = self._check_x(x, "evaluate")
         y, labels = self._check_y(y, len(x), "evaluate")
         progbar = self._progbar(verbose, math.ceil(len(x) / batch_size))
-        loss, correct = self._evaluate_arrays(x, y, labels, batch_size, progbar)
+        with utils.blas_threads():
+            loss, correct = self._evaluate_arrays(x, y, labels, batch_size, progbar)
         results = {"loss": float(loss)}
         if self._metrics:
             results[self._accuracy_name] = correct / len(x)
@@ -675,10 +677,11 @@ class Sequential:
         outputs = np.empty((len(x),) + tuple(self._layers[-1].output_shape), dtype=self.dtype)
         steps = math.ceil(len(x) / batch_size)
         progbar = self._progbar(verbose, steps)
-        for step, start in enumerate(range(0, len(x), batch_size)):
-            outputs[start:start + batch_size] = self._forward(x[start:start + batch_size], training=False)
-            if progbar is not None:
-                progbar.update(step + 1)
+        with utils.blas_threads():
+            for step, start in enumerate(range(0, len(x), batch_size)):
+                outputs[start:start + batch_size] = self._forward(x[start:start + batch_size], training=False)
+                if progbar is not None:
+                    progbar.update(step + 1)
         if progbar is not None:
             progbar.finish()
         return outputs
@@ -686,7 +689,8 @@ class Sequential:
     def __call__(self, x, training=False):
         """The model's output for one batch x (Keras's model(x)), as a NumPy array."""
         x = self._check_x(x, "Sequential.__call__")
-        return self._forward(x, training=training)
+        with utils.blas_threads():
+            return self._forward(x, training=training)
 
     def layer_outputs(self, x, batch_size=None):
         """Every layer's output for x, from one forward pass: a list, one array per layer.
@@ -698,11 +702,12 @@ class Sequential:
         x = self._check_x(x, "layer_outputs")
         batch_size = len(x) if batch_size is None else _check_batch_size(batch_size, "layer_outputs")
         outputs = [np.empty((len(x),) + tuple(layer.output_shape), dtype=self.dtype) for layer in self._layers]
-        for start in range(0, len(x), batch_size):
-            batch = x[start:start + batch_size]
-            for layer, out in zip(self._layers, outputs):
-                batch = layer.forward(batch, training=False)
-                out[start:start + len(batch)] = batch
+        with utils.blas_threads():
+            for start in range(0, len(x), batch_size):
+                batch = x[start:start + batch_size]
+                for layer, out in zip(self._layers, outputs):
+                    batch = layer.forward(batch, training=False)
+                    out[start:start + len(batch)] = batch
         return outputs
 
     # ------------------------------------------------------------------------------------------
@@ -714,7 +719,8 @@ class Sequential:
         self._require_compiled("train_on_batch")
         x = self._check_x(x, "train_on_batch")
         y, labels = self._check_y(y, len(x), "train_on_batch")
-        loss, probs = self._train_step(x, y)
+        with utils.blas_threads():
+            loss, probs = self._train_step(x, y)
         if not math.isfinite(loss):
             warnings.warn("train_on_batch: the loss is NaN or infinite; the step was not applied",
                           RuntimeWarning, stacklevel=2)
@@ -725,7 +731,8 @@ class Sequential:
         self._require_compiled("test_on_batch")
         x = self._check_x(x, "test_on_batch")
         y, labels = self._check_y(y, len(x), "test_on_batch")
-        probs = self._forward(x, training=False)
+        with utils.blas_threads():
+            probs = self._forward(x, training=False)
         loss, _ = self._loss_and_grad(y, probs)
         return self._batch_results(loss, probs, labels, return_dict)
 
