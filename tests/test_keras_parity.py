@@ -15,8 +15,16 @@ from tinycnn import layers as L, losses, optimizers
 pytestmark = pytest.mark.keras
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
+tf = keras = None          # imported by the fixture below, only when a test here is selected
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tensorflow():
+    """Import TensorFlow and Keras for these tests only, so a default run (which deselects
+    them) neither imports TensorFlow nor reports a skip where it is not installed."""
+    global tf, keras
+    tf = pytest.importorskip("tensorflow")
+    keras = pytest.importorskip("keras")
 
 # float32 tolerances, relative to each array's largest value
 PREDICTION_TOL = 2e-6
