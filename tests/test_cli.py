@@ -152,7 +152,7 @@ def test_train_saves_model_history_results_and_pictures(trained_run):
     for name in ("learning_curves.png", "confusion_matrix.png", "misclassified.png",
                  "activations.png", "filters.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
-    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]    # no leftovers
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]       # no temporary files left
 
 
 def test_evaluate_the_saved_model_gives_the_same_score(trained_run, capsys):

@@ -230,3 +230,26 @@ def test_fit_and_predict_train_with_the_chosen_blas_threads(monkeypatch):
         assert get_threads() == 2                    # NumPy's own setting is back after fit
     finally:
         set_threads(2)
+
+
+# ---------------------------------------------------------------------------
+# atomic_write
+# ---------------------------------------------------------------------------
+def test_atomic_write_replaces_whole_or_leaves_the_old_file(tmp_path):
+    import os
+    from tinycnn.utils import atomic_write
+    path = tmp_path / "file.txt"
+    path.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(path, "w") as file:
+            file.write("half of the new")
+            raise RuntimeError("crash while writing")
+    assert path.read_text() == "old"                              # untouched
+    assert sorted(os.listdir(tmp_path)) == ["file.txt"]           # no temporary file left
+    with atomic_write(path, "w") as file:
+        file.write("new")
+    assert path.read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["file.txt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)    # the usual mode, not mkstemp's 0600

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 MODEL_NAMES = ("cnn_categorical", "simple_dense", "cnn_sparse")
@@ -412,26 +411,12 @@ def _plain_history(history):
     return {key: [float(v) for v in values] for key, values in history.history.items()}
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_json(path, data):
     """Write `data` as JSON to `path` via a temporary file and a rename (never half-written)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(data, file, indent=2)
-            file.write("\n")
-        os.chmod(temporary, 0o666 & ~_umask())      # mkstemp makes it private; open it as usual
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    from tinycnn.utils import atomic_write
+    with atomic_write(path, "w") as file:
+        json.dump(data, file, indent=2)
+        file.write("\n")
 
 
 def _is_user_error(error):

@@ -15,9 +15,10 @@ non-interactive Agg backend is used; `show()` opens windows only when a display 
 """
 import os
 import sys
-import tempfile
 
 import numpy as np
+
+from tinycnn.utils import atomic_write
 
 # Fashion-MNIST's class names, index = label. Kept here too so that plotting needs no data.
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -66,24 +67,9 @@ def save_figure(fig, path, dpi=100):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     extension = os.path.splitext(path)[1].lstrip(".").lower() or "png"
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="." + extension)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            fig.savefig(file, format=extension, dpi=dpi)
-        os.chmod(temporary, 0o666 & ~_umask())      # mkstemp makes it private; open it as usual
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    with atomic_write(path) as file:
+        fig.savefig(file, format=extension, dpi=dpi)
     return path
-
-
-def _umask():
-    """The process's umask (reading it means setting it, so set it straight back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # ---------------------------------------------------------------------------

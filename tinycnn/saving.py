@@ -22,10 +22,11 @@ import errno
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
+
+from tinycnn.utils import atomic_write
 
 FORMAT_NAME = "tinycnn-model"
 FORMAT_VERSION = 1
@@ -49,12 +50,6 @@ def _digest(header_bytes, arrays):
         sha.update(f"{name}\0{array.dtype.str}\0{list(array.shape)}\0".encode())
         sha.update(array.tobytes())
     return sha.digest()
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_model_file(path, header, arrays):
@@ -84,20 +79,8 @@ def write_model_file(path, header, arrays):
     members[HEADER] = np.frombuffer(header_bytes, dtype=np.uint8)
     members[CHECKSUM] = np.frombuffer(_digest(header_bytes, arrays), dtype=np.uint8)
 
-    fd, temp_path = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **members)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temp_path, 0o666 & ~_umask())        # mkstemp makes 0600; give the usual mode
-        os.replace(temp_path, path)
-    except BaseException:
-        try:
-            os.unlink(temp_path)
-        except OSError:
-            pass
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, **members)
     try:                                              # make the rename itself durable
         dir_fd = os.open(directory, os.O_RDONLY)
         try:

@@ -3,6 +3,7 @@ type, and how many threads NumPy's matrix products use while tinycnn trains."""
 import contextlib
 import ctypes
 import os
+import tempfile
 
 import numpy as np
 
@@ -165,3 +166,35 @@ def blas_threads(n=None):
         yield
     finally:
         set_threads(before)
+
+
+# ---------------------------------------------------------------------------
+# Files: written whole or not at all
+# ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_write(path, mode="wb"):
+    """Write `path` through a temporary file beside it, renamed into place only on success.
+
+        with atomic_write("model.npz") as file:
+            file.write(...)
+
+    Readers see the old file or the new one, never half of one: the data is flushed to disk,
+    then os.replace swaps it in with one rename. On any error (Ctrl-C too) the temporary file
+    is removed and `path` is left as it was.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(handle, mode) as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)          # mkstemp makes it private (0600): the usual mode
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
