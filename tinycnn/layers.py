@@ -83,6 +83,15 @@ def _shape_tuple(shape, what, owner):
     return tuple(int(s) for s in shape)
 
 
+def _window_geometry(input_shape, window, strides, padding):
+    """Where a (KH, KW) window slides over a per-sample input (H, W, C), as Conv2D and
+    MaxPooling2D both need it: (OH, OW, pad_top, pad_left), TensorFlow's padding rule."""
+    (h, w, _), (kh, kw), (sh, sw) = input_shape, window, strides
+    oh, (pad_top, _) = kernels.conv_output_size(h, kh, sh, padding)
+    ow, (pad_left, _) = kernels.conv_output_size(w, kw, sw, padding)
+    return oh, ow, pad_top, pad_left
+
+
 # ---------------------------------------------------------------------------
 # The base class
 # ---------------------------------------------------------------------------
@@ -307,10 +316,7 @@ class Conv2D(_WeightedLayer):
 
     def _geometry(self, input_shape):
         """(OH, OW, pad_top, pad_left) for a per-sample input (H, W, C)."""
-        (h, w, _), (kh, kw), (sh, sw) = input_shape, self.kernel_size, self.strides
-        oh, (pad_top, _) = kernels.conv_output_size(h, kh, sh, self.padding)
-        ow, (pad_left, _) = kernels.conv_output_size(w, kw, sw, self.padding)
-        return oh, ow, pad_top, pad_left
+        return _window_geometry(input_shape, self.kernel_size, self.strides, self.padding)
 
     def compute_output_shape(self, input_shape):
         self._check_rank(input_shape, 3, "(height, width, channels)")
@@ -384,10 +390,7 @@ class MaxPooling2D(Layer):
 
     def _geometry(self, input_shape):
         """(OH, OW, pad_top, pad_left) for a per-sample input (H, W, C)."""
-        (h, w, _), (ph, pw), (sh, sw) = input_shape, self.pool_size, self.strides
-        oh, (pad_top, _) = kernels.conv_output_size(h, ph, sh, self.padding)
-        ow, (pad_left, _) = kernels.conv_output_size(w, pw, sw, self.padding)
-        return oh, ow, pad_top, pad_left
+        return _window_geometry(input_shape, self.pool_size, self.strides, self.padding)
 
     def compute_output_shape(self, input_shape):
         self._check_rank(input_shape, 3, "(height, width, channels)")
