@@ -220,48 +220,9 @@ def tinycnn_import():
 
 
 def tinycnn_build(name):
-    """The zoo's model if the zoo has it, else the same layers spelled out here."""
-    import tinycnn
-    try:
-        import tinycnn.zoo as zoo
-        return zoo.get_model(name), f"tinycnn.zoo.get_model({name!r})"
-    except (ImportError, AttributeError):
-        pass
-    from tinycnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
-    from tinycnn.models import Sequential
-    from tinycnn.optimizers import SGD, Adam
-    if name == "cnn_categorical":
-        model = Sequential([
-            Conv2D(32, (3, 3), activation="relu", kernel_initializer="he_uniform", input_shape=(28, 28, 1)),
-            MaxPooling2D((2, 2)),
-            Flatten(),
-            Dense(100, activation="relu", kernel_initializer="he_uniform"),
-            Dense(10, activation="softmax"),
-        ])
-        model.compile(optimizer=SGD(learning_rate=0.01, momentum=0.9),
-                      loss="categorical_crossentropy", metrics=["accuracy"])
-    elif name == "simple_dense":
-        model = Sequential([
-            Flatten(input_shape=(28, 28)),
-            Dense(128, activation="relu"),
-            Dense(10, activation="softmax"),
-        ])
-        model.compile(optimizer=Adam(), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    elif name == "cnn_sparse":
-        model = Sequential([
-            Conv2D(64, (3, 3), activation="relu", input_shape=(28, 28, 1)),
-            MaxPooling2D((2, 2)),
-            Conv2D(64, (3, 3), activation="relu"),
-            MaxPooling2D((2, 2)),
-            Flatten(),
-            Dense(128, activation="relu"),
-            Dense(10, activation="softmax"),
-        ])
-        model.compile(optimizer=Adam(), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    else:
-        raise ValueError(name)
-    del tinycnn
-    return model, "built in benchmarks/_sides.py from tinycnn.layers"
+    """The notebook's model `name` from tinycnn's zoo, and how it was built (for the report)."""
+    import tinycnn.zoo as zoo
+    return zoo.get_model(name), f"tinycnn.zoo.get_model({name!r})"
 
 
 def tinycnn_run(args, x, y, xt):

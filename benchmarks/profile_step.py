@@ -28,24 +28,14 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _reexec_without_blas_env():
-    if "--blas-env" in sys.argv and "inherit" in sys.argv:
-        return
-    if os.environ.get("OPENBLAS_CORETYPE") or os.environ.get("OPENBLAS_L2_SIZE"):
-        env = dict(os.environ)
-        env.pop("OPENBLAS_CORETYPE", None)
-        env.pop("OPENBLAS_L2_SIZE", None)
-        os.execve(sys.executable, [sys.executable] + sys.argv, env)
-
+sys.path.insert(0, HERE)
 
 if __name__ == "__main__":
-    _reexec_without_blas_env()
+    from _blas_env import reexec_without_blas_env
+    reexec_without_blas_env()
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, HERE)
 from _sides import MODELS, cpu_model, load_fashion_mnist, openblas_info, prepare, tinycnn_build  # noqa: E402
 
 
