@@ -172,7 +172,7 @@ def test_floatx_defaults_to_float32_and_can_be_set(monkeypatch):
 def test_set_num_threads_rejects_bad_counts_and_env_is_read(monkeypatch):
     from tinycnn import utils
     for bad in (0, -1, 1.5, True, "2"):
-        with pytest.raises(ValueError, match="positive integer"):
+        with pytest.raises(ValueError, match="positive integer or None"):
             utils.set_num_threads(bad)
     monkeypatch.setattr(utils, "_num_threads", None)
     monkeypatch.setenv("TINYCNN_NUM_THREADS", "2")
@@ -181,9 +181,11 @@ def test_set_num_threads_rejects_bad_counts_and_env_is_read(monkeypatch):
     with pytest.raises(ValueError, match="TINYCNN_NUM_THREADS"):
         utils.get_num_threads()
     monkeypatch.delenv("TINYCNN_NUM_THREADS")
-    assert utils.get_num_threads() == 1
+    assert utils.get_num_threads() is None               # default: leave NumPy's BLAS alone
     utils.set_num_threads(3)
     assert utils.get_num_threads() == 3
+    utils.set_num_threads(None)
+    assert utils.get_num_threads() is None
 
 
 def test_blas_threads_sets_openblas_inside_and_restores_it_after(monkeypatch):
@@ -195,6 +197,9 @@ def test_blas_threads_sets_openblas_inside_and_restores_it_after(monkeypatch):
     monkeypatch.delenv("TINYCNN_NUM_THREADS", raising=False)
     set_threads(2)
     try:
+        with utils.blas_threads():
+            assert get_threads() == 2                # nothing asked for: NumPy's setting is kept
+        monkeypatch.setenv("TINYCNN_NUM_THREADS", "1")
         with utils.blas_threads():
             assert get_threads() == 1
         assert get_threads() == 2
@@ -224,9 +229,9 @@ def test_fit_and_predict_train_with_the_chosen_blas_threads(monkeypatch):
         monkeypatch.setattr(utils, "_num_threads", None)
         monkeypatch.delenv("TINYCNN_NUM_THREADS", raising=False)
         model.fit(x, y, epochs=1, verbose=0, callbacks=[Spy()])
-        monkeypatch.setenv("TINYCNN_NUM_THREADS", "2")
+        monkeypatch.setenv("TINYCNN_NUM_THREADS", "1")
         model.fit(x, y, epochs=1, verbose=0, callbacks=[Spy()])
-        assert seen == [1, 2]
+        assert seen == [2, 1]                        # NumPy's setting by default, then the asked-for one
         assert get_threads() == 2                    # NumPy's own setting is back after fit
     finally:
         set_threads(2)

@@ -472,7 +472,7 @@ class Sequential:
         epoch, step, stopped_by = initial_epoch, 0, None
         callback_list.on_train_begin()
         try:
-            with utils.blas_threads():            # one BLAS thread by default: see utils.set_num_threads
+            with utils.blas_threads():            # TINYCNN_NUM_THREADS, if set: see utils.set_num_threads
                 for epoch in range(initial_epoch, epochs):
                     callback_list.on_epoch_begin(epoch)
                     # a copy of the weights, for the NaN guard's rare worst case (see _nan_stop)

@@ -93,29 +93,38 @@ def to_categorical(y, num_classes=None, dtype="float32"):
 # ---------------------------------------------------------------------------
 # BLAS threads: how many threads NumPy's matrix products use inside fit/evaluate/predict
 # ---------------------------------------------------------------------------
-# A batch of 32 gives small matrix products. With two OpenBLAS threads they run up to
-# 1.3x faster on an idle 2-core machine, but as soon as another process wants a core the
-# two threads wait for each other and a step takes 3x to 300x longer (measured here:
-# cnn_categorical 2.3 ms/step with one thread, 9 to 730 ms/step with two, while another
-# training ran). So tinycnn trains with ONE BLAS thread unless told otherwise, through
-# set_num_threads(n) or the environment variable TINYCNN_NUM_THREADS, and gives NumPy its
-# own setting back when fit/evaluate/predict return.
+# By default tinycnn leaves NumPy's BLAS as it is: one thread per core (OpenBLAS's own
+# default), or what OPENBLAS_NUM_THREADS / OMP_NUM_THREADS say. That is what Keras does
+# too (TensorFlow uses every core). Measured on an idle 2-core machine (2026-11-29,
+# `TINYCNN_NUM_THREADS=N python3 benchmarks/profile_step.py`, alternating): two threads
+# train cnn_categorical in 1.41 ms/step against 1.70 with one, cnn_sparse in 5.16 against
+# 7.49. But a threaded product waits for all its threads, so when another busy process
+# holds a core, two threads are SLOWER than one (cnn_categorical 3.8 ms/step against 1.74
+# with one CPU-bound process beside it; 9 to 730 ms/step with several). On a shared or
+# busy machine ask for one thread: set_num_threads(1) or TINYCNN_NUM_THREADS=1.
+# Results do not depend on timing; they may differ in the last bits between thread
+# counts, because OpenBLAS splits some small products differently.
 _num_threads = None
 
 
 def set_num_threads(n):
-    """Threads for NumPy's matrix products while tinycnn trains or predicts (default 1)."""
+    """Threads for NumPy's matrix products while tinycnn trains or predicts.
+
+    n: a positive int, or None (the default) to leave NumPy's BLAS setting as it is.
+    """
     global _num_threads
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"set_num_threads: n must be a positive integer, got {n!r}")
-    _num_threads = int(n)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
+        raise ValueError(f"set_num_threads: n must be a positive integer or None, got {n!r}")
+    _num_threads = None if n is None else int(n)
 
 
 def get_num_threads():
-    """set_num_threads's value, else $TINYCNN_NUM_THREADS, else 1."""
+    """set_num_threads's value, else $TINYCNN_NUM_THREADS, else None (NumPy's BLAS as it is)."""
     if _num_threads is not None:
         return _num_threads
-    value = os.environ.get("TINYCNN_NUM_THREADS", "1")
+    value = os.environ.get("TINYCNN_NUM_THREADS", "")
+    if value == "":
+        return None
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"TINYCNN_NUM_THREADS must be a positive integer, got {value!r}")
     return int(value)
@@ -153,15 +162,16 @@ def _openblas_thread_functions():
 def blas_threads(n=None):
     """Inside this block NumPy's OpenBLAS uses n threads (default get_num_threads()); restored after.
 
-    Does nothing where NumPy's BLAS is not OpenBLAS.
+    Does nothing when that is None (leave the setting alone) or NumPy's BLAS is not OpenBLAS.
     """
-    functions = _openblas_thread_functions()
+    n = get_num_threads() if n is None else int(n)
+    functions = None if n is None else _openblas_thread_functions()
     if functions is None:
         yield
         return
     set_threads, get_threads = functions
     before = get_threads()
-    set_threads(get_num_threads() if n is None else int(n))
+    set_threads(n)
     try:
         yield
     finally:
