@@ -284,3 +284,33 @@ def test_malloc_setting_is_applied_where_glibc_is():
         assert K.keep_freed_memory() is True                 # calling it again is harmless
     else:
         assert K.MALLOC_KEEPS_FREED_MEMORY is False
+
+
+@pytest.mark.parametrize("h,w,padding", [(26, 26, "valid"), (11, 11, "valid"), (4, 7, "valid"), (6, 8, "same"), (7, 6, "same"), (2, 3, "valid")])
+def test_two_by_two_pooling_backward_path_matches_the_twin(h, w, padding):
+    # windows_2x2=True writes each window's four cells once instead of zero-filling dx and
+    # scattering: same dx, ties included, odd last rows/columns 0, stale values in out= overwritten.
+    # Where a window would reach into padding ("same" on an odd size) the flag is ignored.
+    rng = np.random.default_rng(8)
+    x = np.round(rng.standard_normal((3, h, w, 5)) * 2).astype(np.float32)
+    pt, pl, oh, ow = sizes(h, w, 2, 2, 2, 2, padding)
+    y, argmax = K.maxpool_forward(x, 2, 2, 2, 2, pt, pl, oh, ow)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    expected = K.maxpool_backward_numpy(dy, argmax, h, w)
+    out = np.full(x.shape, np.nan, np.float32)
+    dx = K.maxpool_backward(dy, argmax, h, w, out=out, windows_2x2=True)
+    assert dx is out
+    np.testing.assert_array_equal(dx, expected)
+    assert np.count_nonzero(dx) == np.count_nonzero(dy)          # one winner per window, nothing else
+
+
+def test_max_pooling_layer_takes_the_two_by_two_path_only_where_it_is_exact():
+    from tinycnn import layers
+    cases = [((26, 26, 3), dict(pool_size=2), True), ((13, 13, 3), dict(pool_size=2), True),
+             ((13, 13, 3), dict(pool_size=2, padding="same"), False),      # last window in the padding
+             ((12, 12, 3), dict(pool_size=2, padding="same"), True),       # "same" without padding
+             ((12, 12, 3), dict(pool_size=2, strides=1), False), ((12, 12, 3), dict(pool_size=3), False)]
+    for shape, kwargs, fast in cases:
+        layer = layers.MaxPooling2D(**kwargs)
+        layer.build(shape)
+        assert layer._windows_2x2 is fast, (shape, kwargs)

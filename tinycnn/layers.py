@@ -402,7 +402,12 @@ class MaxPooling2D(Layer):
         return (oh, ow, input_shape[2])
 
     def _create_params(self, input_shape):
-        _, _, self._pad_top, self._pad_left = self._geometry(input_shape)   # no weights, only geometry
+        oh, ow, self._pad_top, self._pad_left = self._geometry(input_shape)   # no weights, only geometry
+        # MaxPooling2D(2) with every window inside the image: windows that neither overlap nor
+        # touch padding, so backward can write each pixel once (kernels.maxpool_backward's fast path)
+        h, w, _ = input_shape
+        self._windows_2x2 = (self.pool_size == (2, 2) and self.strides == (2, 2)
+                             and 2 * oh <= h and 2 * ow <= w)
 
     def forward(self, x, training=False):
         """x (N, H, W, C) -> y (N, OH, OW, C); caches argmax (N, OH, OW, C), each winner's y*W + x."""
@@ -416,7 +421,8 @@ class MaxPooling2D(Layer):
         if not self.need_input_grad:
             return None
         h, w, _ = self.input_shape
-        return kernels.maxpool_backward(self._check_grad(grad_out), self.argmax, h, w)
+        return kernels.maxpool_backward(self._check_grad(grad_out), self.argmax, h, w,
+                                        windows_2x2=self._windows_2x2)
 
     def get_config(self):
         config = super().get_config()
