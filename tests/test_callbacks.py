@@ -247,3 +247,31 @@ def test_progbar_draws_keras_bars():
     assert quiet.text == ""
     bar.finish([("loss", 1.0)], prefix="Epoch 1/1 - ")
     assert re.fullmatch(r"Epoch 1/1 - 10/10 - \d+s - \d+(us|ms|s)/step - loss: 1\.0000\n", quiet.text)
+
+
+def test_is_interactive_knows_terminals_jupyter_cells_and_files(monkeypatch, tmp_path):
+    # The bar redraws in place only where '\r' works: a terminal, or a Jupyter cell (ipykernel's
+    # OutStream, which is no TTY). A file, a pipe or a closed stream get the one-line-per-epoch log.
+    import io
+    import sys as sys_module
+    from tinycnn import callbacks
+
+    class FakeTerminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    class OutStream(io.StringIO):            # the class name ipykernel gives a cell's stdout
+        pass
+
+    assert callbacks.is_interactive(FakeTerminal())
+    assert not callbacks.is_interactive(io.StringIO())
+    monkeypatch.delitem(sys_module.modules, "ipykernel", raising=False)
+    assert not callbacks.is_interactive(OutStream())          # the name alone is not enough
+    monkeypatch.setitem(sys_module.modules, "ipykernel", type(sys_module)("ipykernel"))
+    assert callbacks.is_interactive(OutStream())              # inside a Jupyter kernel: a cell
+    assert not callbacks.is_interactive(io.StringIO())        # other streams there are still files
+    with open(tmp_path / "log.txt", "w") as log:
+        assert not callbacks.is_interactive(log)
+    closed = io.StringIO()
+    closed.close()
+    assert not callbacks.is_interactive(closed)
