@@ -175,43 +175,44 @@ def test_set_num_threads_rejects_bad_counts_and_env_is_read(monkeypatch):
         with pytest.raises(ValueError, match="positive integer or None"):
             utils.set_num_threads(bad)
     monkeypatch.setattr(utils, "_num_threads", None)
-    monkeypatch.setenv("TINYCNN_NUM_THREADS", "2")
-    assert utils.get_num_threads() == 2
+    monkeypatch.setenv("TINYCNN_NUM_THREADS", "1")
+    assert utils.get_num_threads() == 1
     monkeypatch.setenv("TINYCNN_NUM_THREADS", "two")
     with pytest.raises(ValueError, match="TINYCNN_NUM_THREADS"):
         utils.get_num_threads()
     monkeypatch.delenv("TINYCNN_NUM_THREADS")
-    assert utils.get_num_threads() is None               # default: leave NumPy's BLAS alone
+    monkeypatch.setattr(utils, "_usable_cores", lambda: 8)
+    assert utils.get_num_threads() == 2                  # default: two threads where there are cores
+    monkeypatch.setattr(utils, "_usable_cores", lambda: 1)
+    assert utils.get_num_threads() == 1                  # and one on a single core
     utils.set_num_threads(3)
     assert utils.get_num_threads() == 3
     utils.set_num_threads(None)
-    assert utils.get_num_threads() is None
+    assert utils.get_num_threads() == 1
 
 
-def test_blas_threads_sets_openblas_inside_and_restores_it_after(monkeypatch):
+def test_blas_threads_sets_openblas_inside_and_restores_it_after():
     from tinycnn import utils
     functions = utils._openblas_thread_functions()
     assert functions is not None, "NumPy's wheels ship OpenBLAS: its thread functions should be found"
     set_threads, get_threads = functions
-    monkeypatch.setattr(utils, "_num_threads", None)
-    monkeypatch.delenv("TINYCNN_NUM_THREADS", raising=False)
     set_threads(2)
     try:
         with utils.blas_threads():
-            assert get_threads() == 2                # nothing asked for: NumPy's setting is kept
-        monkeypatch.setenv("TINYCNN_NUM_THREADS", "1")
-        with utils.blas_threads():
-            assert get_threads() == 1
+            assert get_threads() == 1                # tinycnn's own threads share the work
         assert get_threads() == 2
+        with utils.blas_threads(2):
+            assert get_threads() == 2
         with pytest.raises(RuntimeError):
-            with utils.blas_threads(1):
+            with utils.blas_threads():
                 raise RuntimeError("boom")
         assert get_threads() == 2                    # restored on the way out of an error too
     finally:
         set_threads(2)
 
 
-def test_fit_and_predict_train_with_the_chosen_blas_threads(monkeypatch):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fit_and_predict_run_one_blas_thread_and_give_numpy_its_setting_back(monkeypatch, threads):
     from tinycnn import callbacks, layers, models, utils
     set_threads, get_threads = utils._openblas_thread_functions()
     seen = []
@@ -226,13 +227,12 @@ def test_fit_and_predict_train_with_the_chosen_blas_threads(monkeypatch):
     x, y = np.random.default_rng(0).random((20, 3)).astype("float32"), np.arange(20) % 4
     set_threads(2)
     try:
-        monkeypatch.setattr(utils, "_num_threads", None)
-        monkeypatch.delenv("TINYCNN_NUM_THREADS", raising=False)
+        monkeypatch.setenv("TINYCNN_NUM_THREADS", str(threads))
         model.fit(x, y, epochs=1, verbose=0, callbacks=[Spy()])
-        monkeypatch.setenv("TINYCNN_NUM_THREADS", "1")
-        model.fit(x, y, epochs=1, verbose=0, callbacks=[Spy()])
-        assert seen == [2, 1]                        # NumPy's setting by default, then the asked-for one
+        assert seen == [1]
         assert get_threads() == 2                    # NumPy's own setting is back after fit
+        model.predict(x, verbose=0)
+        assert get_threads() == 2
     finally:
         set_threads(2)
 

@@ -24,10 +24,9 @@ Threads: the kernels are single-threaded on purpose, and so deterministic (every
 is done in a fixed order). The batch loops could be numba `prange`s (each image is
 written by one thread only), but on a small shared machine each parallel region costs
 milliseconds of thread wake-ups (measured: im2col of a 32-image batch took 1 ms on one
-thread and 15 ms with numba's OpenMP pool on 2 busy cores), while the big matrix
-products, where the FLOPs are, go through NumPy's BLAS, which has its own threads.
-(The same wake-up cost hits OpenBLAS on a busy machine: there, OPENBLAS_NUM_THREADS=1
-trained an epoch several times faster than the default of one thread per core.)
+thread and 15 ms with numba's OpenMP pool on 2 busy cores). The same wake-up cost hits
+OpenBLAS's threads on a busy machine. Instead, tinycnn.parallel cuts each batch in two
+halves and runs them in two threads; the kernels release the GIL for that (nogil).
 
 Numba caches the compiled machine code next to this file (or in NUMBA_CACHE_DIR).
 If no cache directory is writable (a read-only install), the kernels are compiled
@@ -42,15 +41,19 @@ import numpy as np
 
 
 def _jit(**options):
-    """`numba.njit(cache=True, **options)`, falling back to no cache where numba cannot write one."""
+    """`numba.njit(cache=True, nogil=True, **options)`, falling back to no cache where numba cannot write one.
+
+    nogil: the compiled kernels release Python's GIL, so that two threads can run them at
+    the same time (tinycnn.parallel runs the two halves of a batch side by side).
+    """
     def decorate(func):
         try:
-            return numba.njit(cache=True, **options)(func)
+            return numba.njit(cache=True, nogil=True, **options)(func)
         except RuntimeError as err:          # "cannot cache function ...: no locator available"
             warnings.warn(f"tinycnn.kernels: numba cannot cache compiled code ({err}); "
                           "compiling without a cache (slower start). Set NUMBA_CACHE_DIR "
                           "to a writable directory to fix this.", RuntimeWarning, stacklevel=2)
-            return numba.njit(cache=False, **options)(func)
+            return numba.njit(cache=False, nogil=True, **options)(func)
     return decorate
 
 

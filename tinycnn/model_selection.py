@@ -259,6 +259,7 @@ class FoldHistory:
 # One thread per worker: 2 folds on 2 cores run side by side instead of fighting over
 # the cores (and one BLAS thread is much faster than several on a small, busy machine).
 _ONE_THREAD = {
+    "TINYCNN_NUM_THREADS": "1",
     "NUMBA_NUM_THREADS": "1",
     "OMP_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",

@@ -38,7 +38,7 @@ from tinycnn import callbacks as callbacks_module
 from tinycnn import layers as layers_module
 from tinycnn import losses as losses_module
 from tinycnn import optimizers as optimizers_module
-from tinycnn import saving, utils
+from tinycnn import parallel, saving, utils
 from tinycnn.saving import ModelFileError
 
 __all__ = ["Sequential", "load_model", "ModelFileError"]
@@ -377,38 +377,99 @@ class Sequential:
     # ------------------------------------------------------------------------------------------
     # Forward, loss, backward: the heart of it
     # ------------------------------------------------------------------------------------------
-    def _forward(self, x, training=False):
+    def _forward(self, x, training=False, layers=None):
         """x (N, *input shape) -> the last layer's output (N, classes), layer by layer."""
-        for layer in self._layers:
+        for layer in self._layers if layers is None else layers:
             x = layer.forward(x, training)
         return x
 
-    def _loss_and_grad(self, y, probs):
+    def _loss_and_grad(self, y, probs, last=None):
         """Mean loss of the batch and its gradient with respect to the last layer's logits
         (softmax output: (softmax - onehot) / batch) or, for other outputs, its probabilities."""
+        last = self._layers[-1] if last is None else last
         if self._fused_loss:
-            return self.loss.from_logits(y, self._layers[-1].logits)
+            return self.loss.from_logits(y, last.logits)
         return self.loss.from_probs(y, probs)
 
-    def _backward(self, grad):
+    def _backward(self, grad, layers=None):
         """Backpropagate the loss's gradient through the layers, last to first."""
-        last = self._layers[-1]
+        layers = self._layers if layers is None else layers
+        last = layers[-1]
         grad = last.backward_from_logits(grad) if self._fused_loss else last.backward(grad)
-        for layer in reversed(self._layers[:-1]):
+        for layer in reversed(layers[:-1]):
             grad = layer.backward(grad)
 
     def _train_step(self, x, y):
         """One step of gradient descent on a batch -> (mean loss before the step, probabilities).
 
         The loss comes first: when it is NaN or infinite the step is not taken, so the
-        weights stay finite (fit's NaN guard then stops training).
+        weights stay finite (fit's NaN guard then stops training). With two threads
+        (utils.get_num_threads() >= 2) the two halves of the batch run side by side.
         """
+        if utils.get_num_threads() >= 2 and len(x) >= 2:
+            loss, probs = self._forward_backward_in_halves(x, y)
+            if math.isfinite(loss):
+                self.optimizer.apply_gradients(self._grads_and_params)
+            return loss, probs
         probs = self._forward(x, training=True)
         loss, grad = self._loss_and_grad(y, probs)
         if math.isfinite(loss):
             self._backward(grad)
             self.optimizer.apply_gradients(self._grads_and_params)
         return loss, probs
+
+    def _forward_backward_in_halves(self, x, y):
+        """Forward and backward of the batch in two halves, one per thread (tinycnn.parallel).
+
+        The model's layers take the first half, their copies (same weights) the second. Each
+        half's loss gradient is scaled by its share of the batch, rows / N, so that each
+        half backpropagates its part of the batch's MEAN loss; then the copies' gradients are
+        added to the layers' own. Returns (the batch's mean loss, its probabilities).
+        """
+        _, h, n = parallel.halves(len(x))
+        copies = self._layer_copies()
+
+        def half(layers, xs, ys):
+            probs = self._forward(xs, training=True, layers=layers)
+            loss, grad = self._loss_and_grad(ys, probs, last=layers[-1])
+            grad *= grad.dtype.type(len(xs) / n)            # d(mean over N)/dz = d(mean over rows)/dz * rows/N
+            self._backward(grad, layers=layers)
+            return loss * len(xs), probs
+
+        (loss_0, probs_0), (loss_1, probs_1) = parallel.run_both(
+            lambda: half(self._layers, x[:h], y[:h]), lambda: half(copies, x[h:], y[h:]))
+        for layer, twin in zip(self._layers, copies):
+            for grad, twin_grad in zip(layer.grads, twin.grads):
+                grad += twin_grad
+        return (loss_0 + loss_1) / n, np.concatenate([probs_0, probs_1])
+
+    def _forward_in_halves(self, x):
+        """(the last layer's output, its logits or None) for a batch, in two halves side by side
+        when there are two threads (evaluate, predict); the logits only for a softmax output."""
+        if utils.get_num_threads() < 2 or len(x) < 2:
+            layers = [self._layers]
+            outputs = [self._forward(x, training=False)]
+        else:
+            _, h, _ = parallel.halves(len(x))
+            layers = [self._layers, self._layer_copies()]
+            outputs = parallel.run_both(lambda: self._forward(x[:h], layers=layers[0]),
+                                        lambda: self._forward(x[h:], layers=layers[1]))
+        logits = [part[-1].logits for part in layers] if self._fused_loss else None
+        if len(outputs) == 1:
+            return outputs[0], logits and logits[0]
+        return np.concatenate(outputs), logits and np.concatenate(logits)
+
+    def _mean_loss(self, y, probs, logits):
+        """The batch's mean loss, from the logits where the output is a softmax (as training computes it)."""
+        return self.loss.from_logits(y, logits)[0] if logits is not None else self.loss.from_probs(y, probs)[0]
+
+    def _layer_copies(self):
+        """parallel.layer_copies of the layers, made once and again whenever a layer or a weight array changes."""
+        key = [(id(layer), [id(p) for p in layer.params]) for layer in self._layers]
+        if getattr(self, "_copies_key", None) != key:
+            self._copies = parallel.layer_copies(self._layers)
+            self._copies_key = key
+        return self._copies
 
     @property
     def _grads_and_params(self):
@@ -472,7 +533,7 @@ class Sequential:
         epoch, step, stopped_by = initial_epoch, 0, None
         callback_list.on_train_begin()
         try:
-            with utils.blas_threads():            # TINYCNN_NUM_THREADS, if set: see utils.set_num_threads
+            with utils.blas_threads():            # one BLAS thread: tinycnn's threads share the work
                 for epoch in range(initial_epoch, epochs):
                     callback_list.on_epoch_begin(epoch)
                     # a copy of the weights, for the NaN guard's rare worst case (see _nan_stop)
@@ -631,8 +692,8 @@ class Sequential:
         loss_sum, correct = 0.0, 0
         for step, start in enumerate(range(0, len(x), batch_size)):
             stop = min(start + batch_size, len(x))
-            probs = self._forward(x[start:stop], training=False)
-            loss, _ = self._loss_and_grad(y[start:stop], probs)
+            probs, logits = self._forward_in_halves(x[start:stop])
+            loss = self._mean_loss(y[start:stop], probs, logits)
             loss_sum += loss * (stop - start)
             if self._metrics:
                 correct += self._count_correct(probs, labels[start:stop])
@@ -679,7 +740,7 @@ class Sequential:
         progbar = self._progbar(verbose, steps)
         with utils.blas_threads():
             for step, start in enumerate(range(0, len(x), batch_size)):
-                outputs[start:start + batch_size] = self._forward(x[start:start + batch_size], training=False)
+                outputs[start:start + batch_size] = self._forward_in_halves(x[start:start + batch_size])[0]
                 if progbar is not None:
                     progbar.update(step + 1)
         if progbar is not None:
@@ -696,8 +757,9 @@ class Sequential:
         """Every layer's output for x, from one forward pass: a list, one array per layer.
 
         For the notebook's first CNN and one image x (1, 28, 28, 1): shapes (1, 26, 26, 32),
-        (1, 13, 13, 32), (1, 5408), (1, 100), (1, 10). The last equals predict(x).
-        batch_size splits large x into batches (the results are the same).
+        (1, 13, 13, 32), (1, 5408), (1, 100), (1, 10). The last equals predict(x) (exactly with
+        one thread; up to float rounding where predict cuts batches in halves for two threads).
+        batch_size splits large x into batches.
         """
         x = self._check_x(x, "layer_outputs")
         batch_size = len(x) if batch_size is None else _check_batch_size(batch_size, "layer_outputs")

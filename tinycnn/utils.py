@@ -1,5 +1,5 @@
 """Small helpers shared by the whole library: labels to one-hot, the random seed, the float
-type, and how many threads NumPy's matrix products use while tinycnn trains."""
+type, and how many threads tinycnn (and NumPy's matrix products) use while it trains."""
 import contextlib
 import ctypes
 import os
@@ -91,26 +91,21 @@ def to_categorical(y, num_classes=None, dtype="float32"):
 
 
 # ---------------------------------------------------------------------------
-# BLAS threads: how many threads NumPy's matrix products use inside fit/evaluate/predict
+# Threads: how many tinycnn uses, and NumPy's BLAS threads inside fit/evaluate/predict
 # ---------------------------------------------------------------------------
-# By default tinycnn leaves NumPy's BLAS as it is: one thread per core (OpenBLAS's own
-# default), or what OPENBLAS_NUM_THREADS / OMP_NUM_THREADS say. That is what Keras does
-# too (TensorFlow uses every core). Measured on an idle 2-core machine (2026-11-29,
-# `TINYCNN_NUM_THREADS=N python3 benchmarks/profile_step.py`, alternating): two threads
-# train cnn_categorical in 1.41 ms/step against 1.70 with one, cnn_sparse in 5.16 against
-# 7.49. But a threaded product waits for all its threads, so when another busy process
-# holds a core, two threads are SLOWER than one (cnn_categorical 3.8 ms/step against 1.74
-# with one CPU-bound process beside it; 9 to 730 ms/step with several). On a shared or
-# busy machine ask for one thread: set_num_threads(1) or TINYCNN_NUM_THREADS=1.
-# Results do not depend on timing; they may differ in the last bits between thread
-# counts, because OpenBLAS splits some small products differently.
+# tinycnn uses up to two threads while it trains and predicts (see tinycnn.parallel): with
+# two, each batch is cut in two halves that run side by side, and NumPy's matrix products
+# run one BLAS thread each inside fit/evaluate/predict (blas_threads below). The default is
+# two threads where the process may use two cores or more, else one; set_num_threads(n) or
+# the environment variable TINYCNN_NUM_THREADS chooses. More than two changes nothing yet.
 _num_threads = None
 
 
 def set_num_threads(n):
-    """Threads for NumPy's matrix products while tinycnn trains or predicts.
+    """Threads tinycnn uses in fit/evaluate/predict: 1, or 2 (and more) to cut batches in two halves.
 
-    n: a positive int, or None (the default) to leave NumPy's BLAS setting as it is.
+    n: a positive int, or None to go back to the default (TINYCNN_NUM_THREADS, else 2 where
+    the process may use 2 cores or more, else 1).
     """
     global _num_threads
     if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
@@ -118,13 +113,20 @@ def set_num_threads(n):
     _num_threads = None if n is None else int(n)
 
 
+def _usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))      # the cores this process may run on (Linux)
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def get_num_threads():
-    """set_num_threads's value, else $TINYCNN_NUM_THREADS, else None (NumPy's BLAS as it is)."""
+    """set_num_threads's value, else $TINYCNN_NUM_THREADS, else min(2, usable cores)."""
     if _num_threads is not None:
         return _num_threads
     value = os.environ.get("TINYCNN_NUM_THREADS", "")
     if value == "":
-        return None
+        return min(2, _usable_cores())
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"TINYCNN_NUM_THREADS must be a positive integer, got {value!r}")
     return int(value)
@@ -159,19 +161,20 @@ def _openblas_thread_functions():
 
 
 @contextlib.contextmanager
-def blas_threads(n=None):
-    """Inside this block NumPy's OpenBLAS uses n threads (default get_num_threads()); restored after.
+def blas_threads(n=1):
+    """Inside this block NumPy's OpenBLAS uses n threads (default 1); its setting is restored after.
 
-    Does nothing when that is None (leave the setting alone) or NumPy's BLAS is not OpenBLAS.
+    fit/evaluate/predict run inside blas_threads(): tinycnn's own threads (tinycnn.parallel)
+    share the work, and a matrix product with threads of its own would only wait for them.
+    Does nothing where NumPy's BLAS is not OpenBLAS.
     """
-    n = get_num_threads() if n is None else int(n)
-    functions = None if n is None else _openblas_thread_functions()
+    functions = _openblas_thread_functions()
     if functions is None:
         yield
         return
     set_threads, get_threads = functions
     before = get_threads()
-    set_threads(n)
+    set_threads(int(n))
     try:
         yield
     finally:

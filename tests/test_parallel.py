@@ -1,0 +1,173 @@
+"""Two threads for one batch (tinycnn.parallel): the hand-over, and the halves' maths in the model."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from helpers import rel_error
+from tinycnn import parallel, utils
+from tinycnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
+from tinycnn.models import Sequential
+
+
+@pytest.fixture
+def threads():
+    """Set tinycnn's thread count inside a test; back to the default afterwards."""
+    yield utils.set_num_threads
+    utils.set_num_threads(None)
+
+
+# ---------------------------------------------------------------------------
+# run_both: who runs what
+# ---------------------------------------------------------------------------
+def test_run_both_returns_both_results_and_the_worker_takes_the_second():
+    where = {}
+
+    def first():
+        time.sleep(0.2)                                 # time enough for the worker to take `second`
+        where["first"] = threading.current_thread().name
+        return 1
+
+    def second():
+        where["second"] = threading.current_thread().name
+        return 2
+
+    assert parallel.run_both(first, second) == (1, 2)
+    assert where == {"first": threading.current_thread().name, "second": "tinycnn-worker"}
+
+
+def test_run_both_does_not_wait_for_a_busy_worker():
+    # A worker that cannot take the job (here: still busy with another caller's half, as when
+    # another process holds its core) must not hold the caller up: the caller runs both.
+    release = threading.Event()
+    other = threading.Thread(target=parallel.run_both, args=(release.wait, release.wait))
+    other.start()
+    time.sleep(0.2)                                     # now the worker is stuck in release.wait
+    try:
+        names = parallel.run_both(lambda: threading.current_thread().name,
+                                  lambda: threading.current_thread().name)
+        assert names == (threading.current_thread().name,) * 2
+    finally:
+        release.set()
+        other.join(5)
+    assert not other.is_alive()
+
+
+def test_run_both_raises_either_error_and_keeps_the_callers_numpy_settings():
+    with pytest.raises(ZeroDivisionError):
+        parallel.run_both(lambda: 1, lambda: 1 / 0)
+    with pytest.raises(KeyError):
+        parallel.run_both(lambda: {}["missing"], lambda: 2)
+    with np.errstate(over="ignore", invalid="raise"):   # np.errstate reaches the other thread too
+        _, settings = parallel.run_both(lambda: None, np.geterr)
+    assert settings["over"] == "ignore" and settings["invalid"] == "raise"
+
+
+def test_halves_and_layer_copies():
+    assert parallel.halves(32) == (0, 16, 32)
+    assert parallel.halves(5) == (0, 3, 5)
+    layers = [Flatten(input_shape=(4, 4, 1)), Dense(3)]
+    Sequential(layers)                                   # builds them
+    copies = parallel.layer_copies(layers)
+    for layer, twin in zip(layers, copies):
+        assert twin is not layer
+        assert all(a is b for a, b in zip(twin.params, layer.params))          # the same weights
+        assert all(a is not b and a.shape == b.shape for a, b in zip(twin.grads, layer.grads))
+
+
+# ---------------------------------------------------------------------------
+# The model's step in halves
+# ---------------------------------------------------------------------------
+def tiny_cnn(dtype="float32", loss="categorical_crossentropy"):
+    utils.set_random_seed(3)
+    model = Sequential([Conv2D(4, 3, activation="relu", input_shape=(9, 9, 2), dtype=dtype),
+                        MaxPooling2D(2, dtype=dtype), Flatten(dtype=dtype),
+                        Dense(6, activation="relu", dtype=dtype), Dense(3, activation="softmax", dtype=dtype)])
+    model.compile("sgd", loss, metrics=["accuracy"])
+    return model
+
+
+def batch(n, dtype, rng):
+    x = rng.standard_normal((n, 9, 9, 2)).astype(dtype)
+    labels = rng.integers(0, 3, n)
+    return x, np.eye(3, dtype=dtype)[labels], labels
+
+
+@pytest.mark.parametrize("n", [2, 7, 32])
+def test_halves_give_the_whole_batch_gradient_and_loss(threads, n):
+    # In float64 the two halves' summed gradients equal one whole-batch backward pass to
+    # rounding: each half backpropagates its share of the batch's MEAN loss.
+    rng = np.random.default_rng(n)
+    x, y, _ = batch(n, "float64", rng)
+    model = tiny_cnn("float64")
+    threads(1)
+    probs = model._forward(x, training=True)
+    loss, grad = model._loss_and_grad(y, probs)
+    model._backward(grad)
+    expected = [g.copy() for layer in model.layers for g in layer.grads]
+    threads(2)
+    loss_halves, probs_halves = model._forward_backward_in_halves(x, y)
+    got = [g for layer in model.layers for g in layer.grads]
+    assert abs(loss_halves - loss) < 1e-12
+    assert rel_error(probs_halves, probs) < 1e-12
+    for a, b in zip(got, expected):
+        assert rel_error(a, b) < 1e-10
+
+
+def test_two_threads_train_like_one_and_repeat_bit_for_bit(threads):
+    rng = np.random.default_rng(0)
+    x, y, _ = batch(96, "float32", rng)
+    runs = {}
+    for count in (1, 2, 2):
+        threads(count)
+        model = tiny_cnn()
+        history = model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+        runs.setdefault(count, []).append((model.get_weights(), history.history))
+    (one, _), (two, again) = runs[1][0], runs[2]
+    for a, b in zip(one, two[0]):
+        assert rel_error(a, b) < 1e-5                   # the same training, up to float32 rounding
+    for a, b in zip(two[0], again[0]):
+        assert np.array_equal(a, b)                     # and the same bits every time
+    assert two[1] == again[1]
+    assert np.allclose(runs[1][0][1]["loss"], two[1]["loss"], rtol=1e-5)
+
+
+def test_evaluate_and_predict_in_halves_match_one_thread(threads):
+    rng = np.random.default_rng(1)
+    x, y, labels = batch(50, "float32", rng)
+    model = tiny_cnn(loss="sparse_categorical_crossentropy")
+    threads(1)
+    probs_1, (loss_1, acc_1) = model.predict(x, batch_size=16, verbose=0), model.evaluate(x, labels, batch_size=16, verbose=0)
+    threads(2)
+    probs_2, (loss_2, acc_2) = model.predict(x, batch_size=16, verbose=0), model.evaluate(x, labels, batch_size=16, verbose=0)
+    assert rel_error(probs_1, probs_2) < 1e-6
+    assert abs(loss_1 - loss_2) < 1e-6 and acc_1 == acc_2
+
+
+def test_a_nan_loss_in_one_half_still_skips_the_step(threads):
+    threads(2)
+    rng = np.random.default_rng(2)
+    x, y, _ = batch(8, "float32", rng)
+    model = tiny_cnn()
+    before = model.get_weights()
+    x[6] = 3e38                                         # in the second half only: its logits overflow
+    with np.errstate(over="ignore", invalid="ignore"), pytest.warns(RuntimeWarning, match="loss is NaN"):
+        model.train_on_batch(x, y)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def test_layer_copies_follow_the_model_when_it_changes(threads):
+    threads(2)
+    rng = np.random.default_rng(4)
+    model = tiny_cnn()
+    x, y, _ = batch(8, "float32", rng)
+    model.train_on_batch(x, y)
+    copies = model._layer_copies()
+    assert model._layer_copies() is copies              # made once
+    model.pop()
+    model.add(Dense(3, activation="softmax"))
+    assert model._layer_copies() is not copies          # a new last layer: new copies
+    model.compile("sgd", "categorical_crossentropy")
+    model.train_on_batch(x, y)
+    assert model.layers[-1].grads[0].any()              # the new layer learns in both halves

@@ -1,0 +1,123 @@
+"""Two threads for one batch: the batch is cut in two halves, one per thread.
+
+`Sequential.fit` (and predict/evaluate) use this when tinycnn.utils.get_num_threads() is
+2 or more. The model's own layers take the first half of the batch; `layer_copies` makes a
+second set of layers that SHARE the weight arrays but have their own gradient arrays and
+caches, and a worker thread runs the second half through them. In training each half
+backpropagates its share of the whole batch's mean loss, (softmax - onehot) / N on its own
+rows, so the two halves' gradients add up to the batch's gradient, and the optimizer
+applies that once. The numba kernels release Python's GIL and NumPy's matrix products run
+one BLAS thread each, so the two halves really run side by side.
+
+Why halves rather than NumPy's own BLAS threads: a batch of 32 makes small matrix
+products, and most of a step is not in them (im2col, pooling, ReLU, the optimizer are
+single-threaded kernels). Cutting the batch shares ALL of the work between the cores, with
+one hand-over per step instead of one per matrix product. Measured on an idle 2-core
+machine (2026-11-29, ms per step, benchmarks/profile_step.py): cnn_sparse 4.3 with two
+halves against 5.2 with two BLAS threads and 7.5 with one thread.
+
+Why it is safe on a busy machine: whichever thread is free first takes the second half. If
+the worker thread does not get a core in time (another process holds it), the calling
+thread runs both halves itself, one after the other, as one thread would: nothing waits
+for a thread that is not running. (Two BLAS threads have no such way out: a product waits
+for both, and a step took 2x to 300x longer while other processes ran.)
+
+Results do not depend on which thread runs a half: each half always goes through the same
+layer objects with the same single-threaded code. They do differ in the last bits from
+one thread's whole-batch step, because the batch's gradient is summed in two parts.
+"""
+import contextvars
+import copy
+import queue
+import threading
+
+import numpy as np
+
+
+def halves(n):
+    """Where to cut a batch of n rows: (0, h, n), the first half getting the odd row."""
+    h = (n + 1) // 2
+    return 0, h, n
+
+
+def layer_copies(layers):
+    """Shallow copies of `layers`: the same weight arrays (layer.params), their own gradient
+    arrays (zeros, same shapes) and, once they run, their own caches."""
+    copies = []
+    for layer in layers:
+        twin = copy.copy(layer)
+        twin.grads = [np.zeros_like(g) for g in layer.grads]
+        copies.append(twin)
+    return copies
+
+
+class _Job:
+    """One function call that either the worker thread or the caller runs, exactly once."""
+
+    def __init__(self, function):
+        self.function = function
+        self._claimed = threading.Lock()
+        self._finished = threading.Event()
+        self.result, self.error = None, None
+
+    def claim(self):
+        """True for the first thread that asks (it must then run the job), False afterwards."""
+        return self._claimed.acquire(blocking=False)
+
+    def run(self):
+        try:
+            self.result = self.function()
+        except BaseException as error:          # handed to the caller by wait()
+            self.error = error
+        finally:
+            self._finished.set()
+
+    def wait_quietly(self):
+        self._finished.wait()
+
+    def wait(self):
+        self._finished.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+_jobs = queue.SimpleQueue()
+_worker_started = threading.Lock()
+_worker = []
+
+
+def _work_forever():
+    while True:
+        job = _jobs.get()
+        if job.claim():                          # the caller may have taken it already
+            job.run()
+
+
+def _start_worker():
+    with _worker_started:
+        if not _worker:
+            thread = threading.Thread(target=_work_forever, name="tinycnn-worker", daemon=True)
+            thread.start()
+            _worker.append(thread)
+
+
+def run_both(first, second):
+    """(first(), second()): first here, second in the worker thread if it is free in time.
+
+    If the worker has not started `second` by the time `first` returns, this thread runs it
+    too. An exception from either is raised here (after both have stopped).
+    """
+    _start_worker()
+    context = contextvars.copy_context()         # the caller's settings, np.errstate among them
+    job = _Job(lambda: context.run(second))
+    _jobs.put(job)
+    try:
+        result = first()
+    except BaseException:
+        if not job.claim():                      # the worker is running it: let it finish first
+            job.wait_quietly()
+        raise
+    if job.claim():                              # the worker never got to it: run it here
+        job.run()
+    return result, job.wait()
