@@ -5,14 +5,17 @@
 
 For each model (real data, batch 32, the zoo's model and optimizer):
   1. warm-up: fit on 2 batches (numba compiles here);
-  2. the plain step time: `fit` over --steps batches, uninstrumented, divided by the steps;
-  3. the same with every layer's forward/backward (and backward_from_logits), every numba
+  2. the plain step time: `fit` over --steps batches, uninstrumented, divided by the steps,
+     with tinycnn's default threads (two on 2+ cores: each batch in two halves side by side,
+     tinycnn.parallel) and with one thread (TINYCNN_NUM_THREADS=1);
+  3. the one-thread fit again with every layer's forward/backward (and backward_from_logits), every numba
      kernel in tinycnn.kernels, and the methods of the model's loss and optimizer objects
      wrapped in perf_counter timers. A kernel's time is also charged to the layer pass it
      ran in, so each layer pass splits into "numba kernels" and "the rest" (NumPy: the
      matrix products through OpenBLAS, sums, reshapes, Python);
   4. with --cprofile, cProfile over the same fit as a second view (top functions by own time).
-All figures are milliseconds per training step (one batch).
+All figures are milliseconds per training step (one batch). The per-layer split is taken
+with one thread: with two, the halves' timers would overlap.
 
 By default OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are dropped (as in vs_keras.py); --blas-env
 inherit keeps them. Writes DIR/profile_step.md (DIR: benchmarks/results/).
@@ -118,22 +121,28 @@ def profile_model(name, steps, bs, use_cprofile, data):
     tinycnn.utils.set_random_seed(0)
     model, _ = tinycnn_build(name)
     fit(model, x[:2 * bs], y[:2 * bs], bs)                     # warm-up / compile
+    threads = tinycnn.utils.get_num_threads()
     t = time.perf_counter()
     fit(model, x, y, bs)
     plain = (time.perf_counter() - t) / steps
 
+    tinycnn.utils.set_num_threads(1)
     timers = Timers()
-    instrument(model, timers)
     try:
+        t = time.perf_counter()
+        fit(model, x, y, bs)
+        plain_one = (time.perf_counter() - t) / steps
+        instrument(model, timers)
         t = time.perf_counter()
         fit(model, x, y, bs)
         timed_step = (time.perf_counter() - t) / steps
     finally:
         timers.restore()
+        tinycnn.utils.set_num_threads(None)
 
-    out = [f"### {name}: {plain * 1e3:.2f} ms per step plain "
-           f"({plain * 60000 / bs:.1f} s per 60,000-image epoch), {timed_step * 1e3:.2f} ms instrumented; "
-           f"{steps} steps of {bs}", "",
+    out = [f"### {name}: {plain * 1e3:.2f} ms per step plain with {threads} thread(s) "
+           f"({plain * 60000 / bs:.1f} s per 60,000-image epoch); {plain_one * 1e3:.2f} ms with one thread, "
+           f"{timed_step * 1e3:.2f} ms instrumented (one thread, below); {steps} steps of {bs}", "",
            "| layer pass | ms/step | % of step | in numba kernels ms | rest (NumPy/BLAS/Python) ms |",
            "|---|---|---|---|---|"]
     layer_total = 0.0
@@ -170,7 +179,8 @@ def profile_model(name, steps, bs, use_cprofile, data):
         st.print_stats(18)
         out += ["", "cProfile, top functions by own time (whole fit, not per step):", "", "```",
                 "\n".join(line for line in buf.getvalue().splitlines() if line.strip())[-4000:], "```"]
-    return "\n".join(out), {"plain_step_s": plain, "instrumented_step_s": timed_step,
+    return "\n".join(out), {"plain_step_s": plain, "threads": threads, "plain_one_thread_step_s": plain_one,
+                            "instrumented_step_s": timed_step,
                             "timers": dict(timers.s), "calls": dict(timers.n)}
 
 

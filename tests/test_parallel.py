@@ -11,10 +11,25 @@ from tinycnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
 from tinycnn.models import Sequential
 
 
+class ThreadSetting:
+    """threads(n) sets tinycnn's thread count; threads.calls counts the hand-overs (run_both calls)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, n):
+        utils.set_num_threads(n)
+
+
 @pytest.fixture
-def threads():
-    """Set tinycnn's thread count inside a test; back to the default afterwards."""
-    yield utils.set_num_threads
+def threads(monkeypatch):
+    """Set tinycnn's thread count inside a test; back to the default afterwards. The tests'
+    models are tiny, so halves are made to pay at any size, and every hand-over is counted."""
+    setting = ThreadSetting()
+    monkeypatch.setattr(parallel, "MIN_MULTIPLY_ADDS", 0)
+    run_both = parallel.run_both
+    monkeypatch.setattr(parallel, "run_both", lambda first, second: setting.calls.append(1) or run_both(first, second))
+    yield setting
     utils.set_num_threads(None)
 
 
@@ -124,6 +139,7 @@ def test_two_threads_train_like_one_and_repeat_bit_for_bit(threads):
         model = tiny_cnn()
         history = model.fit(x, y, epochs=2, batch_size=32, verbose=0)
         runs.setdefault(count, []).append((model.get_weights(), history.history))
+    assert len(threads.calls) == 2 * 2 * 3              # two 2-thread runs, 2 epochs of 3 batches, in halves
     (one, _), (two, again) = runs[1][0], runs[2]
     for a, b in zip(one, two[0]):
         assert rel_error(a, b) < 1e-5                   # the same training, up to float32 rounding
@@ -141,6 +157,7 @@ def test_evaluate_and_predict_in_halves_match_one_thread(threads):
     probs_1, (loss_1, acc_1) = model.predict(x, batch_size=16, verbose=0), model.evaluate(x, labels, batch_size=16, verbose=0)
     threads(2)
     probs_2, (loss_2, acc_2) = model.predict(x, batch_size=16, verbose=0), model.evaluate(x, labels, batch_size=16, verbose=0)
+    assert len(threads.calls) == 2 * 4                  # 4 batches each, all in halves
     assert rel_error(probs_1, probs_2) < 1e-6
     assert abs(loss_1 - loss_2) < 1e-6 and acc_1 == acc_2
 
@@ -171,3 +188,20 @@ def test_layer_copies_follow_the_model_when_it_changes(threads):
     model.compile("sgd", "categorical_crossentropy")
     model.train_on_batch(x, y)
     assert model.layers[-1].grads[0].any()              # the new layer learns in both halves
+
+
+def test_halves_only_where_they_pay():
+    # Convolutions with at least MIN_MULTIPLY_ADDS a batch: yes; Dense-only models and small
+    # convolutions: no (measured: there the second thread costs more than it saves).
+    from tinycnn import zoo
+    assert parallel.worth_halves(zoo.cnn_categorical_model().layers, 32)          # 24 million
+    assert parallel.worth_halves(zoo.cnn_sparse_categorical_model().layers, 32)   # 160 million
+    assert not parallel.worth_halves(zoo.simple_dense_model().layers, 32)         # no convolution
+    assert not parallel.worth_halves(zoo.cnn_categorical_model().layers, 4)       # too small a batch
+    conv = Conv2D(32, 3, input_shape=(28, 28, 1))
+    conv.build((28, 28, 1))
+    assert parallel.multiply_adds(conv) == 26 * 26 * 3 * 3 * 32
+    dense = Dense(100)
+    dense.build((5408,))
+    assert parallel.multiply_adds(dense) == 5408 * 100
+    assert parallel.multiply_adds(Flatten()) == 0

@@ -403,10 +403,10 @@ class Sequential:
         """One step of gradient descent on a batch -> (mean loss before the step, probabilities).
 
         The loss comes first: when it is NaN or infinite the step is not taken, so the
-        weights stay finite (fit's NaN guard then stops training). With two threads
-        (utils.get_num_threads() >= 2) the two halves of the batch run side by side.
+        weights stay finite (fit's NaN guard then stops training). With two threads, for a
+        model where it pays (see _in_halves), the two halves of the batch run side by side.
         """
-        if utils.get_num_threads() >= 2 and len(x) >= 2:
+        if self._in_halves(len(x)):
             loss, probs = self._forward_backward_in_halves(x, y)
             if math.isfinite(loss):
                 self.optimizer.apply_gradients(self._grads_and_params)
@@ -446,7 +446,7 @@ class Sequential:
     def _forward_in_halves(self, x):
         """(the last layer's output, its logits or None) for a batch, in two halves side by side
         when there are two threads (evaluate, predict); the logits only for a softmax output."""
-        if utils.get_num_threads() < 2 or len(x) < 2:
+        if not self._in_halves(len(x)):
             layers = [self._layers]
             outputs = [self._forward(x, training=False)]
         else:
@@ -462,6 +462,10 @@ class Sequential:
     def _mean_loss(self, y, probs, logits):
         """The batch's mean loss, from the logits where the output is a softmax (as training computes it)."""
         return self.loss.from_logits(y, logits)[0] if logits is not None else self.loss.from_probs(y, probs)[0]
+
+    def _in_halves(self, batch_size):
+        """Cut this batch in two halves? With two threads, where it pays (parallel.worth_halves)."""
+        return utils.get_num_threads() >= 2 and parallel.worth_halves(self._layers, batch_size)
 
     def _layer_copies(self):
         """parallel.layer_copies of the layers, made once and again whenever a layer or a weight array changes."""

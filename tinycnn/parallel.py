@@ -1,7 +1,7 @@
 """Two threads for one batch: the batch is cut in two halves, one per thread.
 
 `Sequential.fit` (and predict/evaluate) use this when tinycnn.utils.get_num_threads() is
-2 or more. The model's own layers take the first half of the batch; `layer_copies` makes a
+2 or more and the model is one where halves pay (`worth_halves`). The model's own layers take the first half of the batch; `layer_copies` makes a
 second set of layers that SHARE the weight arrays but have their own gradient arrays and
 caches, and a worker thread runs the second half through them. In training each half
 backpropagates its share of the whole batch's mean loss, (softmax - onehot) / N on its own
@@ -28,10 +28,44 @@ one thread's whole-batch step, because the batch's gradient is summed in two par
 """
 import contextvars
 import copy
+import math
 import queue
 import threading
 
 import numpy as np
+
+from tinycnn.layers import Conv2D
+
+
+# When halves pay. Measured on an idle 2-core machine (2026-11-29, ms per step of 32, one
+# thread -> two halves): Flatten-Dense(128|256|512|1024)-Dense(10) 0.27 -> 0.37, 0.41 -> 0.51,
+# 0.73 -> 0.77, 1.74 -> 1.90: a Dense layer uses each weight once per image, so both halves
+# read the whole weight matrix and their gradients must then be added: the copying costs
+# what the second core saves. Conv2D(F, 3)-MaxPool-Dense(10) with F = 8, 16, 32 (2, 4, 8
+# million multiply-adds a batch): 0.52 -> 0.53, 0.60 -> 0.65, 0.91 -> 0.85; the notebook's
+# cnn_categorical (24 million) 1.60-1.70 -> 1.38, cnn_sparse (160 million) 7.1-7.5 -> 4.3-4.5.
+# A convolution uses each weight at every pixel, and its work splits well once a batch is
+# big enough to pay for the hand-over (about 0.05-0.1 ms).
+MIN_MULTIPLY_ADDS = 5_000_000
+
+
+def multiply_adds(layer):
+    """Forward multiply-adds per sample of a layer with a kernel (Conv2D, Dense); 0 for the others.
+
+    Conv2D: OH*OW output pixels x (KH*KW*C*F) kernel values; Dense: the kernel's in*units.
+    """
+    kernel = getattr(layer, "kernel", None)
+    if kernel is None or not layer.built:
+        return 0
+    return math.prod(layer.output_shape[:-1]) * kernel.size
+
+
+def worth_halves(layers, batch_size):
+    """True when a batch of `batch_size` should be cut in halves: the model has a convolution,
+    and the batch costs at least MIN_MULTIPLY_ADDS multiply-adds forward (see above)."""
+    if batch_size < 2 or not any(isinstance(layer, Conv2D) for layer in layers):
+        return False
+    return batch_size * sum(multiply_adds(layer) for layer in layers) >= MIN_MULTIPLY_ADDS
 
 
 def halves(n):
