@@ -15,9 +15,9 @@ Every command has --help. Mistakes (a bad argument, missing data, a bad model fi
 with one clear message on stderr and exit status 1 (2 for bad arguments), no traceback.
 Set TINYCNN_DEBUG=1 to see the traceback anyway.
 
-Training and prediction use NumPy's BLAS threads as they are (one per core) unless
-TINYCNN_NUM_THREADS says otherwise (see tinycnn.utils.set_num_threads: on a small machine
-busy with other work, TINYCNN_NUM_THREADS=1 is several times faster).
+Training and prediction use two threads where there are two cores or more: each batch of
+a convolutional model is cut in two halves that run side by side (tinycnn.parallel).
+TINYCNN_NUM_THREADS=1 keeps everything in one thread (tinycnn.utils.set_num_threads).
 
 Only argparse is imported up front, so `tinycnn --help` answers at once; numpy, numba
 and matplotlib load when a command needs them.
@@ -67,8 +67,8 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="tinycnn",
         description="Train and inspect the Fashion-MNIST notebook's CNNs with tinycnn.",
-        epilog="Run `tinycnn COMMAND --help` for a command's options. Training uses one BLAS thread per "
-               "core unless TINYCNN_NUM_THREADS says otherwise (TINYCNN_NUM_THREADS=1 is faster on a small, busy machine).")
+        epilog="Run `tinycnn COMMAND --help` for a command's options. Training uses two threads on two or "
+               "more cores (each batch in two halves); TINYCNN_NUM_THREADS=1 keeps it to one.")
     parser.add_argument("--version", action="version", version=f"tinycnn {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
