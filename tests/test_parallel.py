@@ -38,13 +38,15 @@ def threads(monkeypatch):
 # ---------------------------------------------------------------------------
 def test_run_both_returns_both_results_and_the_worker_takes_the_second():
     where = {}
+    second_started = threading.Event()
 
     def first():
-        time.sleep(0.2)                                 # time enough for the worker to take `second`
+        second_started.wait(10)                         # give the worker all the time it needs
         where["first"] = threading.current_thread().name
         return 1
 
     def second():
+        second_started.set()
         where["second"] = threading.current_thread().name
         return 2
 
@@ -80,8 +82,9 @@ def test_run_both_raises_either_error_and_keeps_the_callers_numpy_settings():
 
 
 def test_halves_and_layer_copies():
-    assert parallel.halves(32) == (0, 16, 32)
-    assert parallel.halves(5) == (0, 3, 5)
+    assert parallel.first_half_size(32) == 16
+    assert parallel.first_half_size(5) == 3
+    assert parallel.first_half_size(1) == 1
     layers = [Flatten(input_shape=(4, 4, 1)), Dense(3)]
     Sequential(layers)                                   # builds them
     copies = parallel.layer_copies(layers)

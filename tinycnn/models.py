@@ -426,7 +426,7 @@ class Sequential:
         half backpropagates its part of the batch's MEAN loss; then the copies' gradients are
         added to the layers' own. Returns (the batch's mean loss, its probabilities).
         """
-        _, h, n = parallel.halves(len(x))
+        n, h = len(x), parallel.first_half_size(len(x))
         copies = self._layer_copies()
 
         def half(layers, xs, ys):
@@ -450,7 +450,7 @@ class Sequential:
             layers = [self._layers]
             outputs = [self._forward(x, training=False)]
         else:
-            _, h, _ = parallel.halves(len(x))
+            h = parallel.first_half_size(len(x))
             layers = [self._layers, self._layer_copies()]
             outputs = parallel.run_both(lambda: self._forward(x[:h], layers=layers[0]),
                                         lambda: self._forward(x[h:], layers=layers[1]))

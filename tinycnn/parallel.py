@@ -1,9 +1,10 @@
 """Two threads for one batch: the batch is cut in two halves, one per thread.
 
 `Sequential.fit` (and predict/evaluate) use this when tinycnn.utils.get_num_threads() is
-2 or more and the model is one where halves pay (`worth_halves`). The model's own layers take the first half of the batch; `layer_copies` makes a
-second set of layers that SHARE the weight arrays but have their own gradient arrays and
-caches, and a worker thread runs the second half through them. In training each half
+2 or more and the model is one where halves pay (`worth_halves`). The model's own layers
+take the first half of the batch; `layer_copies` makes a second set of layers that SHARE
+the weight arrays but have their own gradient arrays and caches, and a worker thread runs
+the second half through them. In training each half
 backpropagates its share of the whole batch's mean loss, (softmax - onehot) / N on its own
 rows, so the two halves' gradients add up to the batch's gradient, and the optimizer
 applies that once. The numba kernels release Python's GIL and NumPy's matrix products run
@@ -68,10 +69,9 @@ def worth_halves(layers, batch_size):
     return batch_size * sum(multiply_adds(layer) for layer in layers) >= MIN_MULTIPLY_ADDS
 
 
-def halves(n):
-    """Where to cut a batch of n rows: (0, h, n), the first half getting the odd row."""
-    h = (n + 1) // 2
-    return 0, h, n
+def first_half_size(n):
+    """Rows in the first half of a batch of n: the first half gets the odd row."""
+    return (n + 1) // 2
 
 
 def layer_copies(layers):
