@@ -447,17 +447,14 @@ class Sequential:
         """(the last layer's output, its logits or None) for a batch, in two halves side by side
         when there are two threads (evaluate, predict); the logits only for a softmax output."""
         if not self._in_halves(len(x)):
-            layers = [self._layers]
-            outputs = [self._forward(x, training=False)]
-        else:
-            h = parallel.first_half_size(len(x))
-            layers = [self._layers, self._layer_copies()]
-            outputs = parallel.run_both(lambda: self._forward(x[:h], layers=layers[0]),
-                                        lambda: self._forward(x[h:], layers=layers[1]))
-        logits = [part[-1].logits for part in layers] if self._fused_loss else None
-        if len(outputs) == 1:
-            return outputs[0], logits and logits[0]
-        return np.concatenate(outputs), logits and np.concatenate(logits)
+            probs = self._forward(x, training=False)
+            return probs, (self._layers[-1].logits if self._fused_loss else None)
+        h = parallel.first_half_size(len(x))
+        copies = self._layer_copies()
+        probs_0, probs_1 = parallel.run_both(lambda: self._forward(x[:h]),
+                                             lambda: self._forward(x[h:], layers=copies))
+        logits = np.concatenate([self._layers[-1].logits, copies[-1].logits]) if self._fused_loss else None
+        return np.concatenate([probs_0, probs_1]), logits
 
     def _mean_loss(self, y, probs, logits):
         """The batch's mean loss, from the logits where the output is a softmax (as training computes it)."""
