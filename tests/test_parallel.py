@@ -71,6 +71,34 @@ def test_run_both_does_not_wait_for_a_busy_worker():
     assert not other.is_alive()
 
 
+def _worker_names_in_a_child(queue):
+    from tinycnn import parallel as child_parallel
+    started = threading.Event()
+
+    def first():
+        started.wait(10)
+        return threading.current_thread().name
+
+    def second():
+        started.set()
+        return threading.current_thread().name
+
+    queue.put(child_parallel.run_both(first, second))
+
+
+def test_a_forked_child_gets_a_worker_of_its_own():
+    # fork copies the process but not its threads: the child must start its own worker.
+    import multiprocessing
+    parallel.run_both(lambda: None, lambda: None)              # the parent's worker exists
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_worker_names_in_a_child, args=(queue,))
+    child.start()
+    names = queue.get(timeout=30)
+    child.join(30)
+    assert names[1] == "tinycnn-worker" and names[0] != names[1]
+
+
 def test_run_both_raises_either_error_and_keeps_the_callers_numpy_settings():
     with pytest.raises(ZeroDivisionError):
         parallel.run_both(lambda: 1, lambda: 1 / 0)

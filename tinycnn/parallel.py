@@ -129,11 +129,12 @@ def _work_forever():
 
 
 def _start_worker():
+    """Start the worker thread once (and again in a child process made by fork, which has none)."""
     with _worker_started:
-        if not _worker:
+        if not _worker or not _worker[0].is_alive():
             thread = threading.Thread(target=_work_forever, name="tinycnn-worker", daemon=True)
             thread.start()
-            _worker.append(thread)
+            _worker[:] = [thread]
 
 
 def run_both(first, second):
