@@ -407,14 +407,13 @@ class Sequential:
         model where it pays (see _in_halves), the two halves of the batch run side by side.
         """
         if self._in_halves(len(x)):
-            loss, probs = self._forward_backward_in_halves(x, y)
+            loss, probs = self._forward_backward_in_halves(x, y)     # gradients only, weights untouched
+        else:
+            probs = self._forward(x, training=True)
+            loss, grad = self._loss_and_grad(y, probs)
             if math.isfinite(loss):
-                self.optimizer.apply_gradients(self._grads_and_params)
-            return loss, probs
-        probs = self._forward(x, training=True)
-        loss, grad = self._loss_and_grad(y, probs)
+                self._backward(grad)
         if math.isfinite(loss):
-            self._backward(grad)
             self.optimizer.apply_gradients(self._grads_and_params)
         return loss, probs
 
