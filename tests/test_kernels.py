@@ -261,18 +261,62 @@ def test_two_by_two_pooling_path_matches_the_twin(h, w, padding):
     np.testing.assert_array_equal(argmax, argmax2)
 
 
-@pytest.mark.parametrize("m,k,n", [(21632, 9, 32), (5000, 9, 64), (3000, 9, 64), (700, 9, 32), (3872, 576, 64)])
-def test_weight_gradient_in_blocks_of_rows_is_the_product(m, k, n):
-    # matmul_tn_rows sums a.T @ b over blocks of rows when K*N is small (tall first-layer products):
-    # the product to float32 rounding, and the same bits at every call.
+# (a's shape, b's shape, b given transposed, the path kernels.matmul takes)
+MATMUL_CASES = [
+    ((21632, 9), (9, 32), False, "rows"),          # a first conv layer's forward: blocks of rows
+    ((9, 21632), (21632, 32), False, "inner"),     # its dW = cols.T @ dZ: blocks of the sum
+    ((16, 5408), (5408, 100), False, "inner"),     # cnn_categorical's Dense forward, half a batch
+    ((5408, 16), (16, 100), False, "rows"),        # its dW = x.T @ dZ
+    ((16, 100), (100, 5408), True, "transposed"),  # its dL/dx = dZ @ kernel.T
+    ((32, 784), (784, 128), True, "transposed"),
+    ((64, 100), (100, 5408), True, "one"),         # too many rows for the transposed form
+    ((3872, 576), (576, 64), False, "one"),        # cnn_sparse's second conv: one big product
+    ((700, 9), (9, 32), False, "one"),             # small enough for one direct product
+    ((7, 3), (3, 5), False, "one"),
+]
+
+
+def matmul_path(a, b):
+    """Which way kernels.matmul computes a @ b (mirrors its rules)."""
+    m, k = a.shape
+    n = b.shape[1]
+    if K._transposed_is_faster(a, b):
+        return "transposed"
+    if K.MIN_BLOCK_ROWS <= K.SMALL_PRODUCT // (k * n) < m:
+        return "rows"
+    if K.MIN_BLOCK_INNER <= K.SMALL_PRODUCT // (m * n) < k:
+        return "inner"
+    return "one"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("a_shape,b_shape,transposed,path", MATMUL_CASES)
+def test_matmul_in_pieces_is_the_product(a_shape, b_shape, transposed, path, dtype):
+    # kernels.matmul cuts a product into pieces OpenBLAS does fast: whichever way it takes,
+    # the result is the product to float rounding, C-contiguous, written into out= when given,
+    # and the same bits at every call.
     rng = np.random.default_rng(9)
-    a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((m, n)).astype(np.float32)
-    out = np.full((k, n), np.nan, np.float32)
-    assert K.matmul_tn_rows(a, b, out) is out
-    exact = a.astype(np.float64).T @ b.astype(np.float64)
-    assert np.abs(out - exact).max() <= 1e-5 * np.abs(a).max() * np.abs(b).max() * np.sqrt(m) * 10
-    np.testing.assert_allclose(out, K.matmul_tn_rows_numpy(a, b, np.empty_like(out)), rtol=1e-4, atol=1e-3)
-    np.testing.assert_array_equal(K.matmul_tn_rows(a, b, np.empty_like(out)), out)
+    a = rng.standard_normal(a_shape).astype(dtype)
+    b = rng.standard_normal(b_shape[::-1]).astype(dtype).T if transposed else rng.standard_normal(b_shape).astype(dtype)
+    assert matmul_path(a, b) == path
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    got = K.matmul(a, b)
+    assert got.dtype == dtype and got.shape == exact.shape and got.flags.c_contiguous
+    eps = np.finfo(dtype).eps
+    assert np.abs(got - exact).max() <= a.shape[1] * eps * np.abs(a).max() * np.abs(b).max()   # rounding of K terms
+    assert rel_error(got, K.matmul_numpy(a, b)) < (1e-5 if dtype == np.float32 else 1e-12)
+    out = np.full(exact.shape, np.nan, dtype)
+    assert K.matmul(a, b, out=out) is out
+    np.testing.assert_array_equal(out, got)
+
+
+def test_matmul_into_a_view_of_a_kernel_gradient():
+    # Conv2D writes dW into grads[0].reshape(-1, F), a view: the pieces must land in the array itself.
+    rng = np.random.default_rng(3)
+    cols, dz = rng.standard_normal((21632, 9), dtype=np.float32), rng.standard_normal((21632, 32), dtype=np.float32)
+    grad = np.zeros((3, 3, 1, 32), np.float32)
+    K.matmul(cols.T, dz, out=grad.reshape(-1, 32))
+    assert rel_error(grad.reshape(-1, 32), cols.T.astype(np.float64) @ dz) < 1e-5
 
 
 def test_malloc_setting_is_applied_where_glibc_is():

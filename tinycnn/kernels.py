@@ -1,8 +1,9 @@
 """The fast core: numba kernels (im2col/col2im, max pooling, bias + ReLU, the bias
-gradient, the optimizer updates), each with a plain-NumPy twin.
+gradient, the optimizer updates) and the matrix products cut to OpenBLAS's liking, each
+with a plain-NumPy twin.
 
 The layers in `tinycnn.layers` stay readable and call these functions for the loops
-that NumPy cannot vectorise well. Every kernel `foo` has a twin `foo_numpy` that does
+that NumPy cannot vectorise well, and `matmul` for their matrix products. Every kernel `foo` has a twin `foo_numpy` that does
 the same job with NumPy only; the tests compare the two on random shapes, so a
 learner can read the twin to understand what the fast version computes.
 
@@ -248,38 +249,71 @@ def col2im_numpy(dcols, n, h, w, c, kh, kw, sh, sw, pad_top, pad_left, out_h, ou
 
 
 # ---------------------------------------------------------------------------
-# The weight gradient cols.T @ dZ of a first conv layer, in blocks of rows
+# Matrix products, cut into the pieces OpenBLAS computes fastest
 # ---------------------------------------------------------------------------
-# OpenBLAS's AVX-512 ("SkylakeX") kernels, what NumPy's wheels pick on this machine,
-# compute a float32 product of at most 100^3 multiply-adds with a direct kernel: no
-# packing, no threads. Measured here for a.T @ b, a (M, 9), b (M, 32): 11 us at
-# M*9*32 = 999,936, 34-51 us one row more. A first conv layer's dW = cols.T @ dZ is such
-# a product made tall: K = KH*KW*1 = 9 columns, M = N*OH*OW = 21,632 rows. Summed over
-# blocks of rows under that size it took 0.21 -> 0.08 ms (F = 32) and 0.40 -> 0.14 ms
-# (F = 64) with 1 BLAS thread, 0.14-0.25 -> 0.07-0.14 ms with 2; with OpenBLAS's Haswell
-# kernels it is 5-10% slower (0.24 -> 0.25 ms). Bigger products go in one call.
-SMALL_PRODUCT = 100 ** 3
+# A batch of 16-32 images makes matrix products of odd shapes: tall and thin (a first conv
+# layer: cols (N*OH*OW, 9) @ W2 (9, F)) or short and wide (a Dense layer: x (16, 5408) @
+# kernel (5408, 100)). OpenBLAS's AVX-512 ("SkylakeX") kernels, what NumPy's wheels pick on
+# this machine, compute a float32 product of at most 100^3 multiply-adds with a direct
+# kernel (no packing of the operands), and bigger ones with packing, which for these shapes
+# costs more than the arithmetic. So `matmul` cuts a product into pieces under that size
+# where it can. Measured here, one thread, ms per product (2026-11-29):
+#   cols (21632, 9) @ (9, 32), blocks of rows:         0.11 -> 0.07   (F = 64: 0.21 -> 0.13)
+#   cols.T @ dZ, first conv's dW, blocks of the sum:   0.21 -> 0.08   (F = 64: 0.40 -> 0.14)
+#   x (16, 5408) @ kernel (5408, 100), blocks of sum:   0.14 -> 0.10   (32 rows: 0.23 -> 0.18)
+#   x.T @ dZ, that Dense layer's dW, blocks of rows:   0.105 -> 0.087
+# A third case is a product with a transposed big matrix, dZ (16, 100) @ kernel.T (100, 5408),
+# a Dense layer's dL/dx: OpenBLAS packs the transposed kernel slowly (0.24 ms), and
+# computing (kernel @ dZ.T).T instead, then copying the (16, 5408) result into place, takes
+# 0.13 ms. That pays for at most 32 rows (at 64 rows it is 1.2x slower, so the rule stops
+# at 32). With other BLAS libraries the cuts cost a few extra calls and change nothing else.
+SMALL_PRODUCT = 100 ** 3        # multiply-adds of the biggest product OpenBLAS does directly
+MIN_BLOCK_ROWS = 256            # smaller blocks of rows cost more in calls than they save
+MIN_BLOCK_INNER = 128           # the same for blocks of the inner dimension (the sum)
 
 
-def matmul_tn_rows(a, b, out):
-    """out = a.T @ b, a (M, K), b (M, N), out (K, N): summed over blocks of rows when K*N is small.
+def _transposed_is_faster(a, b):
+    """For a @ b with b a transposed C array (b.T C-contiguous) and few rows in a: compute (b.T @ a.T).T."""
+    m = a.shape[0]
+    return (b.flags.f_contiguous and not b.flags.c_contiguous
+            and (m <= 16 and b.size >= 16_384 or m <= 32 and b.size >= 65_536))
 
-    Blocks of SMALL_PRODUCT // (K*N) rows (at least 1024), added in a fixed order, so the
-    result is the same at every call (and equal to a.T @ b up to float rounding).
+
+def matmul(a, b, out=None):
+    """a @ b for 2-D arrays a (M, K), b (K, N) -> out (M, N), cut into small products (see above).
+
+    - K*N small: blocks of rows of a, each product written straight into its rows of out;
+    - else M*N small: blocks of the inner dimension K, the block products added in order;
+    - b a transposed matrix and M <= 32: (b.T @ a.T).T, copied into out.
+    Each way gives np.matmul's result up to float rounding (OpenBLAS's kernels round
+    differently), and the cuts depend only on the shapes, so a product gives the same bits
+    at every call.
+    `out`, if given, must be C-contiguous (M, N) of the result's dtype.
     """
     m, k = a.shape
-    rows = SMALL_PRODUCT // (k * b.shape[1])
-    if rows < 1024 or rows >= m:
-        return np.matmul(a.T, b, out=out)
-    np.matmul(a[:rows].T, b[:rows], out=out)
-    for start in range(rows, m, rows):
-        out += a[start:start + rows].T @ b[start:start + rows]
-    return out
+    n = b.shape[1]
+    if out is None:
+        out = np.empty((m, n), dtype=np.result_type(a, b))
+    if _transposed_is_faster(a, b):
+        out[...] = (b.T @ a.T).T
+        return out
+    rows = SMALL_PRODUCT // (k * n)
+    if MIN_BLOCK_ROWS <= rows < m:
+        for start in range(0, m, rows):
+            np.matmul(a[start:start + rows], b, out=out[start:start + rows])
+        return out
+    inner = SMALL_PRODUCT // (m * n)
+    if MIN_BLOCK_INNER <= inner < k:
+        np.matmul(a[:, :inner], b[:inner], out=out)
+        for start in range(inner, k, inner):
+            out += a[:, start:start + inner] @ b[start:start + inner]
+        return out
+    return np.matmul(a, b, out=out)
 
 
-def matmul_tn_rows_numpy(a, b, out):
-    """NumPy twin of `matmul_tn_rows`: one product."""
-    return np.matmul(a.T, b, out=out)
+def matmul_numpy(a, b, out=None):
+    """NumPy twin of `matmul`: one product."""
+    return np.matmul(a, b, out=out)
 
 
 # ---------------------------------------------------------------------------

@@ -337,7 +337,7 @@ class Conv2D(_WeightedLayer):
         x = self._check_input(x)
         (kh, kw), (sh, sw), f = self.kernel_size, self.strides, self.filters
         self.cols = kernels.im2col(x, kh, kw, sh, sw, self._pad_top, self._pad_left, self._oh, self._ow)
-        z = self.cols @ self.kernel.reshape(kh * kw * x.shape[3], f)        # (N*OH*OW, F)
+        z = kernels.matmul(self.cols, self.kernel.reshape(kh * kw * x.shape[3], f))   # (N*OH*OW, F)
         y = self._bias_and_activation(z)
         self.output = y.reshape(x.shape[0], self._oh, self._ow, f)
         if self.outputs_softmax:
@@ -353,12 +353,12 @@ class Conv2D(_WeightedLayer):
         """
         (kh, kw), (sh, sw), f = self.kernel_size, self.strides, self.filters
         dz = grad_z.reshape(-1, f)                                             # (N*OH*OW, F)
-        kernels.matmul_tn_rows(self.cols, dz, out=self.grads[0].reshape(-1, f))  # cols.T @ dz, into dL/dkernel
+        kernels.matmul(self.cols.T, dz, out=self.grads[0].reshape(-1, f))      # written into dL/dkernel
         if self.use_bias:
             self.grads[1][...] = kernels.column_sums(dz)       # sum over rows
         if not self.need_input_grad:
             return None
-        dcols = dz @ self.kernel.reshape(-1, f).T                              # (N*OH*OW, KH*KW*C)
+        dcols = kernels.matmul(dz, self.kernel.reshape(-1, f).T)               # (N*OH*OW, KH*KW*C)
         h, w, c = self.input_shape
         return kernels.col2im(dcols, grad_z.shape[0], h, w, c, kh, kw, sh, sw,
                               self._pad_top, self._pad_left, self._oh, self._ow)
@@ -481,7 +481,7 @@ class Dense(_WeightedLayer):
         """x (N, in) -> y (N, units). Caches the input rows (for dW) and y (for the activation)."""
         x = self._check_input(x)
         self.x_rows = x.reshape(-1, x.shape[-1])                  # (N, in)
-        y = self._bias_and_activation(self.x_rows @ self.kernel)   # (N, units)
+        y = self._bias_and_activation(kernels.matmul(self.x_rows, self.kernel))   # (N, units)
         self.output = y.reshape(x.shape[:-1] + (self.units,))
         if self.outputs_softmax:
             self.logits = self.logits.reshape(self.output.shape)
@@ -495,12 +495,12 @@ class Dense(_WeightedLayer):
             dL/dx      = dZ @ kernel^T
         """
         dz = grad_z.reshape(-1, self.units)
-        np.matmul(self.x_rows.T, dz, out=self.grads[0])           # written into dL/dkernel
+        kernels.matmul(self.x_rows.T, dz, out=self.grads[0])      # written into dL/dkernel
         if self.use_bias:
             self.grads[1][...] = kernels.column_sums(dz)       # sum over rows
         if not self.need_input_grad:
             return None
-        return (dz @ self.kernel.T).reshape(grad_z.shape[:-1] + (self.kernel.shape[0],))
+        return kernels.matmul(dz, self.kernel.T).reshape(grad_z.shape[:-1] + (self.kernel.shape[0],))
 
     def get_config(self):
         config = super().get_config()
