@@ -12,10 +12,11 @@ also triggers numba's compilation):
    shapes of the notebook's products (each conv's im2col product, forward and the two
    backward ones; the dense layers), in GFLOP/s. That is what "as fast as the machine"
    means for each product.
-2. Kernels: each numba kernel `tinycnn.kernels.foo` that has a twin `foo_numpy`, at the shapes
+2. Kernels: each kernel `tinycnn.kernels.foo` that has a twin `foo_numpy`, at the shapes
    the notebook's models give it, in ms, the speed-up over the twin, and GB/s moved (the
-   bytes of the inputs read plus the outputs written, once: these kernels move data, they
-   do few FLOPs).
+   bytes of the inputs read plus the outputs written, once: the numba kernels move data,
+   they do few FLOPs). `matmul` (products cut into pieces) is there too, against one
+   np.matmul: the same products as table 1.
 3. Layers: Conv2D, MaxPooling2D, Dense forward and backward at the notebook's shapes,
    as tinycnn runs them, next to the same layer with every numba kernel swapped for its
    NumPy twin (the layer code unchanged), and the achieved GFLOP/s of the conv and dense
@@ -99,9 +100,22 @@ def matmul_cases():
         if not first:
             cases.append((f"{label}: dcols = dZ @ W.T", m, f, k))
     for label, i, o, _, _ in DENSES[:1] + DENSES[2:4]:
-        cases.append((f"{label}: forward x @ W", N, i, o))
-        cases.append((f"{label}: dW = x.T @ dZ", i, N, o))
+        for rows in (N, N // 2):                         # a batch, and half a batch (tinycnn.parallel)
+            batch = "" if rows == N else f", {rows} rows"
+            cases.append((f"{label}: forward x @ W{batch}", rows, i, o))
+            cases.append((f"{label}: dW = x.T @ dZ{batch}", i, rows, o))
+            cases.append((f"{label}: dx = dZ @ W.T{batch}", rows, o, i))
     return cases
+
+
+def matmul_operands(label, m, k, n):
+    """Random a (m, k), b (k, n), transposed views where the layers' products use them."""
+    a, b = rand(m, k), rand(k, n)
+    if "cols.T" in label or "x.T" in label:
+        a = rand(k, m).T
+    elif "W.T" in label:
+        b = rand(n, k).T
+    return a, b
 
 
 def kernel_cases(k):
@@ -121,9 +135,6 @@ def kernel_cases(k):
         b = rand(f)
         cases.setdefault("bias_relu_", []).append((label, (z, b), 2 * z.nbytes))
         cases.setdefault("column_sums", []).append((label, (rand(N * oh * ow, f),), z.nbytes))
-        cols = rand(N * oh * ow, 9 * c)
-        cases.setdefault("matmul_tn_rows", []).append(
-            (label + " dW", (cols, z, np.empty((9 * c, f), np.float32)), cols.nbytes + z.nbytes))
         y = np.maximum(rand(N * oh * ow, f), 0)
         cases.setdefault("relu_backward", []).append((label, (rand(N * oh * ow, f), y), 3 * y.nbytes))
     for label, h, w, c in POOLS:
@@ -134,6 +145,9 @@ def kernel_cases(k):
         _, am = maxpool_forward_numpy(x, 2, 2, 2, 2, 0, 0, oh, ow)
         dy = rand(N, oh, ow, c)
         cases.setdefault("maxpool_backward", []).append((label, (dy, am, h, w), dy.nbytes + am.nbytes + x.nbytes))
+    for label, m, kk, n in matmul_cases()[1:]:          # the layers' products, as the layers make them
+        a, b = matmul_operands(label, m, kk, n)
+        cases.setdefault("matmul", []).append((label, (a, b), 4 * (m * kk + kk * n + m * n)))
     for label, i, o, act, _ in DENSES:
         if act == "relu":
             z, b = rand(N, o), rand(o)
@@ -200,6 +214,8 @@ def main(argv=None):
     p.add_argument("--min-time", type=float)
     p.add_argument("--only", help="run only cases whose label or kernel name contains this")
     p.add_argument("--blas-env", choices=("unset", "inherit"), default="unset")
+    p.add_argument("--blas-threads", type=int, default=1,
+                   help="OpenBLAS threads for the products (default 1: what fit/evaluate/predict use)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     args = p.parse_args(argv)
     samples = args.samples or (3 if args.quick else 7)
@@ -209,6 +225,13 @@ def main(argv=None):
     import numba
 
     import tinycnn.kernels as k
+    from tinycnn.utils import blas_threads
+    with blas_threads(args.blas_threads):
+        measure(args, samples, min_time, want, k, numba)
+
+
+def measure(args, samples, min_time, want, k, numba):
+    """Tables 1-3 of the module docstring, printed and written to args.out."""
     res = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "openblas": openblas_info(),
            "numba_threads": numba.get_num_threads(), "batch": N, "samples": samples,
@@ -225,11 +248,7 @@ def main(argv=None):
     for label, m, kk, n in matmul_cases():
         if not want(label, "matmul"):
             continue
-        a, b = rand(m, kk), rand(kk, n)
-        if "cols.T" in label or "x.T" in label:   # transposed views, as the layers use them
-            a = rand(kk, m).T
-        elif "W.T" in label:
-            b = rand(n, kk).T
+        a, b = matmul_operands(label, m, kk, n)
         s = bench(lambda: a @ b, samples, min_time)
         g = 2 * m * kk * n / s / 1e9
         res["matmul"].append({"label": label, "m": m, "k": kk, "n": n, "s": s, "gflops": g})
