@@ -273,6 +273,7 @@ MATMUL_CASES = [
     ((3872, 576), (576, 64), False, "one"),        # cnn_sparse's second conv: one big product
     ((700, 9), (9, 32), False, "one"),             # small enough for one direct product
     ((7, 3), (3, 5), False, "one"),
+    ((5408, 1), (1, 100), False, "outer"),         # dW of a batch of one
 ]
 
 
@@ -280,6 +281,8 @@ def matmul_path(a, b):
     """Which way kernels.matmul computes a @ b (mirrors its rules)."""
     m, k = a.shape
     n = b.shape[1]
+    if k == 1:
+        return "outer"
     if K._transposed_is_faster(a, b):
         return "transposed"
     if K.MIN_BLOCK_ROWS <= K.SMALL_PRODUCT // (k * n) < m:

@@ -284,7 +284,8 @@ def matmul(a, b, out=None):
 
     - K*N small: blocks of rows of a, each product written straight into its rows of out;
     - else M*N small: blocks of the inner dimension K, the block products added in order;
-    - b a transposed matrix and M <= 32: (b.T @ a.T).T, copied into out.
+    - b a transposed matrix and M <= 32: (b.T @ a.T).T, copied into out;
+    - K = 1: the outer product, a * b.
     Each way gives np.matmul's result up to float rounding (OpenBLAS's kernels round
     differently), and the cuts depend only on the shapes, so a product gives the same bits
     at every call.
@@ -294,6 +295,8 @@ def matmul(a, b, out=None):
     n = b.shape[1]
     if out is None:
         out = np.empty((m, n), dtype=np.result_type(a, b))
+    if k == 1:                  # an outer product (a batch of one's dW): np.matmul takes 0.5 ms
+        return np.multiply(a, b, out=out)       # for 5408 x 1 x 100 without BLAS, this 0.1 ms
     if _transposed_is_faster(a, b):
         out[...] = (b.T @ a.T).T
         return out
