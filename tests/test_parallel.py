@@ -193,6 +193,38 @@ def test_evaluate_and_predict_in_halves_match_one_thread(threads):
     assert abs(loss_1 - loss_2) < 1e-6 and acc_1 == acc_2
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_predict_and_evaluate_in_pieces_match_whole_batches(threads, monkeypatch, n_threads):
+    # Without training, a batch goes through the layers a few rows at a time (parallel.
+    # rows_per_piece): the outputs, the loss (from the pieces' logits) and the accuracy are
+    # those of whole batches.
+    rng = np.random.default_rng(6)
+    x, y, labels = batch(50, "float32", rng)
+    model = tiny_cnn()
+    threads(n_threads)
+    monkeypatch.setattr(parallel, "PIECE_BYTES", 10 ** 12)
+    whole = model.predict(x, batch_size=16, verbose=0), model.evaluate(x, y, batch_size=16, verbose=0)
+    patches_per_image = 7 * 7 * 3 * 3 * 2 * 4                   # conv output pixels x kernel taps x 4 bytes
+    monkeypatch.setattr(parallel, "PIECE_BYTES", 3 * patches_per_image)
+    assert parallel.rows_per_piece(model.layers, 16) == 3
+    rows_seen = []
+    forward = model._forward
+    monkeypatch.setattr(model, "_forward", lambda x, **kw: rows_seen.append(len(x)) or forward(x, **kw))
+    pieces = model.predict(x, batch_size=16, verbose=0), model.evaluate(x, y, batch_size=16, verbose=0)
+    assert max(rows_seen) == 3 and sum(rows_seen) == 2 * 50
+    assert rel_error(whole[0], pieces[0]) < 1e-6
+    assert abs(whole[1][0] - pieces[1][0]) < 1e-6 and whole[1][1] == pieces[1][1]
+
+
+def test_pieces_only_for_big_patch_matrices():
+    # cnn_sparse's second conv makes 279 KB of patches per image: pieces of 8 images;
+    # cnn_categorical's conv 24 KB (a whole batch); no conv at all: a whole batch.
+    from tinycnn import zoo
+    assert parallel.rows_per_piece(zoo.cnn_sparse_categorical_model().layers, 16) == 8
+    assert parallel.rows_per_piece(zoo.cnn_categorical_model().layers, 16) == 16
+    assert parallel.rows_per_piece(zoo.simple_dense_model().layers, 32) == 32
+
+
 def test_a_nan_loss_in_one_half_still_skips_the_step(threads):
     threads(2)
     rng = np.random.default_rng(2)

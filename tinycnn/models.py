@@ -446,14 +446,25 @@ class Sequential:
         """(the last layer's output, its logits or None) for a batch, in two halves side by side
         when there are two threads (evaluate, predict); the logits only for a softmax output."""
         if not self._in_halves(len(x)):
-            probs = self._forward(x, training=False)
-            return probs, (self._layers[-1].logits if self._fused_loss else None)
+            return self._forward_in_pieces(x, self._layers)
         h = parallel.first_half_size(len(x))
         copies = self._layer_copies()
-        probs_0, probs_1 = parallel.run_both(lambda: self._forward(x[:h]),
-                                             lambda: self._forward(x[h:], layers=copies))
-        logits = np.concatenate([self._layers[-1].logits, copies[-1].logits]) if self._fused_loss else None
+        (probs_0, logits_0), (probs_1, logits_1) = parallel.run_both(
+            lambda: self._forward_in_pieces(x[:h], self._layers),
+            lambda: self._forward_in_pieces(x[h:], copies))
+        logits = np.concatenate([logits_0, logits_1]) if self._fused_loss else None
         return np.concatenate([probs_0, probs_1]), logits
+
+    def _forward_in_pieces(self, x, layers):
+        """(output, logits or None) of the forward pass without training, a few rows at a time
+        (parallel.rows_per_piece: small pieces keep a big convolution's patches in the cache)."""
+        piece = parallel.rows_per_piece(layers, len(x))
+        if piece >= len(x):
+            probs = self._forward(x, layers=layers)
+            return probs, (layers[-1].logits if self._fused_loss else None)
+        pieces = [self._forward_in_pieces(x[start:start + piece], layers) for start in range(0, len(x), piece)]
+        probs = np.concatenate([p for p, _ in pieces])
+        return probs, (np.concatenate([g for _, g in pieces]) if self._fused_loss else None)
 
     def _mean_loss(self, y, probs, logits):
         """The batch's mean loss, from the logits where the output is a softmax (as training computes it)."""
