@@ -1,6 +1,9 @@
-"""Two threads for one batch (tinycnn.parallel): the hand-over, and the halves' maths in the model."""
+"""Two threads for one batch (tinycnn.parallel): the hand-over, and the halves' maths in the model;
+the worker process that takes the second halves of long runs on Linux."""
+import os
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -27,6 +30,7 @@ def threads(monkeypatch):
     models are tiny, so halves are made to pay at any size, and every hand-over is counted."""
     setting = ThreadSetting()
     monkeypatch.setattr(parallel, "MIN_MULTIPLY_ADDS", 0)
+    monkeypatch.setattr(parallel, "MIN_PROCESS_BATCHES", 10 ** 9)   # the worker THREAD (processes: below)
     run_both = parallel.run_both
     monkeypatch.setattr(parallel, "run_both", lambda first, second: setting.calls.append(1) or run_both(first, second))
     yield setting
@@ -268,3 +272,156 @@ def test_halves_only_where_they_pay():
     dense.build((5408,))
     assert parallel.multiply_adds(dense) == 5408 * 100
     assert parallel.multiply_adds(Flatten()) == 0
+
+
+# ---------------------------------------------------------------------------
+# The worker process (Linux): the second halves of a long fit/evaluate/predict
+# ---------------------------------------------------------------------------
+needs_fork = pytest.mark.skipif(not parallel.can_fork(), reason="the worker process is forked (Linux only)")
+
+
+@pytest.fixture
+def workers(monkeypatch):
+    """Count the worker processes started (their pids), and make any run long enough for one."""
+    started = []
+
+    class CountedWorker(parallel.WorkerProcess):
+        def __init__(self, jobs):
+            super().__init__(jobs)
+            started.append(self.pid)
+
+    monkeypatch.setattr(parallel, "WorkerProcess", CountedWorker)
+    monkeypatch.setattr(parallel, "MIN_PROCESS_BATCHES", 0)
+    return started
+
+
+def assert_reaped(pid):
+    with pytest.raises(ChildProcessError):          # waited for already: no process, no zombie
+        os.waitpid(pid, os.WNOHANG)
+
+
+@needs_fork
+def test_worker_process_runs_jobs_in_another_process_on_shared_memory():
+    shared = utils.shared_copy(np.zeros(3))
+
+    def job(rows, n):
+        shared[:] = os.getpid(), rows, n
+
+    worker = parallel.WorkerProcess([job])
+    pid = worker.pid
+    try:
+        assert worker.run_both(lambda: "here", 0, 5, 9) == "here"
+        assert shared[0] == pid != os.getpid() and list(shared[1:]) == [5, 9]
+    finally:
+        worker.close()
+    assert_reaped(pid)
+
+
+@needs_fork
+def test_worker_process_raises_its_errors_and_warnings_here_with_our_numpy_settings():
+    shared = utils.shared_copy(np.zeros(1))
+
+    def fails(rows, n):
+        raise ValueError(f"bad rows {rows}")
+
+    def divides_by_zero(rows, n):
+        np.log(np.zeros(1))
+
+    def fine(rows, n):
+        shared[0] = rows
+
+    worker = parallel.WorkerProcess([fails, divides_by_zero, fine])
+    try:
+        with pytest.raises(ValueError, match="bad rows 5"):
+            worker.run_both(lambda: None, 0, 5, 5)
+        with np.errstate(divide="warn"), pytest.warns(RuntimeWarning, match="divide by zero"):
+            worker.run_both(lambda: None, 1, 1, 1)
+        with np.errstate(divide="raise"), pytest.raises(FloatingPointError):
+            worker.run_both(lambda: None, 1, 1, 1)
+        with np.errstate(divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("error")
+            worker.run_both(lambda: None, 1, 1, 1)          # ignored there too: no warning
+        with pytest.raises(KeyError):                        # an error here: the worker's job is
+            worker.run_both(lambda: {}["x"], 2, 7, 7)        # still waited for, so the next call
+        worker.run_both(lambda: None, 2, 8, 8)               # starts clean
+        assert shared[0] == 8
+    finally:
+        worker.close()
+
+
+@needs_fork
+def test_a_worker_process_that_dies_is_a_clear_error():
+    worker = parallel.WorkerProcess([lambda rows, n: os._exit(3)])
+    with pytest.raises(RuntimeError, match="worker process .* stopped unexpectedly"):
+        worker.run_both(lambda: None, 0, 1, 1)
+    worker.close()
+
+
+@needs_fork
+def test_a_worker_process_trains_evaluates_and_predicts_as_the_worker_thread(threads, monkeypatch, workers):
+    # The same layer copies run the second halves in either: the same bits.
+    threads(2)
+    rng = np.random.default_rng(8)
+    x, y, _ = batch(96, "float32", rng)
+    runs = []
+    for min_batches in (10 ** 9, 0):                            # the thread, then a process
+        monkeypatch.setattr(parallel, "MIN_PROCESS_BATCHES", min_batches)
+        model = tiny_cnn()
+        history = model.fit(x, y, epochs=2, batch_size=32, verbose=0, validation_data=(x[:40], y[:40]))
+        runs.append((model.get_weights(), history.history, model.predict(x, batch_size=16, verbose=0),
+                     model.evaluate(x, y, batch_size=16, verbose=0)))
+        assert model._session is None                            # gone with the call that made it
+    assert len(workers) == 3                                    # fit (and its validation), predict, evaluate
+    for pid in workers:
+        assert_reaped(pid)
+    (weights_t, history_t, probs_t, eval_t), (weights_p, history_p, probs_p, eval_p) = runs
+    for a, b in zip(weights_t, weights_p):
+        assert np.array_equal(a, b)
+    assert history_t == history_p and np.array_equal(probs_t, probs_p) and eval_t == eval_p
+
+
+@needs_fork
+def test_a_nan_loss_in_the_worker_processs_half_still_skips_the_step(threads, workers):
+    threads(2)
+    rng = np.random.default_rng(2)
+    x, y, _ = batch(16, "float32", rng)
+    after_one_step = tiny_cnn()
+    after_one_step.fit(x[:8], y[:8], batch_size=8, shuffle=False, verbose=0)
+    model = tiny_cnn()
+    x[14] = 3e38                # the second batch (the worker process's), its second half: logits overflow
+    with np.errstate(over="ignore", invalid="ignore"), pytest.warns(RuntimeWarning, match="loss became NaN"):
+        model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+    assert len(workers) == 1
+    assert all(np.array_equal(a, b) for a, b in zip(after_one_step.get_weights(), model.get_weights()))
+
+
+@needs_fork
+def test_the_worker_process_ends_when_fit_fails(threads, workers):
+    from tinycnn.callbacks import Callback
+
+    class Fails(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:                                  # the first batch with the worker process
+                raise ZeroDivisionError("from a callback")
+
+    threads(2)
+    x, y, _ = batch(16, "float32", np.random.default_rng(5))
+    model = tiny_cnn()
+    with pytest.raises(ZeroDivisionError):
+        model.fit(x, y, batch_size=8, verbose=0, callbacks=[Fails()])
+    assert len(workers) == 1 and model._session is None
+    assert_reaped(workers[0])
+
+
+@needs_fork
+def test_short_runs_keep_the_worker_thread(threads, monkeypatch, workers):
+    # Forking costs about 3 ms: only runs of MIN_PROCESS_BATCHES batches or more get a process.
+    threads(2)
+    monkeypatch.setattr(parallel, "MIN_PROCESS_BATCHES", 4)
+    x, y, _ = batch(24, "float32", np.random.default_rng(6))
+    model = tiny_cnn()
+    model.fit(x, y, batch_size=8, verbose=0)                 # 3 batches: the thread
+    model.predict(x, batch_size=8, verbose=0)
+    assert workers == [] and len(threads.calls) == 6
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0)       # 6 batches: the first whole in this thread
+    assert len(workers) == 1 and len(threads.calls) == 6     # (it loads the kernels), then a process

@@ -251,10 +251,11 @@ class _WeightedLayer(Layer):
 
     def _add_weights(self, kernel_shape, bias_shape):
         rng = utils.get_rng()
-        self.kernel = self.kernel_initializer(kernel_shape, dtype=self.dtype, rng=rng)
+        # weights in shared memory: tinycnn.parallel's worker process reads them as they are updated
+        self.kernel = utils.shared_copy(self.kernel_initializer(kernel_shape, dtype=self.dtype, rng=rng))
         self.params, self.grads = [self.kernel], [np.zeros_like(self.kernel)]
         if self.use_bias:
-            self.bias = self.bias_initializer(bias_shape, dtype=self.dtype, rng=rng)
+            self.bias = utils.shared_copy(self.bias_initializer(bias_shape, dtype=self.dtype, rng=rng))
             self.params.append(self.bias)
             self.grads.append(np.zeros_like(self.bias))
 

@@ -25,11 +25,13 @@ callbacks (tinycnn.callbacks). Everything the user passes is checked once, up fr
 Shapes: x is NHWC (N, H, W, C) for images, (N, features) for dense inputs; the model's
 `input_shape` / `output_shape` have Keras's leading None for the batch axis.
 """
+import contextlib
 import math
 import os
 import signal
 import sys
 import threading
+import types
 import warnings
 
 import numpy as np
@@ -44,6 +46,7 @@ from tinycnn.saving import ModelFileError
 __all__ = ["Sequential", "load_model", "ModelFileError"]
 
 ACCURACY_NAMES = ("accuracy", "acc", "categorical_accuracy", "sparse_categorical_accuracy")
+TRAIN_JOB, FORWARD_JOB = 0, 1          # what the worker process runs: its order in _worker_process
 
 _name_counts = {}
 
@@ -93,6 +96,7 @@ class Sequential:
         self.compiled = False
         self.stop_training = False
         self.history = None
+        self._session = None                  # the worker process of a long fit/evaluate/predict: _worker_process
         if layers is not None:
             if not isinstance(layers, (list, tuple)):
                 raise ValueError(f"Sequential: layers must be a list of layers, got {type(layers).__name__}")
@@ -427,20 +431,29 @@ class Sequential:
         """
         n, h = len(x), parallel.first_half_size(len(x))
         copies = self._layer_copies()
-
-        def half(layers, xs, ys):
-            probs = self._forward(xs, training=True, layers=layers)
-            loss, grad = self._loss_and_grad(ys, probs, last=layers[-1])
-            grad *= grad.dtype.type(len(xs) / n)            # d(mean over N)/dz = d(mean over rows)/dz * rows/N
-            self._backward(grad, layers=layers)
-            return loss * len(xs), probs
-
-        (loss_0, probs_0), (loss_1, probs_1) = parallel.run_both(
-            lambda: half(self._layers, x[:h], y[:h]), lambda: half(copies, x[h:], y[h:]))
+        first_half = lambda: self._train_half(self._layers, x[:h], y[:h], n)     # noqa: E731
+        worker, shared = self._worker_for(x[h:], y[h:])
+        if worker is not None:                              # the second half in the worker process
+            rows = n - h
+            shared.x[:rows], shared.y[:rows] = x[h:], y[h:]
+            loss_0, probs_0 = worker.run_both(first_half, TRAIN_JOB, rows, n)
+            loss_1, probs_1 = float(shared.loss[0]), shared.probs[:rows]
+        else:                                               # ... or in the worker thread
+            (loss_0, probs_0), (loss_1, probs_1) = self._run_both(
+                first_half, lambda: self._train_half(copies, x[h:], y[h:], n))
         for layer, twin in zip(self._layers, copies):
             for grad, twin_grad in zip(layer.grads, twin.grads):
                 grad += twin_grad
         return (loss_0 + loss_1) / n, np.concatenate([probs_0, probs_1])
+
+    def _train_half(self, layers, x, y, n):
+        """Forward and backward of (x, y), part of a batch of n rows, through `layers`:
+        gradients of its share of the batch's MEAN loss -> (its loss * its rows, its outputs)."""
+        probs = self._forward(x, training=True, layers=layers)
+        loss, grad = self._loss_and_grad(y, probs, last=layers[-1])
+        grad *= grad.dtype.type(len(x) / n)              # d(mean over N)/dz = d(mean over rows)/dz * rows/N
+        self._backward(grad, layers=layers)
+        return loss * len(x), probs
 
     def _forward_in_halves(self, x):
         """(the last layer's output, its logits or None) for a batch, in two halves side by side
@@ -448,12 +461,85 @@ class Sequential:
         if not self._in_halves(len(x)):
             return self._forward_in_pieces(x, self._layers)
         h = parallel.first_half_size(len(x))
-        copies = self._layer_copies()
-        (probs_0, logits_0), (probs_1, logits_1) = parallel.run_both(
-            lambda: self._forward_in_pieces(x[:h], self._layers),
-            lambda: self._forward_in_pieces(x[h:], copies))
+        first_half = lambda: self._forward_in_pieces(x[:h], self._layers)      # noqa: E731
+        worker, shared = self._worker_for(x[h:])
+        if worker is not None:                              # the second half in the worker process
+            rows = len(x) - h
+            shared.x[:rows] = x[h:]
+            probs_0, logits_0 = worker.run_both(first_half, FORWARD_JOB, rows, len(x))
+            probs_1, logits_1 = shared.probs[:rows], shared.logits[:rows]
+        else:                                               # ... or in the worker thread
+            copies = self._layer_copies()
+            (probs_0, logits_0), (probs_1, logits_1) = self._run_both(
+                first_half, lambda: self._forward_in_pieces(x[h:], copies))
         logits = np.concatenate([logits_0, logits_1]) if self._fused_loss else None
         return np.concatenate([probs_0, probs_1]), logits
+
+    @contextlib.contextmanager
+    def _worker_process(self, batch_size, batches, x, y=None):
+        """During one fit/evaluate/predict call of `batches` batches, a worker process for the
+        batches' second halves, where it pays (see parallel.WorkerProcess); else nothing.
+
+        Made before the fork, in shared memory: the layer copies' gradients and buffers for
+        a half's inputs (x, y) and outputs (loss, probs, logits). The jobs run in the worker.
+        The fork waits for the first batch, which this thread runs whole: by then this
+        process has loaded the kernels' machine code, and the worker shares it instead of
+        loading its own (40 MB more).
+        """
+        if (self._session is not None or not parallel.can_fork()
+                or batches < parallel.MIN_PROCESS_BATCHES or not self._in_halves(batch_size)):
+            yield
+            return
+        rows = batch_size - parallel.first_half_size(batch_size)
+        copies = self._layer_copies()
+        outputs = (rows,) + tuple(self._layers[-1].output_shape)
+        shared = types.SimpleNamespace(
+            x=utils.shared_copy(np.zeros((rows,) + x.shape[1:], x.dtype)),
+            y=None if y is None else utils.shared_copy(np.zeros((rows,) + y.shape[1:], y.dtype)),
+            loss=utils.shared_copy(np.zeros(1)),
+            probs=utils.shared_copy(np.zeros(outputs, self.dtype)),
+            logits=utils.shared_copy(np.zeros(outputs, self.dtype)))
+
+        def train(rows, n):                                 # TRAIN_JOB
+            shared.loss[0], shared.probs[:rows] = self._train_half(copies, shared.x[:rows], shared.y[:rows], n)
+
+        def forward(rows, n):                               # FORWARD_JOB
+            shared.probs[:rows], logits = self._forward_in_pieces(shared.x[:rows], copies)
+            if logits is not None:
+                shared.logits[:rows] = logits
+
+        self._session = types.SimpleNamespace(worker=None, shared=shared, jobs=[train, forward], batches_before_fork=1)
+        try:
+            yield
+        finally:
+            session, self._session = self._session, None
+            if session.worker is not None:
+                session.worker.close()
+
+    def _run_both(self, first, second):
+        """(first(), second()): side by side in the worker thread, or both in this thread while a
+        worker process is due (the batch before its fork): no second thread's memory then."""
+        if self._session is not None:
+            return first(), second()
+        return parallel.run_both(first, second)
+
+    def _worker_for(self, x, y=None):
+        """(the worker process, its shared buffers) for this second half if this call has one
+        and the half fits its buffers, else (None, None): then the worker thread takes it."""
+        session = self._session
+        if session is None:
+            return None, None
+        shared = session.shared
+        if len(x) > len(shared.x) or x.shape[1:] != shared.x.shape[1:] or x.dtype != shared.x.dtype:
+            return None, None
+        if y is not None and (shared.y is None or y.shape[1:] != shared.y.shape[1:] or y.dtype != shared.y.dtype):
+            return None, None
+        if session.worker is None:
+            if session.batches_before_fork > 0:            # this batch in threads, the fork at the next
+                session.batches_before_fork -= 1
+                return None, None
+            session.worker = parallel.WorkerProcess(session.jobs)
+        return session.worker, shared
 
     def _forward_in_pieces(self, x, layers):
         """(output, logits or None) of the forward pass without training, a few rows at a time
@@ -544,7 +630,8 @@ class Sequential:
         epoch, step, stopped_by = initial_epoch, 0, None
         callback_list.on_train_begin()
         try:
-            with utils.blas_threads():            # one BLAS thread: tinycnn's threads share the work
+            # one BLAS thread: tinycnn's two halves share the work, the second in a worker process
+            with utils.blas_threads(), self._worker_process(batch_size, steps * (epochs - initial_epoch), x, y):
                 for epoch in range(initial_epoch, epochs):
                     callback_list.on_epoch_begin(epoch)
                     # a copy of the weights, for the NaN guard's rare worst case (see _nan_stop)
@@ -729,8 +816,9 @@ class Sequential:
             raise ValueError("evaluate: give both the inputs x and the targets y")
         x = self._check_x(x, "evaluate")
         y, labels = self._check_y(y, len(x), "evaluate")
-        progbar = self._progbar(verbose, math.ceil(len(x) / batch_size))
-        with utils.blas_threads():
+        steps = math.ceil(len(x) / batch_size)
+        progbar = self._progbar(verbose, steps)
+        with utils.blas_threads(), self._worker_process(batch_size, steps, x):
             loss, correct = self._evaluate_arrays(x, y, labels, batch_size, progbar)
         results = {"loss": float(loss)}
         if self._metrics:
@@ -749,7 +837,7 @@ class Sequential:
         outputs = np.empty((len(x),) + tuple(self._layers[-1].output_shape), dtype=self.dtype)
         steps = math.ceil(len(x) / batch_size)
         progbar = self._progbar(verbose, steps)
-        with utils.blas_threads():
+        with utils.blas_threads(), self._worker_process(batch_size, steps, x):
             for step, start in enumerate(range(0, len(x), batch_size)):
                 outputs[start:start + batch_size] = self._forward_in_halves(x[start:start + batch_size])[0]
                 if progbar is not None:

@@ -2,6 +2,7 @@
 type, and how many threads tinycnn (and NumPy's matrix products) use while it trains."""
 import contextlib
 import ctypes
+import mmap
 import os
 import tempfile
 
@@ -179,6 +180,23 @@ def blas_threads(n=1):
         yield
     finally:
         set_threads(before)
+
+
+# ---------------------------------------------------------------------------
+# Memory that a forked process shares
+# ---------------------------------------------------------------------------
+def shared_copy(array):
+    """A copy of `array` in an anonymous shared memory map: a process forked later sees every
+    change made to it in place, and its changes are seen here (an ordinary ndarray otherwise).
+
+    The layers keep their weights in such memory, so tinycnn.parallel's worker process works
+    with the weights the optimizer has just updated, without copying them at each step.
+    """
+    array = np.asarray(array)
+    shared = np.frombuffer(mmap.mmap(-1, max(array.nbytes, 1)), dtype=array.dtype, count=array.size)
+    shared = shared.reshape(array.shape)
+    shared[...] = array
+    return shared
 
 
 # ---------------------------------------------------------------------------
