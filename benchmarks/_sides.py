@@ -12,7 +12,8 @@ What it measures, in order (all wall-clock, time.perf_counter):
   epoch_s          each training epoch, timed by an epoch-begin/epoch-end callback inside one
                    `fit(..., epochs=E, batch_size=32, verbose=0)` call. Epoch 1 holds the
                    warm-up (TF tracing / numba compilation); the caller drops it.
-  peak_train_mb    VmHWM right after fit: the peak of the process up to then
+  peak_train_mb    VmHWM right after fit: the peak of the process up to then; for tinycnn
+                   plus the private memory of its worker process (the second halves, Linux)
   predict_s        `predict` of the 10,000 test images: the first call (warm-up) and
                    `--predict-repeats` more
   test_acc         argmax of the last prediction against the test labels (same code both sides)
@@ -48,6 +49,19 @@ def proc_status_mb(field):
         pass
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+
+
+def private_mb(pid):
+    """Memory that process `pid` holds for itself alone (Private_Clean + Private_Dirty, MB), or 0."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total += int(line.split()[1])
+    except OSError:
+        pass
+    return total * 1024 / 1e6
 
 
 def openblas_info():
@@ -231,7 +245,7 @@ def tinycnn_run(args, x, y, xt):
     import tinycnn
     tinycnn.utils.set_random_seed(args.seed)
     model, built_by = tinycnn_build(args.model)
-    times = []
+    times, worker_mb = [], []
     fit_params = inspect.signature(model.fit).parameters
     t = time.perf_counter()
     if "callbacks" in fit_params:
@@ -243,6 +257,9 @@ def tinycnn_run(args, x, y, xt):
 
             def on_epoch_end(self, epoch, logs=None):
                 times.append(time.perf_counter() - self._t)
+                session = getattr(self.model, "_session", None)       # tinycnn's worker process, if any
+                if session is not None and session.worker is not None:
+                    worker_mb.append(private_mb(session.worker.pid))
 
         hist = model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, shuffle=True,
                          verbose=0, callbacks=[EpochTimer()])
@@ -259,10 +276,14 @@ def tinycnn_run(args, x, y, xt):
     fit_s = time.perf_counter() - t
     if len(times) != args.epochs:
         raise RuntimeError(f"tinycnn's fit called the epoch callbacks {len(times)} times for {args.epochs} epochs")
-    peak = proc_status_mb("VmHWM")
+    # tinycnn's worker process (Linux): its private memory counts too (what it shares with
+    # this process, counted here already, does not); sampled at each epoch's end, when it
+    # holds its half's caches and whatever its allocator kept
+    peak = proc_status_mb("VmHWM") + max(worker_mb, default=0.0)
     pkw = {"verbose": 0} if "verbose" in inspect.signature(model.predict).parameters else {}
     predict = lambda: model.predict(xt, batch_size=args.predict_batch_size, **pkw)  # noqa: E731
-    threads = {"timed_by": how, "built_by": built_by}
+    threads = {"timed_by": how, "built_by": built_by,
+               "worker_process_private_mb": max(worker_mb, default=None)}
     try:
         import numba
         threads.update(numba_threads=numba.get_num_threads(), numba=numba.__version__,

@@ -19,7 +19,8 @@ Per model and side it reports:
   predict      model.predict of the 10,000 test images, batch 32: the median of a few calls
                after a first (warm-up) call
   peak MB      VmHWM of the process right after fit (it includes the ~250 MB of data arrays
-               that both sides hold); also the RSS after the imports and after the data
+               that both sides hold), plus for tinycnn its worker process's private memory
+               (Linux); also the RSS after the imports and after the data
 and the ratios tinycnn / Keras of the medians, and the median of the per-repeat ratios.
 
 OpenBLAS: this machine sets OPENBLAS_CORETYPE=Haswell and OPENBLAS_L2_SIZE (a guard for
