@@ -1,10 +1,11 @@
-"""Two threads for one batch: the batch is cut in two halves, one per thread.
+"""Two cores for one batch: the batch is cut in two halves, one per core.
 
 `Sequential.fit` (and predict/evaluate) use this when tinycnn.utils.get_num_threads() is
 2 or more and the model is one where halves pay (`worth_halves`). The model's own layers
 take the first half of the batch; `layer_copies` makes a second set of layers that SHARE
 the weight arrays but have their own gradient arrays and caches, and a worker thread runs
-the second half through them. In training each half
+the second half through them (or, for a long run on Linux, a forked worker process:
+`WorkerProcess`, at the end of this file). In training each half
 backpropagates its share of the whole batch's mean loss, (softmax - onehot) / N on its own
 rows, so the two halves' gradients add up to the batch's gradient, and the optimizer
 applies that once. The numba kernels release Python's GIL and NumPy's matrix products run

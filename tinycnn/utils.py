@@ -95,7 +95,8 @@ def to_categorical(y, num_classes=None, dtype="float32"):
 # Threads: how many tinycnn uses, and NumPy's BLAS threads inside fit/evaluate/predict
 # ---------------------------------------------------------------------------
 # tinycnn uses up to two threads while it trains and predicts (see tinycnn.parallel): with
-# two, each batch is cut in two halves that run side by side, and NumPy's matrix products
+# two, each batch is cut in two halves that run side by side (the second in a worker
+# thread, or in a worker process for a long run on Linux), and NumPy's matrix products
 # run one BLAS thread each inside fit/evaluate/predict (blas_threads below). The default is
 # two threads where the process may use two cores or more, else one; set_num_threads(n) or
 # the environment variable TINYCNN_NUM_THREADS chooses. More than two changes nothing yet.
