@@ -220,6 +220,28 @@ def test_predict_and_evaluate_in_pieces_match_whole_batches(threads, monkeypatch
     assert abs(whole[1][0] - pieces[1][0]) < 1e-6 and whole[1][1] == pieces[1][1]
 
 
+def test_training_in_pieces_gives_the_whole_batch_gradient(threads, monkeypatch):
+    # A half that goes through the layers in pieces (big patch matrices) adds the pieces'
+    # gradients: in float64 the batch's gradient and loss to rounding.
+    rng = np.random.default_rng(12)
+    x, y, _ = batch(11, "float64", rng)
+    model = tiny_cnn("float64")
+    threads(1)
+    probs = model._forward(x, training=True)
+    loss, grad = model._loss_and_grad(y, probs)
+    model._backward(grad)
+    expected = [g.copy() for layer in model.layers for g in layer.grads]
+    monkeypatch.setattr(parallel, "PIECE_BYTES", 2 * 7 * 7 * 3 * 3 * 2 * 8)    # 2 images of float64 patches
+    rows_seen = []
+    forward = model._forward
+    monkeypatch.setattr(model, "_forward", lambda x, **kw: rows_seen.append(len(x)) or forward(x, **kw))
+    loss_sum, probs_pieces = model._train_half(model.layers, x, y, len(x))
+    assert rows_seen == [2, 2, 2, 2, 2, 1]
+    assert abs(loss_sum / len(x) - loss) < 1e-12 and rel_error(probs_pieces, probs) < 1e-12
+    for got, want in zip((g for layer in model.layers for g in layer.grads), expected):
+        assert rel_error(got, want) < 1e-10
+
+
 def test_pieces_only_for_big_patch_matrices():
     # cnn_sparse's second conv makes 279 KB of patches per image: pieces of 8 images;
     # cnn_categorical's conv 24 KB (a whole batch); no conv at all: a whole batch.

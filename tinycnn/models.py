@@ -448,7 +448,31 @@ class Sequential:
 
     def _train_half(self, layers, x, y, n):
         """Forward and backward of (x, y), part of a batch of n rows, through `layers`:
-        gradients of its share of the batch's MEAN loss -> (its loss * its rows, its outputs)."""
+        gradients of its share of the batch's MEAN loss -> (its loss * its rows, its outputs).
+
+        Where a convolution's patches are big, a few rows at a time (parallel.rows_per_piece,
+        as predict does), the pieces' gradients added: cnn_sparse 4.54 -> 4.31 ms a step.
+        """
+        piece = parallel.rows_per_piece(layers, len(x))
+        if piece >= len(x):
+            return self._train_piece(layers, x, y, n)
+        loss_sum, outputs, grad_sums = 0.0, [], None
+        for start in range(0, len(x), piece):
+            loss, probs = self._train_piece(layers, x[start:start + piece], y[start:start + piece], n)
+            loss_sum += loss
+            outputs.append(probs)
+            grads = [g for layer in layers for g in layer.grads]
+            if grad_sums is None:
+                grad_sums = [g.copy() for g in grads]
+            else:
+                for total, g in zip(grad_sums, grads):
+                    total += g
+        for total, g in zip(grad_sums, grads):
+            g[...] = total
+        return loss_sum, np.concatenate(outputs)
+
+    def _train_piece(self, layers, x, y, n):
+        """_train_half for rows that go through the layers at once."""
         probs = self._forward(x, training=True, layers=layers)
         loss, grad = self._loss_and_grad(y, probs, last=layers[-1])
         grad *= grad.dtype.type(len(x) / n)              # d(mean over N)/dz = d(mean over rows)/dz * rows/N

@@ -80,19 +80,20 @@ def worth_halves(layers, batch_size):
     return batch_size * sum(multiply_adds(layer) for layer in layers) >= MIN_MULTIPLY_ADDS
 
 
-# Forward passes without training (predict, evaluate) go in pieces whose biggest patch
-# matrix (a Conv2D's im2col, OH*OW x KH*KW*C per image) stays under PIECE_BYTES: its
-# product then reads it back from the cache. Measured on this 2-core machine (2026-11-29,
+# Forward passes (predict, evaluate; in training each half, its pieces' gradients added)
+# go in pieces whose biggest patch matrix (a Conv2D's im2col, OH*OW x KH*KW*C per image)
+# stays under PIECE_BYTES: its product then reads it back from the cache. Measured on this 2-core machine (2026-11-29,
 # predict of the 10,000 test images, batch 32, medians of 12 runs alternating in one
 # process): cnn_sparse (its second conv makes 279 KB of patches per image) 0.53 -> 0.45 s
 # with two threads (halves of 16 -> pieces of 8), 0.91 -> 0.65 s with one (32 -> 8);
-# pieces of 4 (PIECE_BYTES 1.2 MB) 0.48 and 0.69 s. cnn_categorical (24 KB per image) is
+# pieces of 4 (PIECE_BYTES 1.2 MB) 0.48 and 0.69 s; training 4.54 -> 4.31 ms a step
+# (halves of 16 -> pieces of 8, alternating in one process). cnn_categorical (24 KB per image) is
 # fastest in whole batches: its Dense layer then reads its 2 MB kernel once for them all.
 PIECE_BYTES = 2_500_000
 
 
 def rows_per_piece(layers, rows):
-    """How many of `rows` images one forward pass without training should take at a time (>= 1)."""
+    """How many of `rows` images one forward pass should take at a time (>= 1)."""
     biggest = max((math.prod(layer.output_shape[:-1]) * math.prod(layer.kernel.shape[:-1]) * layer.kernel.itemsize
                    for layer in layers if isinstance(layer, Conv2D) and layer.built), default=0)
     if biggest == 0:
