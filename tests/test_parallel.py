@@ -317,6 +317,18 @@ def workers(monkeypatch):
     return started
 
 
+def until_the_worker_has_the_job(worker):
+    """A first() for run_both that returns once the worker process has taken the job (else the
+    caller, finding the job untaken, would run it itself)."""
+    def wait():
+        deadline = time.monotonic() + 30
+        while worker._claim[1] != 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert worker._claim[1] == 1, "the worker process did not take the job"
+        return "here"
+    return wait
+
+
 def assert_reaped(pid):
     with pytest.raises(ChildProcessError):          # waited for already: no process, no zombie
         os.waitpid(pid, os.WNOHANG)
@@ -332,7 +344,7 @@ def test_worker_process_runs_jobs_in_another_process_on_shared_memory():
     worker = parallel.WorkerProcess([job])
     pid = worker.pid
     try:
-        assert worker.run_both(lambda: "here", 0, 5, 9) == "here"
+        assert worker.run_both(until_the_worker_has_the_job(worker), 0, 5, 9) == "here"
         assert shared[0] == pid != os.getpid() and list(shared[1:]) == [5, 9]
     finally:
         worker.close()
@@ -353,21 +365,51 @@ def test_worker_process_raises_its_errors_and_warnings_here_with_our_numpy_setti
         shared[0] = rows
 
     worker = parallel.WorkerProcess([fails, divides_by_zero, fine])
+    there = until_the_worker_has_the_job(worker)
     try:
-        with pytest.raises(ValueError, match="bad rows 5"):
-            worker.run_both(lambda: None, 0, 5, 5)
+        with pytest.raises(ValueError, match="bad rows 5 .in tinycnn's worker process"):
+            worker.run_both(there, 0, 5, 5)
         with np.errstate(divide="warn"), pytest.warns(RuntimeWarning, match="divide by zero"):
-            worker.run_both(lambda: None, 1, 1, 1)
+            worker.run_both(there, 1, 1, 1)
         with np.errstate(divide="raise"), pytest.raises(FloatingPointError):
-            worker.run_both(lambda: None, 1, 1, 1)
+            worker.run_both(there, 1, 1, 1)
         with np.errstate(divide="ignore"), warnings.catch_warnings():
             warnings.simplefilter("error")
-            worker.run_both(lambda: None, 1, 1, 1)          # ignored there too: no warning
+            worker.run_both(there, 1, 1, 1)                  # ignored there too: no warning
+
+        def fails_here():
+            there()
+            raise KeyError("x")
+
         with pytest.raises(KeyError):                        # an error here: the worker's job is
-            worker.run_both(lambda: {}["x"], 2, 7, 7)        # still waited for, so the next call
-        worker.run_both(lambda: None, 2, 8, 8)               # starts clean
+            worker.run_both(fails_here, 2, 7, 7)             # still waited for, so the next call
+        worker.run_both(there, 2, 8, 8)                      # starts clean
         assert shared[0] == 8
     finally:
+        worker.close()
+
+
+@needs_fork
+def test_a_late_worker_process_leaves_its_job_to_the_caller():
+    # A worker that has not started its job when the caller's half is done (its core is
+    # busy elsewhere; here: stopped) does not hold the caller up: the caller runs the job.
+    import signal
+    shared = utils.shared_copy(np.zeros(2))
+
+    def job(rows, n):
+        shared[:] = os.getpid(), rows
+
+    worker = parallel.WorkerProcess([job])
+    try:
+        os.kill(worker.pid, signal.SIGSTOP)
+        for rows in range(1, 4):                              # three jobs while it is stopped
+            worker.run_both(lambda: None, 0, rows, rows)
+            assert list(shared) == [os.getpid(), rows]
+        os.kill(worker.pid, signal.SIGCONT)
+        worker.run_both(until_the_worker_has_the_job(worker), 0, 9, 9)   # it skips the three, takes this
+        assert list(shared) == [worker.pid, 9]
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
         worker.close()
 
 
@@ -375,7 +417,7 @@ def test_worker_process_raises_its_errors_and_warnings_here_with_our_numpy_setti
 def test_a_worker_process_that_dies_is_a_clear_error():
     worker = parallel.WorkerProcess([lambda rows, n: os._exit(3)])
     with pytest.raises(RuntimeError, match="worker process .* stopped unexpectedly"):
-        worker.run_both(lambda: None, 0, 1, 1)
+        worker.run_both(until_the_worker_has_the_job(worker), 0, 1, 1)
     worker.close()
 
 
