@@ -101,7 +101,7 @@ def instrument(model, timers):
     for attr, obj in list(vars(model).items()):
         mod = type(obj).__module__ or ""
         if mod in ("tinycnn.losses", "tinycnn.optimizers"):
-            kind = mod.split(".")[-1][:-1]
+            kind = {"tinycnn.losses": "loss", "tinycnn.optimizers": "optimizer"}[mod]
             for meth in dir(type(obj)):
                 if meth.startswith("_") or not callable(getattr(obj, meth, None)):
                     continue
