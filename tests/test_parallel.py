@@ -489,3 +489,40 @@ def test_short_runs_keep_the_worker_thread(threads, monkeypatch, workers):
     assert workers == [] and len(threads.calls) == 6
     model.fit(x, y, batch_size=8, epochs=2, verbose=0)       # 6 batches: the first whole in this thread
     assert len(workers) == 1 and len(threads.calls) == 6     # (it loads the kernels), then a process
+
+
+@needs_fork
+def test_closing_a_worker_process_does_not_wait_on_a_younger_one():
+    # A second worker is forked while the first is open: it must not keep the first's pipe
+    # open (the first would never see its end, and close() would wait forever).
+    first = parallel.WorkerProcess([lambda rows, n: None])
+    second = parallel.WorkerProcess([lambda rows, n: None])
+    try:
+        closing = threading.Thread(target=first.close)
+        closing.start()
+        closing.join(timeout=20)
+        assert not closing.is_alive(), "close() of the first worker hung"
+    finally:
+        second.close()
+
+
+@needs_fork
+def test_a_model_changed_by_a_callback_during_fit_leaves_the_worker_process(threads, workers):
+    # The worker copied the model when it was forked; once a callback swaps the last layer,
+    # the second halves go to the worker thread, and the new layer learns in both halves.
+    from tinycnn.callbacks import Callback
+
+    class SwapLastLayer(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:
+                self.model.pop()
+                self.model.add(Dense(3, activation="softmax"))
+                self.model.compile("sgd", "categorical_crossentropy")
+
+    threads(2)
+    x, y, _ = batch(48, "float32", np.random.default_rng(9))
+    model = tiny_cnn()
+    model.fit(x, y, batch_size=8, verbose=0, callbacks=[SwapLastLayer()])
+    assert len(workers) == 1
+    assert len(threads.calls) == 3                          # batches 4-6 in the worker thread
+    assert model.layers[-1].grads[0].any() and model.layers[-1].built

@@ -532,7 +532,8 @@ class Sequential:
             if logits is not None:
                 shared.logits[:rows] = logits
 
-        self._session = types.SimpleNamespace(worker=None, shared=shared, jobs=[train, forward], batches_before_fork=1)
+        self._session = types.SimpleNamespace(worker=None, shared=shared, jobs=[train, forward], batches_before_fork=1,
+                                              copies=copies, loss=self.loss)
         try:
             yield
         finally:
@@ -543,16 +544,17 @@ class Sequential:
     def _run_both(self, first, second):
         """(first(), second()): side by side in the worker thread, or both in this thread while a
         worker process is due (the batch before its fork): no second thread's memory then."""
-        if self._session is not None:
+        if self._session is not None and self._session.worker is None:
             return first(), second()
         return parallel.run_both(first, second)
 
     def _worker_for(self, x, y=None):
-        """(the worker process, its shared buffers) for this second half if this call has one
-        and the half fits its buffers, else (None, None): then the worker thread takes it."""
+        """(the worker process, its shared buffers) for this second half if this call has one,
+        the model is still the one it copied and the half fits its buffers, else (None, None):
+        then the worker thread takes it."""
         session = self._session
-        if session is None:
-            return None, None
+        if session is None or session.copies is not self._layer_copies() or session.loss is not self.loss:
+            return None, None                              # none, or the model changed since (a callback)
         shared = session.shared
         if len(x) > len(shared.x) or x.shape[1:] != shared.x.shape[1:] or x.dtype != shared.x.dtype:
             return None, None

@@ -211,6 +211,9 @@ MIN_PROCESS_BATCHES = 32
 _ERRSTATE_MODES = ("ignore", "warn", "raise", "call", "print", "log")
 
 
+_parent_ends = set()        # this process's ends of the open workers' pipes (a new worker closes its copies)
+
+
 def can_fork():
     """True where a worker process can be forked safely (Linux)."""
     return sys.platform.startswith("linux") and hasattr(os, "fork")
@@ -253,9 +256,12 @@ class WorkerProcess:
         if self.pid == 0:                                  # the worker
             os.close(self._command_write)
             os.close(self._reply_read)
+            for fd in _parent_ends:                        # other workers' pipes: theirs to close,
+                os.close(fd)                               # else they would never see the end
             self._serve(command_read, reply_write)         # never returns
         os.close(command_read)
         os.close(reply_write)
+        _parent_ends.update((self._command_write, self._reply_read))
 
     def _claim_job(self, number, who):
         """True if job `number` was nobody's and is now `who`'s (1 the worker, 2 this process)."""
@@ -367,6 +373,7 @@ class WorkerProcess:
         """End the worker (it sees its pipe close) and wait for it."""
         if self.pid is None:
             return
+        _parent_ends.difference_update((self._command_write, self._reply_read))
         os.close(self._command_write)
         os.close(self._reply_read)
         os.waitpid(self.pid, 0)
