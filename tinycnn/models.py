@@ -561,7 +561,7 @@ class Sequential:
         if y is not None and (shared.y is None or y.shape[1:] != shared.y.shape[1:] or y.dtype != shared.y.dtype):
             return None, None
         if session.worker is None:
-            if session.batches_before_fork > 0:            # this batch in threads, the fork at the next
+            if session.batches_before_fork > 0:            # this batch whole in this thread, the fork at the next
                 session.batches_before_fork -= 1
                 return None, None
             session.worker = parallel.WorkerProcess(session.jobs)

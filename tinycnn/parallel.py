@@ -199,18 +199,17 @@ def run_both(first, second):
 # cannot, and handing the GIL over costs more. Measured on this 2-core machine (2026-11-29,
 # cnn_categorical, the forward and backward pass of a half batch of 16): 0.68 ms alone,
 # 0.95 ms each with two threads running halves side by side, 0.73-0.76 ms each in two
-# processes; a training step 1.35 ms with a worker thread, 1.03-1.07 ms with a worker process.
-# So on Linux, for a long run (fit, evaluate or predict of MIN_PROCESS_BATCHES batches or
-# more), the second half goes to a forked copy of this process. Forking costs about 3 ms,
-# and the copy sees the model as it was then: a call that changes the model (compile, add,
-# a different batch shape) gets a new one. What the two processes share lives in shared
-# memory made before the fork: the weights (from build, utils.shared_copy), the layer
+# processes; a training step 1.45 ms with a worker thread, 1.20 ms with a worker process
+# (alternating in one process). So on Linux, for a long run (fit, evaluate or predict of
+# MIN_PROCESS_BATCHES batches or more), the second half goes to a forked copy of this
+# process, one per call (Sequential._worker_process). Forking costs about 3 ms, and the copy
+# sees the model as it was then: each call gets a new one, and a model changed during the
+# call (by a callback) goes back to the worker thread. What the two processes share lives in
+# shared memory made before the fork: the weights (from build, utils.shared_copy), the layer
 # copies' gradients, and buffers for the half's inputs and outputs. The pipe carries only
 # the job's number and sizes, and the reply.
 MIN_PROCESS_BATCHES = 32
 _ERRSTATE_MODES = ("ignore", "warn", "raise", "call", "print", "log")
-
-
 _parent_ends = set()        # this process's ends of the open workers' pipes (a new worker closes its copies)
 
 
@@ -306,9 +305,9 @@ class WorkerProcess:
     def start(self, job, rows, n):
         """Start jobs[job](rows, n) in the worker; `finish()` ends it."""
         self._read_old_replies()
-        errstate = 0
+        errstate, settings = 0, np.geterr()               # NumPy's error settings, 3 bits each
         for i, key in enumerate(("divide", "over", "under", "invalid")):
-            mode = np.geterr()[key]
+            mode = settings[key]
             errstate |= _ERRSTATE_MODES.index(mode if mode in _ERRSTATE_MODES else "warn") << (3 * i)
         self._started += 1
         with self._claim_lock:
