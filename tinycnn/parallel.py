@@ -41,6 +41,7 @@ import signal
 import struct
 import sys
 import threading
+import time
 import traceback
 import warnings
 
@@ -209,6 +210,13 @@ def run_both(first, second):
 # copies' gradients, and buffers for the half's inputs and outputs. The pipe carries only
 # the job's number and sizes, and the reply.
 MIN_PROCESS_BATCHES = 32
+# Waking a process that sleeps on a pipe takes 25-45 us here, twice a step. So each side
+# polls its pipe for up to POLL_SECONDS before it sleeps: the worker between jobs (the
+# caller's optimizer step and loop, ~0.3 ms), the caller while the worker ends its half.
+# Polling yields the core to any other program that wants it. Alternating in one process
+# (ms per step): cnn_categorical 1.21 -> 1.11, cnn_sparse 4.18 -> 4.10; with two CPU-bound
+# programs beside it cnn_categorical 2.07 -> 1.98.
+POLL_SECONDS = 0.002
 _ERRSTATE_MODES = ("ignore", "warn", "raise", "call", "print", "log")
 _parent_ends = set()        # this process's ends of the open workers' pipes (a new worker closes its copies)
 
@@ -216,6 +224,14 @@ _parent_ends = set()        # this process's ends of the open workers' pipes (a 
 def can_fork():
     """True where a worker process can be forked safely (Linux)."""
     return sys.platform.startswith("linux") and hasattr(os, "fork")
+
+
+def _poll(fd, seconds):
+    """Wait up to `seconds` for `fd` to have data, awake, giving the core away to anyone who
+    wants it (sched_yield) on each round; the caller's read then finds the data waiting."""
+    deadline = time.perf_counter() + seconds
+    while not select.select([fd], [], [], 0)[0] and time.perf_counter() < deadline:
+        os.sched_yield()
 
 
 def _read_exactly(fd, size):
@@ -277,6 +293,7 @@ class WorkerProcess:
             gc.freeze()            # the collector leaves the parent's objects alone: their pages stay shared
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent to handle
             while True:
+                _poll(command_read, POLL_SECONDS)
                 command = _read_exactly(command_read, 24)
                 if command is None:                        # the parent closed the pipe: done
                     break
@@ -324,6 +341,7 @@ class WorkerProcess:
                 job, rows, n = self._job
                 self.jobs[job](rows, n)
             return
+        _poll(self._reply_read, POLL_SECONDS)
         while True:
             number, data = self._read_reply()
             if number == self._started:
