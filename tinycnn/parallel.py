@@ -267,7 +267,13 @@ class WorkerProcess:
         self._job = None
         command_read, self._command_write = os.pipe()
         self._reply_read, reply_write = os.pipe()
-        self.pid = os.fork()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns that forking a process with threads (OpenBLAS's pool, numba's,
+            # the worker thread) may deadlock the child on a lock one of them held. The worker
+            # only runs the jobs: NumPy, numba's compiled kernels and OpenBLAS, which resets
+            # its pool at fork.
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*fork")
+            self.pid = os.fork()
         if self.pid == 0:                                  # the worker
             os.close(self._command_write)
             os.close(self._reply_read)
