@@ -90,6 +90,7 @@ def _worker_names_in_a_child(queue):
     queue.put(child_parallel.run_both(first, second))
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")   # Python 3.12+: this test forks on purpose
 def test_a_forked_child_gets_a_worker_of_its_own():
     # fork copies the process but not its threads: the child must start its own worker.
     import multiprocessing
