@@ -24,9 +24,10 @@ thread runs both halves itself, one after the other, as one thread would: nothin
 for a thread that is not running. (Two BLAS threads have no such way out: a product waits
 for both, and a step took 2x to 300x longer while other processes ran.)
 
-Results do not depend on which thread runs a half: each half always goes through the same
-layer objects with the same single-threaded code. They do differ in the last bits from
-one thread's whole-batch step, because the batch's gradient is summed in two parts.
+Results do not depend on which thread or process runs a half: each half always goes
+through the same layer objects with the same single-threaded code. They do differ in the
+last bits from one thread's whole-batch step, because the batch's gradient is summed in
+two parts (and, where a convolution's patches are big, in pieces: `rows_per_piece`).
 """
 import builtins
 import contextvars
