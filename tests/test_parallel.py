@@ -527,3 +527,22 @@ def test_a_model_changed_by_a_callback_during_fit_leaves_the_worker_process(thre
     assert len(workers) == 1
     assert len(threads.calls) == 3                          # batches 4-6 in the worker thread
     assert model.layers[-1].grads[0].any() and model.layers[-1].built
+
+
+@needs_fork
+def test_a_deep_copy_of_a_model_trains_in_the_worker_thread(threads, workers):
+    # copy.deepcopy gives the weights ordinary memory, which a forked worker would not see
+    # change: such a model keeps the worker thread, and trains exactly as the original.
+    import copy
+    threads(2)
+    x, y, _ = batch(48, "float32", np.random.default_rng(10))
+    original = tiny_cnn()
+    twin = copy.deepcopy(original)
+    assert all(utils.is_shared(p) for p in original._params())
+    assert not any(utils.is_shared(p) for p in twin._params())
+    twin.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+    assert workers == [] and len(threads.calls) == 6         # all six batches with the worker thread
+    original.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+    assert len(workers) == 1
+    for a, b in zip(original.get_weights(), twin.get_weights()):
+        assert np.array_equal(a, b)

@@ -511,9 +511,10 @@ class Sequential:
         loading its own (40 MB more).
         """
         if (self._session is not None or not parallel.can_fork()
-                or batches < parallel.MIN_PROCESS_BATCHES or not self._in_halves(batch_size)):
-            yield
-            return
+                or batches < parallel.MIN_PROCESS_BATCHES or not self._in_halves(batch_size)
+                or not all(utils.is_shared(p) for p in self._params())):    # e.g. a deep copy's weights:
+            yield                                                          # the worker would not see
+            return                                                         # their updates
         rows = batch_size - parallel.first_half_size(batch_size)
         copies = self._layer_copies()
         outputs = (rows,) + tuple(self._layers[-1].output_shape)

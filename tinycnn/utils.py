@@ -200,6 +200,14 @@ def shared_copy(array):
     return shared
 
 
+def is_shared(array):
+    """True if `array` lives in memory made by shared_copy (not, for instance, in a deep copy of it)."""
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
+
+
 # ---------------------------------------------------------------------------
 # Files: written whole or not at all
 # ---------------------------------------------------------------------------
