@@ -145,6 +145,22 @@ def batch(n, dtype, rng):
     return x, np.eye(3, dtype=dtype)[labels], labels
 
 
+def whole_batch_gradient(model, x, y):
+    """One forward and backward pass of the whole batch: (loss, probs, a copy of every gradient)."""
+    probs = model._forward(x, training=True)
+    loss, grad = model._loss_and_grad(y, probs)
+    model._backward(grad)
+    return loss, probs, [g.copy() for layer in model.layers for g in layer.grads]
+
+
+def record_forward_rows(model, monkeypatch):
+    """A list that gets the number of rows of every forward pass the model makes from now on."""
+    rows_seen = []
+    forward = model._forward
+    monkeypatch.setattr(model, "_forward", lambda x, **kw: rows_seen.append(len(x)) or forward(x, **kw))
+    return rows_seen
+
+
 @pytest.mark.parametrize("n", [2, 7, 32])
 def test_halves_give_the_whole_batch_gradient_and_loss(threads, n):
     # In float64 the two halves' summed gradients equal one whole-batch backward pass to
@@ -153,10 +169,7 @@ def test_halves_give_the_whole_batch_gradient_and_loss(threads, n):
     x, y, _ = batch(n, "float64", rng)
     model = tiny_cnn("float64")
     threads(1)
-    probs = model._forward(x, training=True)
-    loss, grad = model._loss_and_grad(y, probs)
-    model._backward(grad)
-    expected = [g.copy() for layer in model.layers for g in layer.grads]
+    loss, probs, expected = whole_batch_gradient(model, x, y)
     threads(2)
     loss_halves, probs_halves = model._forward_backward_in_halves(x, y)
     got = [g for layer in model.layers for g in layer.grads]
@@ -212,9 +225,7 @@ def test_predict_and_evaluate_in_pieces_match_whole_batches(threads, monkeypatch
     patches_per_image = 7 * 7 * 3 * 3 * 2 * 4                   # conv output pixels x kernel taps x 4 bytes
     monkeypatch.setattr(parallel, "PIECE_BYTES", 3 * patches_per_image)
     assert parallel.rows_per_piece(model.layers, 16) == 3
-    rows_seen = []
-    forward = model._forward
-    monkeypatch.setattr(model, "_forward", lambda x, **kw: rows_seen.append(len(x)) or forward(x, **kw))
+    rows_seen = record_forward_rows(model, monkeypatch)
     pieces = model.predict(x, batch_size=16, verbose=0), model.evaluate(x, y, batch_size=16, verbose=0)
     assert max(rows_seen) == 3 and sum(rows_seen) == 2 * 50
     assert rel_error(whole[0], pieces[0]) < 1e-6
@@ -228,14 +239,9 @@ def test_training_in_pieces_gives_the_whole_batch_gradient(threads, monkeypatch)
     x, y, _ = batch(11, "float64", rng)
     model = tiny_cnn("float64")
     threads(1)
-    probs = model._forward(x, training=True)
-    loss, grad = model._loss_and_grad(y, probs)
-    model._backward(grad)
-    expected = [g.copy() for layer in model.layers for g in layer.grads]
+    loss, probs, expected = whole_batch_gradient(model, x, y)
     monkeypatch.setattr(parallel, "PIECE_BYTES", 2 * 7 * 7 * 3 * 3 * 2 * 8)    # 2 images of float64 patches
-    rows_seen = []
-    forward = model._forward
-    monkeypatch.setattr(model, "_forward", lambda x, **kw: rows_seen.append(len(x)) or forward(x, **kw))
+    rows_seen = record_forward_rows(model, monkeypatch)
     loss_sum, probs_pieces = model._train_half(model.layers, x, y, len(x))
     assert rows_seen == [2, 2, 2, 2, 2, 1]
     assert abs(loss_sum / len(x) - loss) < 1e-12 and rel_error(probs_pieces, probs) < 1e-12
