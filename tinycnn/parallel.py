@@ -85,13 +85,14 @@ def worth_halves(layers, batch_size):
 
 # Forward passes (predict, evaluate; in training each half, its pieces' gradients added)
 # go in pieces whose biggest patch matrix (a Conv2D's im2col, OH*OW x KH*KW*C per image)
-# stays under PIECE_BYTES: its product then reads it back from the cache. Measured on this 2-core machine (2026-11-29,
-# predict of the 10,000 test images, batch 32, medians of 12 runs alternating in one
-# process): cnn_sparse (its second conv makes 279 KB of patches per image) 0.53 -> 0.45 s
-# with two threads (halves of 16 -> pieces of 8), 0.91 -> 0.65 s with one (32 -> 8);
-# pieces of 4 (PIECE_BYTES 1.2 MB) 0.48 and 0.69 s; training 4.54 -> 4.31 ms a step
-# (halves of 16 -> pieces of 8, alternating in one process). cnn_categorical (24 KB per image) is
-# fastest in whole batches: its Dense layer then reads its 2 MB kernel once for them all.
+# stays under PIECE_BYTES: its product then reads it back from the cache. Measured on this
+# 2-core machine (2026-11-29, predict of the 10,000 test images, batch 32, medians of 12
+# runs alternating in one process): cnn_sparse (its second conv makes 279 KB of patches
+# per image) 0.53 -> 0.45 s with two threads (halves of 16 -> pieces of 8), 0.91 -> 0.65 s
+# with one (32 -> 8); pieces of 4 (PIECE_BYTES 1.2 MB) 0.48 and 0.69 s; training 4.54 ->
+# 4.31 ms a step (halves of 16 -> pieces of 8, alternating in one process). cnn_categorical
+# (24 KB per image) is fastest in whole batches: its Dense layer then reads its 2 MB kernel
+# once for them all.
 PIECE_BYTES = 2_500_000
 
 
@@ -218,6 +219,7 @@ MIN_PROCESS_BATCHES = 32
 # (ms per step): cnn_categorical 1.21 -> 1.11, cnn_sparse 4.18 -> 4.10; with two CPU-bound
 # programs beside it cnn_categorical 2.07 -> 1.98.
 POLL_SECONDS = 0.002
+_ERRSTATE_KEYS = ("divide", "over", "under", "invalid")       # NumPy's error settings, 3 bits each
 _ERRSTATE_MODES = ("ignore", "warn", "raise", "call", "print", "log")
 _parent_ends = set()        # this process's ends of the open workers' pipes (a new worker closes its copies)
 
@@ -309,7 +311,7 @@ class WorkerProcess:
                     os.write(reply_write, struct.pack("<qi", number, -1))
                     continue
                 settings = {key: _ERRSTATE_MODES[(errstate >> (3 * i)) & 7]
-                            for i, key in enumerate(("divide", "over", "under", "invalid"))}
+                            for i, key in enumerate(_ERRSTATE_KEYS)}
                 reply = {}
                 try:
                     with np.errstate(**settings), warnings.catch_warnings(record=True) as caught:
@@ -329,8 +331,8 @@ class WorkerProcess:
     def start(self, job, rows, n):
         """Start jobs[job](rows, n) in the worker; `finish()` ends it."""
         self._read_old_replies()
-        errstate, settings = 0, np.geterr()               # NumPy's error settings, 3 bits each
-        for i, key in enumerate(("divide", "over", "under", "invalid")):
+        errstate, settings = 0, np.geterr()
+        for i, key in enumerate(_ERRSTATE_KEYS):
             mode = settings[key]
             errstate |= _ERRSTATE_MODES.index(mode if mode in _ERRSTATE_MODES else "warn") << (3 * i)
         self._started += 1
