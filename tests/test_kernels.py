@@ -361,3 +361,147 @@ def test_max_pooling_layer_takes_the_two_by_two_path_only_where_it_is_exact():
         layer = layers.MaxPooling2D(**kwargs)
         layer.build(shape)
         assert layer._windows_2x2 is fast, (shape, kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Winograd's 3x3 convolution (kernels.winograd_*)
+# ---------------------------------------------------------------------------
+def random_winograd_geometry(rng):
+    """(n, h, w, c, f, padding) for a 3x3 stride-1 convolution with a non-empty output."""
+    while True:
+        n, h, w = int(rng.integers(1, 4)), int(rng.integers(1, 15)), int(rng.integers(1, 15))
+        c, f = int(rng.integers(1, 21)), int(rng.integers(1, 9))
+        padding = ["valid", "same"][rng.integers(2)]
+        if padding == "same" or (h >= 3 and w >= 3):
+            return n, h, w, c, f, padding
+
+
+def winograd_convolution(x, kernel, pt, pl, oh, ow, twins=False):
+    """Conv2D's Winograd forward pass, z = output(input(x) @ kernel(kernel)), with the kernels or their twins."""
+    th, tw = K.winograd_tiles(oh, ow)
+    to_tiles, from_tiles = ((K.winograd_input_numpy, K.winograd_output_numpy) if twins
+                            else (K.winograd_input, K.winograd_output))
+    m = np.matmul(to_tiles(x, pt, pl, th, tw), K.winograd_kernel(kernel))
+    return from_tiles(m, x.shape[0], oh, ow, th, tw)
+
+
+def product_convolution(x, kernel, pt, pl, oh, ow):
+    """The convolution as im2col's product, in float64: the reference for Winograd's."""
+    cols = K.im2col_numpy(x.astype(np.float64), 3, 3, 1, 1, pt, pl, oh, ow)
+    return (cols @ kernel.reshape(-1, kernel.shape[3]).astype(np.float64)).reshape(x.shape[0], oh, ow, -1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_winograd_kernels_match_their_twins_and_the_product(dtype):
+    rng = np.random.default_rng(11 if dtype is np.float32 else 12)
+    tolerance = 1e-6 if dtype is np.float32 else 1e-13
+    for _ in range(40):
+        n, h, w, c, f, padding = random_winograd_geometry(rng)
+        pt, pl, oh, ow = sizes(h, w, 3, 3, 1, 1, padding)
+        th, tw = K.winograd_tiles(oh, ow)
+        assert (2 * th - oh, 2 * tw - ow) in {(0, 0), (0, 1), (1, 0), (1, 1)}       # blocks cover z, at most one over
+        x = rng.standard_normal((n, h, w, c)).astype(dtype)
+        kernel = rng.standard_normal((3, 3, c, f)).astype(dtype)
+
+        v = K.winograd_input(x, pt, pl, th, tw)
+        assert v.dtype == dtype and v.shape == (16, n * th * tw, c)
+        assert rel_error(v, K.winograd_input_numpy(x, pt, pl, th, tw)) < tolerance
+        m = rng.standard_normal((16, n * th * tw, f)).astype(dtype)
+        z = K.winograd_output(m, n, oh, ow, th, tw)
+        assert z.dtype == dtype and z.shape == (n, oh, ow, f)
+        assert rel_error(z, K.winograd_output_numpy(m, n, oh, ow, th, tw)) < tolerance
+
+        dz = rng.standard_normal((n, oh, ow, f)).astype(dtype)
+        dm = K.winograd_output_backward(dz, th, tw)
+        assert dm.dtype == dtype and dm.shape == (16, n * th * tw, f)
+        assert rel_error(dm, K.winograd_output_backward_numpy(dz, th, tw)) < tolerance
+        dv = rng.standard_normal(v.shape).astype(dtype)
+        dx = K.winograd_input_backward(dv, n, h, w, pt, pl, th, tw)
+        assert dx.dtype == dtype and dx.shape == x.shape
+        assert rel_error(dx, K.winograd_input_backward_numpy(dv, n, h, w, pt, pl, th, tw)) < tolerance
+
+        exact = product_convolution(x, kernel, pt, pl, oh, ow)
+        got = winograd_convolution(x, kernel, pt, pl, oh, ow)
+        assert got.dtype == dtype and got.shape == exact.shape
+        assert rel_error(got, exact) < 10 * tolerance, (h, w, c, f, padding)
+        assert rel_error(winograd_convolution(x, kernel, pt, pl, oh, ow, twins=True), exact) < 10 * tolerance
+
+
+def test_winograd_backward_kernels_are_the_transposes_of_the_forward_ones():
+    # For a linear map T, <T(a), b> = <a, T^T(b)> for all a, b: the backward kernels give the
+    # exact gradients of the forward ones (float64, random geometries, both paddings).
+    rng = np.random.default_rng(13)
+    for _ in range(20):
+        n, h, w, c, f, padding = random_winograd_geometry(rng)
+        pt, pl, oh, ow = sizes(h, w, 3, 3, 1, 1, padding)
+        th, tw = K.winograd_tiles(oh, ow)
+        x, dv = rng.standard_normal((n, h, w, c)), rng.standard_normal((16, n * th * tw, c))
+        assert np.sum(K.winograd_input(x, pt, pl, th, tw) * dv) == pytest.approx(
+            np.sum(x * K.winograd_input_backward(dv, n, h, w, pt, pl, th, tw)), rel=1e-12, abs=1e-12)
+        m, dz = rng.standard_normal((16, n * th * tw, f)), rng.standard_normal((n, oh, ow, f))
+        assert np.sum(K.winograd_output(m, n, oh, ow, th, tw) * dz) == pytest.approx(
+            np.sum(m * K.winograd_output_backward(dz, th, tw)), rel=1e-12, abs=1e-12)
+        kernel, du = rng.standard_normal((3, 3, c, f)), rng.standard_normal((16, c, f))
+        assert np.sum(K.winograd_kernel(kernel) * du) == pytest.approx(
+            np.sum(kernel * K.winograd_kernel_backward(du)), rel=1e-12, abs=1e-12)
+
+
+def test_winograd_transforms_are_the_matrices_of_the_docstring():
+    # One tile, one channel, one filter: V = B^T d B, U = G g G^T, Y = A^T (U * V) A is the 2x2
+    # correlation of the 4x4 tile with the 3x3 kernel.
+    rng = np.random.default_rng(5)
+    d, g = rng.standard_normal((4, 4)), rng.standard_normal((3, 3))
+    v = K.winograd_input(d.reshape(1, 4, 4, 1), 0, 0, 1, 1)
+    np.testing.assert_allclose(v.reshape(4, 4), K.WINOGRAD_BT @ d @ K.WINOGRAD_BT.T, atol=1e-14)
+    u = K.winograd_kernel(g.reshape(3, 3, 1, 1))
+    np.testing.assert_allclose(u.reshape(4, 4), K.WINOGRAD_G @ g @ K.WINOGRAD_G.T, atol=1e-14)
+    y = K.winograd_output((u * v).reshape(16, 1, 1), 1, 2, 2, 1, 1)
+    correlation = [[np.sum(d[i:i + 3, j:j + 3] * g) for j in range(2)] for i in range(2)]
+    np.testing.assert_allclose(y.reshape(2, 2), correlation, atol=1e-13)
+    np.testing.assert_allclose(y.reshape(2, 2), K.WINOGRAD_AT @ (u * v).reshape(4, 4) @ K.WINOGRAD_AT.T, atol=1e-14)
+
+
+def test_winograd_float32_rounding_is_that_of_the_product():
+    # The transforms only add, subtract and halve, so in float32 Winograd's convolution is as
+    # close to the exact one as the product's: cnn_sparse's second conv, realistic inputs
+    # (ReLU outputs in [0, 1]) and a glorot-sized kernel.
+    rng = np.random.default_rng(8)
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        x = np.maximum(rng.standard_normal((8, 13, 13, 64)), 0).astype(np.float32)
+        kernel = rng.uniform(-0.07, 0.07, (3, 3, 64, 64)).astype(np.float32)
+        exact = product_convolution(x, kernel, 0, 0, 11, 11)
+        product = K.matmul(K.im2col(x, 3, 3, 1, 1, 0, 0, 11, 11), kernel.reshape(-1, 64)).reshape(exact.shape)
+        winograd = winograd_convolution(x, kernel, 0, 0, 11, 11)
+        product_error, winograd_error = rel_error(product, exact), rel_error(winograd, exact)
+        assert winograd_error < 2 * product_error and winograd_error < 2e-6, (product_error, winograd_error)
+
+
+def test_winograd_fits_only_3x3_stride_1_on_enough_channels():
+    assert K.winograd_fits((3, 3), (1, 1), K.WINOGRAD_MIN_CHANNELS)
+    assert K.winograd_fits([3, 3], [1, 1], 64)
+    assert not K.winograd_fits((3, 3), (1, 1), K.WINOGRAD_MIN_CHANNELS - 1)     # e.g. a grey image
+    assert not K.winograd_fits((3, 3), (2, 2), 64)
+    assert not K.winograd_fits((3, 3), (1, 2), 64)
+    assert not K.winograd_fits((5, 5), (1, 1), 64)
+    assert not K.winograd_fits((3, 1), (1, 1), 64)
+
+
+def test_winograd_kernels_write_into_out_when_given():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 7, 6, 3)).astype(np.float32)
+    out = np.full((16, 2 * 4 * 3, 3), np.nan, np.float32)
+    assert K.winograd_input(x, 1, 1, 4, 3, out=out) is out
+    np.testing.assert_array_equal(out, K.winograd_input(x, 1, 1, 4, 3))
+    m = rng.standard_normal((16, 2 * 4 * 3, 5)).astype(np.float32)
+    out = np.full((2, 7, 6, 5), np.nan, np.float32)
+    assert K.winograd_output(m, 2, 7, 6, 4, 3, out=out) is out
+    np.testing.assert_array_equal(out, K.winograd_output(m, 2, 7, 6, 4, 3))
+    dz = rng.standard_normal((2, 7, 6, 5)).astype(np.float32)
+    out = np.full((16, 2 * 4 * 3, 5), np.nan, np.float32)
+    assert K.winograd_output_backward(dz, 4, 3, out=out) is out
+    np.testing.assert_array_equal(out, K.winograd_output_backward(dz, 4, 3))
+    dv = rng.standard_normal((16, 2 * 4 * 3, 3)).astype(np.float32)
+    out = np.full((2, 7, 6, 3), np.nan, np.float32)
+    assert K.winograd_input_backward(dv, 2, 7, 6, 1, 1, 4, 3, out=out) is out
+    np.testing.assert_array_equal(out, K.winograd_input_backward(dv, 2, 7, 6, 1, 1, 4, 3))

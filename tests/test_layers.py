@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import distinct_values, one_hot, rel_error
-from tinycnn import gradcheck, layers as L, losses
+from tinycnn import gradcheck, kernels, layers as L, losses
 
 TOL = 1e-6
 
@@ -198,6 +198,74 @@ def test_conv2d_float32_agrees_with_float64(cfg):
         results.append([y, dx] + [g.copy() for g in layer.grads])
     for a, b in zip(*results):
         assert a.dtype == np.float32 and rel_error(a, b) < 1e-5
+
+
+WINOGRAD_CONFIGS = [  # 3x3, stride 1, 16+ channels: Conv2D takes Winograd's way (kernels.winograd_*)
+    dict(batch=2, input_shape=(13, 13, 16), filters=8, padding="valid", activation="relu"),
+    dict(batch=3, input_shape=(7, 6, 20), filters=3, padding="same", activation=None),
+    dict(batch=1, input_shape=(5, 9, 16), filters=4, padding="same", activation="softmax", use_bias=False),
+    dict(batch=2, input_shape=(3, 3, 17), filters=2, padding="valid", activation="linear"),
+]
+
+
+def winograd_layer(cfg, dtype="float64", seed=21):
+    """(layer, x) for one of WINOGRAD_CONFIGS, built, with random weights (non-zero bias)."""
+    cfg = dict(cfg)
+    batch, input_shape = cfg.pop("batch"), cfg.pop("input_shape")
+    layer = L.Conv2D(**cfg, kernel_size=3, dtype=dtype)
+    layer.build(input_shape)
+    rng = np.random.default_rng(seed)
+    layer.set_weights([rng.standard_normal(p.shape) for p in layer.params])
+    return layer, rng.standard_normal((batch,) + input_shape)
+
+
+@pytest.mark.parametrize("cfg", WINOGRAD_CONFIGS, ids=lambda c: str(c))
+def test_conv2d_winograd_gradients(cfg):
+    layer, x = winograd_layer(cfg)
+    assert layer._winograd
+    report = gradcheck.check_layer(layer, x)
+    assert report.max_error < TOL, str(report)
+    assert len(report.entries) == 1 + len(layer.params)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("cfg", WINOGRAD_CONFIGS, ids=lambda c: str(c))
+def test_conv2d_takes_winograd_where_it_fits_with_the_products_results(cfg, dtype, monkeypatch):
+    # The same layer with Winograd switched off (im2col and one product) gives the same
+    # outputs, input gradient and weight gradients, to float rounding.
+    calls = []
+    winograd_input = kernels.winograd_input
+    monkeypatch.setattr(kernels, "winograd_input", lambda *a: calls.append(1) or winograd_input(*a))
+    layer, x = winograd_layer(cfg, dtype)
+    upstream = np.random.default_rng(22).standard_normal((x.shape[0],) + layer.output_shape)
+    results = []
+    for winograd in (True, False):
+        layer._winograd = winograd
+        for training in (True, False):
+            y = layer.forward(x, training=training).copy()
+            dx = layer.backward(upstream)
+            results.append([y, dx] + [g.copy() for g in layer.grads])
+    assert len(calls) == 2                                   # both passes of the Winograd layer
+    bias = layer.params[1] if layer.use_bias else 0.0
+    if cfg["activation"] in (None, "linear"):
+        exact = naive_conv2d(x, layer.params[0].astype(np.float64), bias, (1, 1), cfg["padding"])
+        assert rel_error(results[0][0], exact) < (1e-12 if dtype == "float64" else 1e-6)
+    for winograd_result in results[:2]:
+        for a, b in zip(winograd_result, results[2]):
+            assert a.dtype == np.dtype(dtype) and rel_error(a, b) < (1e-12 if dtype == "float64" else 1e-5)
+
+
+@pytest.mark.parametrize("input_shape,kernel_size,strides", [((9, 9, 15), 3, 1), ((9, 9, 16), 3, 2), ((9, 9, 16), 5, 1),
+                                                             ((28, 28, 1), 3, 1)])
+def test_conv2d_keeps_the_product_where_winograd_does_not_fit(input_shape, kernel_size, strides, monkeypatch):
+    monkeypatch.setattr(kernels, "winograd_input", lambda *a: pytest.fail("Winograd on a conv it does not fit"))
+    layer = L.Conv2D(4, kernel_size, strides)
+    layer.build(input_shape)
+    assert not layer._winograd
+    x = np.random.default_rng(2).standard_normal((2,) + input_shape)
+    expected = naive_conv2d(x, layer.params[0].astype(np.float64), layer.params[1], (strides, strides), "valid")
+    assert rel_error(layer.forward(x, training=True), expected) < 1e-5
+    assert layer.backward(np.ones((2,) + layer.output_shape)).shape == x.shape
 
 
 @pytest.mark.parametrize("batch,input_shape,pool,strides,padding", random_pool_configs())

@@ -320,6 +320,359 @@ def matmul_numpy(a, b, out=None):
 
 
 # ---------------------------------------------------------------------------
+# Winograd's 3x3 convolution: each 2x2 block of outputs from 16 products, not 36
+# ---------------------------------------------------------------------------
+# Winograd's minimal filtering F(2, 3) computes two outputs of a 3-tap correlation,
+#     y0 = d0 g0 + d1 g1 + d2 g2,   y1 = d1 g0 + d2 g1 + d3 g2,
+# from four inputs with four products instead of six (Lavin & Gray 2015):
+#     m0 = (d0 - d2) g0,   m1 = (d1 + d2) (g0 + g1 + g2)/2,
+#     m2 = (d2 - d1) (g0 - g1 + g2)/2,   m3 = (d1 - d3) g2,
+#     y0 = m0 + m1 + m2,   y1 = m1 - m2 - m3.
+# In matrix form y = A^T [(G g) * (B^T d)], and nested in two dimensions, a 2x2 block of
+# outputs from a 4x4 tile d of the input and the 3x3 kernel g is
+#     Y = A^T [ (G g G^T) * (B^T d B) ] A        (* elementwise: 16 products for 4 outputs).
+# Over channels, the 16 elementwise products become 16 matrix products: with
+#     V[p] (tiles, C) = (B^T d B)[p] of every tile and channel     (winograd_input)
+#     U[p] (C, F)     = (G g G^T)[p] of every kernel slice          (winograd_kernel)
+# M[p] = V[p] @ U[p] sums over the channels, and Y = A^T M A gives every tile's outputs
+# (winograd_output). That is 16 * C * F multiply-adds per 2x2 outputs against 36 * C * F
+# for im2col: cnn_sparse's second conv (13x13x64 -> 11x11x64, 6x6 tiles) needs 2.4 instead
+# of 4.5 million per image. The transforms only add and subtract (and halve exactly), so
+# float32 rounding stays that of the plain product (tests/test_kernels.py measures it
+# against float64). Measured here, one thread, that conv for 10,000 images (2026-11-29):
+# im2col + product 0.43 s, Winograd 0.29 s (input 0.04, products 0.22, output 0.03).
+# Conv2D uses it where `winograd_fits`: z = winograd_output(V @ U), V and U from
+# winograd_input and winograd_kernel.
+WINOGRAD_BT = np.array([[1, 0, -1, 0],      # B^T (4, 4): input tile -> transformed tile
+                        [0, 1, 1, 0],
+                        [0, -1, 1, 0],
+                        [0, 1, 0, -1]], dtype=np.float64)
+WINOGRAD_G = np.array([[1, 0, 0],           # G (4, 3): kernel -> transformed kernel
+                       [0.5, 0.5, 0.5],
+                       [0.5, -0.5, 0.5],
+                       [0, 0, 1]], dtype=np.float64)
+WINOGRAD_AT = np.array([[1, 1, 1, 0],       # A^T (2, 4): products -> 2 outputs
+                        [0, 1, -1, -1]], dtype=np.float64)
+WINOGRAD_G_KRON_G = np.kron(WINOGRAD_G, WINOGRAD_G)     # (16, 9): G g G^T for a flattened g
+# Below 16 channels the transforms cost more than the products they save (a grey image's
+# first conv, C = 1, is a (N*OH*OW, 9) @ (9, F) product that Winograd cannot shorten).
+WINOGRAD_MIN_CHANNELS = 16
+
+
+def winograd_fits(kernel_size, strides, in_channels):
+    """True when Conv2D should take Winograd's way: a 3x3 kernel, stride 1, 16 channels or more."""
+    return tuple(kernel_size) == (3, 3) and tuple(strides) == (1, 1) and in_channels >= WINOGRAD_MIN_CHANNELS
+
+
+def winograd_tiles(out_h, out_w):
+    """(TH, TW): 2x2 output blocks down and across, ceil(OH/2) x ceil(OW/2); the last ones may hang over."""
+    return (out_h + 1) // 2, (out_w + 1) // 2
+
+
+def winograd_kernel(kernel):
+    """U (16, C, F), U[4a + b] = (G g G^T)[a, b] for each kernel slice g = kernel[:, :, c, f].
+
+    kernel (3, 3, C, F). The 16 sums sum_ij G[a, i] g[i, j] G[b, j] for all (c, f) at once:
+    one product with the Kronecker product G (x) G (16, 9) and the kernel as (9, C*F).
+    (Plain NumPy: it is one small product, done once per forward pass.)
+    """
+    _, _, c, f = kernel.shape
+    g_kron_g = WINOGRAD_G_KRON_G.astype(kernel.dtype, copy=False)         # (16, 9)
+    return (g_kron_g @ kernel.reshape(9, c * f)).reshape(16, c, f)
+
+
+@_jit()
+def winograd_input(x, pad_top, pad_left, tiles_h, tiles_w, out=None):
+    """V[4a + b, (n*TH + ty)*TW + tx, c] = (B^T d B)[a, b], d = the 4x4 input tile of output block (ty, tx).
+
+    x (N, H, W, C) C-contiguous -> V (16, N*TH*TW, C). Tile (ty, tx) covers rows
+    2ty - pad_top ... + 3 and columns 2tx - pad_left ... + 3; pixels outside x read as 0.
+    B^T d applies to the tile's rows, then B to its columns, with the rule of B^T's rows:
+        (d0 - d2, d1 + d2, d2 - d1, d1 - d3).
+    The row step runs over a whole strip of tiles at once (an image row is W*C contiguous
+    values, and neighbouring tiles share two columns); the column step reads the strip.
+    """
+    n, h, w, c = x.shape
+    v = np.empty((16, n * tiles_h * tiles_w, c), dtype=x.dtype) if out is None else out
+    width = 2 * tiles_w + 2                            # columns the strip's tiles cover
+    strip = np.zeros((4, width * c), dtype=x.dtype)    # B^T d for the strip; padding stays 0
+    zero_row = np.zeros(w * c, dtype=x.dtype)
+    used = min(w, width - pad_left) * c                # the image's values a strip row takes
+    first, last = pad_left * c, pad_left * c + used    # where they go in it
+    tile = 0
+    for b in range(n):
+        image = x[b].reshape(h, w * c)
+        for ty in range(tiles_h):
+            y0 = 2 * ty - pad_top
+            d0 = image[y0] if 0 <= y0 < h else zero_row
+            d1 = image[y0 + 1] if 0 <= y0 + 1 < h else zero_row
+            d2 = image[y0 + 2] if 0 <= y0 + 2 < h else zero_row
+            d3 = image[y0 + 3] if 0 <= y0 + 3 < h else zero_row
+            e0, e1, e2, e3 = (strip[0, first:last], strip[1, first:last],
+                              strip[2, first:last], strip[3, first:last])
+            for t in range(used):                       # B^T d: rows
+                e0[t] = d0[t] - d2[t]
+            for t in range(used):
+                e1[t] = d1[t] + d2[t]
+            for t in range(used):
+                e2[t] = d2[t] - d1[t]
+            for t in range(used):
+                e3[t] = d1[t] - d3[t]
+            for a in range(4):                          # (B^T d) B: columns 2tx ... 2tx+3 of each tile
+                e = strip[a].reshape(width, c)
+                v0 = v[4 * a, tile:tile + tiles_w]       # (TW, C) each
+                v1 = v[4 * a + 1, tile:tile + tiles_w]
+                v2 = v[4 * a + 2, tile:tile + tiles_w]
+                v3 = v[4 * a + 3, tile:tile + tiles_w]
+                for tx in range(tiles_w):
+                    for ch in range(c):
+                        v0[tx, ch] = e[2 * tx, ch] - e[2 * tx + 2, ch]
+                for tx in range(tiles_w):
+                    for ch in range(c):
+                        v1[tx, ch] = e[2 * tx + 1, ch] + e[2 * tx + 2, ch]
+                for tx in range(tiles_w):
+                    for ch in range(c):
+                        v2[tx, ch] = e[2 * tx + 2, ch] - e[2 * tx + 1, ch]
+                for tx in range(tiles_w):
+                    for ch in range(c):
+                        v3[tx, ch] = e[2 * tx + 1, ch] - e[2 * tx + 3, ch]
+            tile += tiles_w
+    return v
+
+
+def winograd_input_numpy(x, pad_top, pad_left, tiles_h, tiles_w, out=None):
+    """NumPy twin of `winograd_input`: cut the padded image into 4x4 tiles, then B^T d B with einsum."""
+    n, h, w, c = x.shape
+    padded = np.zeros((n, 2 * tiles_h + 2, 2 * tiles_w + 2, c), dtype=x.dtype)
+    rows, cols = min(h, padded.shape[1] - pad_top), min(w, padded.shape[2] - pad_left)
+    padded[:, pad_top:pad_top + rows, pad_left:pad_left + cols] = x[:, :rows, :cols]
+    tiles = np.empty((n, tiles_h, tiles_w, 4, 4, c), dtype=x.dtype)
+    for i in range(4):
+        for j in range(4):
+            tiles[:, :, :, i, j] = padded[:, i:i + 2 * tiles_h:2, j:j + 2 * tiles_w:2]
+    bt = WINOGRAD_BT.astype(x.dtype)
+    v = np.einsum("ai,nyxijc,bj->abnyxc", bt, tiles, bt)        # B^T d B for every tile and channel
+    return _into(out, v.reshape(16, n * tiles_h * tiles_w, c))
+
+
+@_jit()
+def winograd_output(m, n, out_h, out_w, tiles_h, tiles_w, out=None):
+    """z[n, 2ty + r, 2tx + s, f] = (A^T M A)[r, s] for tile (ty, tx); blocks hanging over z's edge are cut.
+
+    m (16, N*TH*TW, F), the products M[4a + b] = V[4a + b] @ U[4a + b] -> z (N, OH, OW, F),
+    the convolution without bias. A^T's rows: (m0 + m1 + m2, m1 - m2 - m3), first over a
+    (the tile's rows), then over b (its columns).
+    """
+    f = m.shape[2]
+    z = np.empty((n, out_h, out_w, f), dtype=m.dtype) if out is None else out
+    rows = np.empty((2, 4, tiles_w, f), dtype=m.dtype)     # A^T M for one strip of tiles
+    even_cols, odd_cols = (out_w + 1) // 2, out_w // 2    # output columns 2tx and 2tx + 1
+    tile = 0
+    for b in range(n):
+        for ty in range(tiles_h):
+            for q in range(4):                              # A^T M: rows
+                m0 = m[q, tile:tile + tiles_w]
+                m1 = m[4 + q, tile:tile + tiles_w]
+                m2 = m[8 + q, tile:tile + tiles_w]
+                m3 = m[12 + q, tile:tile + tiles_w]
+                s0, s1 = rows[0, q], rows[1, q]
+                for tx in range(tiles_w):
+                    for k in range(f):
+                        s0[tx, k] = m0[tx, k] + m1[tx, k] + m2[tx, k]
+                for tx in range(tiles_w):
+                    for k in range(f):
+                        s1[tx, k] = m1[tx, k] - m2[tx, k] - m3[tx, k]
+            for r in range(2):                              # (A^T M) A: columns
+                oy = 2 * ty + r
+                if oy >= out_h:
+                    break
+                s0, s1, s2, s3 = rows[r, 0], rows[r, 1], rows[r, 2], rows[r, 3]
+                line = z[b, oy]                             # (OW, F)
+                for tx in range(even_cols):
+                    for k in range(f):
+                        line[2 * tx, k] = s0[tx, k] + s1[tx, k] + s2[tx, k]
+                for tx in range(odd_cols):
+                    for k in range(f):
+                        line[2 * tx + 1, k] = s1[tx, k] - s2[tx, k] - s3[tx, k]
+            tile += tiles_w
+    return z
+
+
+def winograd_output_numpy(m, n, out_h, out_w, tiles_h, tiles_w, out=None):
+    """NumPy twin of `winograd_output`: A^T M A with einsum, the 2x2 blocks laid side by side, then cut."""
+    f = m.shape[2]
+    at = WINOGRAD_AT.astype(m.dtype)
+    blocks = np.einsum("ra,abnyxf,sb->nyrxsf", at, m.reshape(4, 4, n, tiles_h, tiles_w, f), at)
+    z = blocks.reshape(n, 2 * tiles_h, 2 * tiles_w, f)[:, :out_h, :out_w]
+    return _into(out, np.ascontiguousarray(z))
+
+
+# Training backpropagates through the same steps. Each transform is a linear map, and the
+# gradient of a linear map y = T(x) is its transpose (adjoint): dL/dx = T^T(dL/dy). So, with
+# dM, dU, dV the gradients of M, U, V:
+#     dM[p] = (A dZ A^T)[p] per 2x2 block dZ of dL/dz     (winograd_output_backward)
+#     dU[p] = V[p]^T @ dM[p]   (C, F): dL/dkernel = G^T dU G   (winograd_kernel_backward)
+#     dV[p] = dM[p] @ U[p]^T   (T, C): dL/dx = B dV B^T per tile, the tiles' overlaps added
+#                                      and padding dropped (winograd_input_backward)
+# All three products then cost 16 instead of 36 multiply-adds per 2x2 outputs, and no
+# patches (im2col) or col2im are needed: V, kept from the forward pass, serves dL/dkernel.
+def winograd_kernel_backward(du):
+    """dL/dkernel (3, 3, C, F) from dU = dL/dU (16, C, F): the transpose of winograd_kernel, (G (x) G)^T @ dU."""
+    _, c, f = du.shape
+    g_kron_g = WINOGRAD_G_KRON_G.astype(du.dtype, copy=False)            # (16, 9)
+    return (g_kron_g.T @ du.reshape(16, c * f)).reshape(3, 3, c, f)
+
+
+@_jit()
+def winograd_output_backward(dz, tiles_h, tiles_w, out=None):
+    """dM (16, N*TH*TW, F) from dL/dz (N, OH, OW, F): the transpose of winograd_output.
+
+    dM[4a + b, tile] = (A dZ A^T)[a, b], dZ the tile's 2x2 block of dz (0 where it hangs over
+    z's edge). A = (A^T)^T (4, 2) turns a pair (z0, z1) into (z0, z0 + z1, z0 - z1, -z1);
+    it applies to the block's columns, then to its rows.
+    """
+    n, out_h, out_w, f = dz.shape
+    dm = np.empty((16, n * tiles_h * tiles_w, f), dtype=dz.dtype) if out is None else out
+    block = np.zeros((2, 2 * tiles_w, f), dtype=dz.dtype)     # the strip's two rows of dz, 0 past its edge
+    cols = np.empty((2, 4, tiles_w, f), dtype=dz.dtype)       # dZ A^T for the strip
+    tile = 0
+    for b in range(n):
+        for ty in range(tiles_h):
+            for r in range(2):
+                oy = 2 * ty + r
+                row = block[r]
+                if oy < out_h:
+                    for col in range(out_w):
+                        for k in range(f):
+                            row[col, k] = dz[b, oy, col, k]
+                else:                                          # past z's bottom edge
+                    for col in range(2 * tiles_w):
+                        for k in range(f):
+                            row[col, k] = 0
+                c0, c1, c2, c3 = cols[r, 0], cols[r, 1], cols[r, 2], cols[r, 3]
+                for tx in range(tiles_w):                      # dZ A^T: columns
+                    for k in range(f):
+                        c0[tx, k] = row[2 * tx, k]
+                for tx in range(tiles_w):
+                    for k in range(f):
+                        c1[tx, k] = row[2 * tx, k] + row[2 * tx + 1, k]
+                for tx in range(tiles_w):
+                    for k in range(f):
+                        c2[tx, k] = row[2 * tx, k] - row[2 * tx + 1, k]
+                for tx in range(tiles_w):
+                    for k in range(f):
+                        c3[tx, k] = -row[2 * tx + 1, k]
+            for q in range(4):                                 # A (dZ A^T): rows
+                top, bottom = cols[0, q], cols[1, q]
+                m0 = dm[q, tile:tile + tiles_w]
+                m1 = dm[4 + q, tile:tile + tiles_w]
+                m2 = dm[8 + q, tile:tile + tiles_w]
+                m3 = dm[12 + q, tile:tile + tiles_w]
+                for tx in range(tiles_w):
+                    for k in range(f):
+                        m0[tx, k] = top[tx, k]
+                for tx in range(tiles_w):
+                    for k in range(f):
+                        m1[tx, k] = top[tx, k] + bottom[tx, k]
+                for tx in range(tiles_w):
+                    for k in range(f):
+                        m2[tx, k] = top[tx, k] - bottom[tx, k]
+                for tx in range(tiles_w):
+                    for k in range(f):
+                        m3[tx, k] = -bottom[tx, k]
+            tile += tiles_w
+    return dm
+
+
+def winograd_output_backward_numpy(dz, tiles_h, tiles_w, out=None):
+    """NumPy twin of `winograd_output_backward`: pad dz to whole blocks, then A dZ A^T with einsum."""
+    n, out_h, out_w, f = dz.shape
+    padded = np.zeros((n, 2 * tiles_h, 2 * tiles_w, f), dtype=dz.dtype)
+    padded[:, :out_h, :out_w] = dz
+    a = WINOGRAD_AT.T.astype(dz.dtype)                                  # A (4, 2)
+    dm = np.einsum("ar,nyrxsf,bs->abnyxf", a, padded.reshape(n, tiles_h, 2, tiles_w, 2, f), a)
+    return _into(out, dm.reshape(16, n * tiles_h * tiles_w, f))
+
+
+@_jit()
+def winograd_input_backward(dv, n, h, w, pad_top, pad_left, tiles_h, tiles_w, out=None):
+    """dL/dx (N, H, W, C) from dV (16, N*TH*TW, C): the transpose of winograd_input.
+
+    Each tile's B dV B^T (4, 4, C) is added onto the pixels the tile covers (tiles overlap by
+    two rows and two columns); entries that fall on padding are dropped. B = (B^T)^T turns
+    (e0, e1, e2, e3) into (e0, e1 - e2 + e3, e1 + e2 - e0, -e3); it applies to the tile's
+    columns (a strip of tiles at a time, added into a strip buffer), then to its rows.
+    """
+    c = dv.shape[2]
+    dx = np.empty((n, h, w, c), dtype=dv.dtype) if out is None else out
+    dx.fill(0)
+    width = 2 * tiles_w + 2
+    strip = np.empty((4, width * c), dtype=dv.dtype)        # dV B^T for the strip, columns overlapping
+    used = min(w, width - pad_left) * c
+    first, last = pad_left * c, pad_left * c + used
+    tile = 0
+    for b in range(n):
+        image = dx[b].reshape(h, w * c)
+        for ty in range(tiles_h):
+            for a in range(4):                                  # dV B^T: columns, added where tiles overlap
+                e = strip[a].reshape(width, c)
+                for t in range(width * c):
+                    strip[a, t] = 0
+                v0 = dv[4 * a, tile:tile + tiles_w]
+                v1 = dv[4 * a + 1, tile:tile + tiles_w]
+                v2 = dv[4 * a + 2, tile:tile + tiles_w]
+                v3 = dv[4 * a + 3, tile:tile + tiles_w]
+                for tx in range(tiles_w):
+                    for ch in range(c):
+                        e[2 * tx, ch] += v0[tx, ch]
+                for tx in range(tiles_w):
+                    for ch in range(c):
+                        e[2 * tx + 1, ch] += v1[tx, ch] - v2[tx, ch] + v3[tx, ch]
+                for tx in range(tiles_w):
+                    for ch in range(c):
+                        e[2 * tx + 2, ch] += v1[tx, ch] + v2[tx, ch] - v0[tx, ch]
+                for tx in range(tiles_w):
+                    for ch in range(c):
+                        e[2 * tx + 3, ch] -= v3[tx, ch]
+            e0, e1, e2, e3 = (strip[0, first:last], strip[1, first:last],
+                              strip[2, first:last], strip[3, first:last])
+            y0 = 2 * ty - pad_top                               # B (dV B^T): rows, onto the image
+            if 0 <= y0 < h:
+                row = image[y0]
+                for t in range(used):
+                    row[t] += e0[t]
+            if 0 <= y0 + 1 < h:
+                row = image[y0 + 1]
+                for t in range(used):
+                    row[t] += e1[t] - e2[t] + e3[t]
+            if 0 <= y0 + 2 < h:
+                row = image[y0 + 2]
+                for t in range(used):
+                    row[t] += e1[t] + e2[t] - e0[t]
+            if 0 <= y0 + 3 < h:
+                row = image[y0 + 3]
+                for t in range(used):
+                    row[t] -= e3[t]
+            tile += tiles_w
+    return dx
+
+
+def winograd_input_backward_numpy(dv, n, h, w, pad_top, pad_left, tiles_h, tiles_w, out=None):
+    """NumPy twin of `winograd_input_backward`: B dV B^T with einsum, each tile added into a padded image, then cropped."""
+    c = dv.shape[2]
+    bt = WINOGRAD_BT.astype(dv.dtype)
+    tiles = np.einsum("ai,abnyxc,bj->nyxijc", bt, dv.reshape(4, 4, n, tiles_h, tiles_w, c), bt)
+    padded = np.zeros((n, 2 * tiles_h + 2, 2 * tiles_w + 2, c), dtype=dv.dtype)
+    for i in range(4):
+        for j in range(4):
+            padded[:, i:i + 2 * tiles_h:2, j:j + 2 * tiles_w:2] += tiles[:, :, :, i, j]
+    rows, cols = min(h, padded.shape[1] - pad_top), min(w, padded.shape[2] - pad_left)
+    dx = np.zeros((n, h, w, c), dtype=dv.dtype)
+    dx[:, :rows, :cols] = padded[:, pad_top:pad_top + rows, pad_left:pad_left + cols]
+    return _into(out, dx)
+
+
+# ---------------------------------------------------------------------------
 # Max pooling, keeping where each maximum came from
 # ---------------------------------------------------------------------------
 @_jit()

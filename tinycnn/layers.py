@@ -303,6 +303,10 @@ class Conv2D(_WeightedLayer):
 
     As one matrix product: the patches of x become the rows of cols (N*OH*OW, KH*KW*C) (im2col),
     and the kernel reshapes, with no transpose, to W2 (KH*KW*C, F):  Z = cols @ W2.
+    A 3x3, stride-1 convolution on 16 channels or more takes a shortcut to the same Z, Winograd's
+    algorithm (kernels.py): 16 multiply-adds per 2x2 outputs where the product spends 36.
+        V = winograd_input(x)  (16, T, C): each 4x4 tile of x (T tiles), transformed
+        U = winograd_kernel(kernel)  (16, C, F);   Z = winograd_output(V @ U), 16 products over C.
     """
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None, use_bias=True,
@@ -332,13 +336,24 @@ class Conv2D(_WeightedLayer):
         kh, kw = self.kernel_size
         self._add_weights((kh, kw, input_shape[2], self.filters), (self.filters,))
         self._oh, self._ow, self._pad_top, self._pad_left = self._geometry(input_shape)
+        self._winograd = kernels.winograd_fits(self.kernel_size, self.strides, input_shape[2])
 
     def forward(self, x, training=False):
-        """x (N, H, W, C) -> y (N, OH, OW, F). Caches cols (for dW, dx) and y (for the activation)."""
+        """x (N, H, W, C) -> y (N, OH, OW, F). Caches cols (for dW, dx) and y (for the activation).
+
+        Where Winograd fits, caches V and U instead of cols (for dW and dx; see backward_linear).
+        """
         x = self._check_input(x)
         (kh, kw), (sh, sw), f = self.kernel_size, self.strides, self.filters
-        self.cols = kernels.im2col(x, kh, kw, sh, sw, self._pad_top, self._pad_left, self._oh, self._ow)
-        z = kernels.matmul(self.cols, self.kernel.reshape(kh * kw * x.shape[3], f))   # (N*OH*OW, F)
+        if self._winograd:
+            tiles_h, tiles_w = kernels.winograd_tiles(self._oh, self._ow)
+            self.v = kernels.winograd_input(x, self._pad_top, self._pad_left, tiles_h, tiles_w)   # (16, T, C)
+            self.u = kernels.winograd_kernel(self.kernel)                                       # (16, C, F)
+            m = np.matmul(self.v, self.u)                            # (16, T, F): 16 products over C
+            z = kernels.winograd_output(m, x.shape[0], self._oh, self._ow, tiles_h, tiles_w).reshape(-1, f)
+        else:
+            self.cols = kernels.im2col(x, kh, kw, sh, sw, self._pad_top, self._pad_left, self._oh, self._ow)
+            z = kernels.matmul(self.cols, self.kernel.reshape(kh * kw * x.shape[3], f))   # (N*OH*OW, F)
         y = self._bias_and_activation(z)
         self.output = y.reshape(x.shape[0], self._oh, self._ow, f)
         if self.outputs_softmax:
@@ -351,16 +366,28 @@ class Conv2D(_WeightedLayer):
             dL/dW2 = cols^T @ dZ   (KH*KW*C, F), reshaped to the kernel's (KH, KW, C, F)
             dL/db  = sum of dZ over batch and pixels
             dL/dx  = col2im(dZ @ W2^T): every patch's gradient added back onto its pixels
+        Winograd's way (z = output(V @ U), three linear steps), each step's transpose in reverse:
+            dM = output^T(dZ);  dU = V^T @ dM -> dL/dkernel = kernel^T(dU);  dV = dM @ U^T -> dL/dx = input^T(dV)
         """
         (kh, kw), (sh, sw), f = self.kernel_size, self.strides, self.filters
-        dz = grad_z.reshape(-1, f)                                             # (N*OH*OW, F)
-        kernels.matmul(self.cols.T, dz, out=self.grads[0].reshape(-1, f))      # written into dL/dkernel
+        h, w, c = self.input_shape
+        if self._winograd:
+            tiles_h, tiles_w = kernels.winograd_tiles(self._oh, self._ow)
+            dm = kernels.winograd_output_backward(grad_z, tiles_h, tiles_w)        # (16, T, F)
+            du = np.matmul(self.v.transpose(0, 2, 1), dm)                           # (16, C, F), summed over tiles
+            self.grads[0][...] = kernels.winograd_kernel_backward(du)
+        else:
+            dz = grad_z.reshape(-1, f)                                             # (N*OH*OW, F)
+            kernels.matmul(self.cols.T, dz, out=self.grads[0].reshape(-1, f))      # written into dL/dkernel
         if self.use_bias:
-            self.grads[1][...] = kernels.column_sums(dz)       # sum over rows
+            self.grads[1][...] = kernels.column_sums(grad_z.reshape(-1, f))        # sum over rows
         if not self.need_input_grad:
             return None
+        if self._winograd:
+            dv = np.matmul(dm, self.u.transpose(0, 2, 1))                           # (16, T, C)
+            return kernels.winograd_input_backward(dv, grad_z.shape[0], h, w, self._pad_top, self._pad_left,
+                                                   tiles_h, tiles_w)
         dcols = kernels.matmul(dz, self.kernel.reshape(-1, f).T)               # (N*OH*OW, KH*KW*C)
-        h, w, c = self.input_shape
         return kernels.col2im(dcols, grad_z.shape[0], h, w, c, kh, kw, sh, sw,
                               self._pad_top, self._pad_left, self._oh, self._ow)
 

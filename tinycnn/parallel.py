@@ -92,14 +92,17 @@ def worth_halves(layers, batch_size):
 # with one (32 -> 8); pieces of 4 (PIECE_BYTES 1.2 MB) 0.48 and 0.69 s; training 4.54 ->
 # 4.31 ms a step (halves of 16 -> pieces of 8, alternating in one process). cnn_categorical
 # (24 KB per image) is fastest in whole batches: its Dense layer then reads its 2 MB kernel
-# once for them all.
+# once for them all. A convolution that takes Winograd's way (kernels.winograd_fits) makes
+# no patch matrix, and pieces did not pay for it: since cnn_sparse's second conv takes that
+# way, its halves of 16 run whole (training 2.96 -> 2.81 ms a step, predict unchanged).
 PIECE_BYTES = 2_500_000
 
 
 def rows_per_piece(layers, rows):
     """How many of `rows` images one forward pass should take at a time (>= 1)."""
     biggest = max((math.prod(layer.output_shape[:-1]) * math.prod(layer.kernel.shape[:-1]) * layer.kernel.itemsize
-                   for layer in layers if isinstance(layer, Conv2D) and layer.built), default=0)
+                   for layer in layers if isinstance(layer, Conv2D) and layer.built and not layer._winograd),
+                  default=0)
     if biggest == 0:
         return rows
     return max(1, min(rows, PIECE_BYTES // biggest))
