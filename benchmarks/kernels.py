@@ -21,6 +21,8 @@ also triggers numba's compilation):
    as tinycnn runs them, next to the same layer with every numba kernel swapped for its
    NumPy twin (the layer code unchanged), and the achieved GFLOP/s of the conv and dense
    layers (2 FLOP per multiply-add; backward counts dW and, where the layer needs it, dx).
+   A conv that takes Winograd's way (cnn_sparse's second) is counted at its im2col product's
+   FLOPs: the rate is what the plain product would need to reach to be as fast.
 
 By default OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are dropped before NumPy loads, as in
 vs_keras.py (--blas-env inherit keeps them); the OpenBLAS kernel in use is printed.
@@ -131,6 +133,16 @@ def kernel_cases(k):
             dcols = rand(N * oh * ow, 9 * c)
             cases.setdefault("col2im", []).append(
                 (label, (dcols, N, h, w, c, 3, 3, 1, 1, 0, 0, oh, ow), dcols.nbytes + x.nbytes))
+        if k.winograd_fits((3, 3), (1, 1), c):           # the conv takes Winograd's way instead
+            th, tw = k.winograd_tiles(oh, ow)
+            v_bytes, m_bytes = 16 * N * th * tw * c * 4, 16 * N * th * tw * f * 4
+            cases.setdefault("winograd_input", []).append((label, (x, 0, 0, th, tw), x.nbytes + v_bytes))
+            cases.setdefault("winograd_output", []).append(
+                (label, (rand(16, N * th * tw, f), N, oh, ow, th, tw), m_bytes + N * oh * ow * f * 4))
+            cases.setdefault("winograd_output_backward", []).append(
+                (label, (rand(N, oh, ow, f), th, tw), m_bytes + N * oh * ow * f * 4))
+            cases.setdefault("winograd_input_backward", []).append(
+                (label, (rand(16, N * th * tw, c), N, h, w, 0, 0, th, tw), v_bytes + x.nbytes))
         z = rand(N * oh * ow, f)
         b = rand(f)
         cases.setdefault("bias_relu_", []).append((label, (z, b), 2 * z.nbytes))

@@ -255,6 +255,17 @@ def test_conv2d_takes_winograd_where_it_fits_with_the_products_results(cfg, dtyp
             assert a.dtype == np.dtype(dtype) and rel_error(a, b) < (1e-12 if dtype == "float64" else 1e-5)
 
 
+def test_conv2d_winograd_backward_twice_says_it_needs_a_forward_pass():
+    layer, x = winograd_layer(WINOGRAD_CONFIGS[0])
+    upstream = np.ones((x.shape[0],) + layer.output_shape)
+    layer.forward(x, training=True)
+    layer.backward(upstream)
+    with pytest.raises(RuntimeError, match="backward needs a forward pass before it"):
+        layer.backward(upstream)
+    layer.forward(x, training=True)
+    assert layer.backward(upstream).shape == x.shape
+
+
 @pytest.mark.parametrize("input_shape,kernel_size,strides", [((9, 9, 15), 3, 1), ((9, 9, 16), 3, 2), ((9, 9, 16), 5, 1),
                                                              ((28, 28, 1), 3, 1)])
 def test_conv2d_keeps_the_product_where_winograd_does_not_fit(input_shape, kernel_size, strides, monkeypatch):

@@ -249,19 +249,20 @@ def test_training_in_pieces_gives_the_whole_batch_gradient(threads, monkeypatch)
         assert rel_error(got, want) < 1e-10
 
 
-def test_pieces_only_for_big_patch_matrices():
+def test_pieces_only_for_big_scratch_arrays():
     # A 3x3 conv on 64 channels with stride 2 makes 13x13x64 -> 6x6 outputs x 576 taps, 83 KB
-    # of patches per image: pieces of 30 images. cnn_sparse's second conv would make 279 KB, but
-    # takes Winograd's way (no patches): whole batches, as cnn_categorical's conv (24 KB) and no
-    # conv at all.
+    # of patches per image: pieces of 30 images. cnn_sparse's second conv takes Winograd's way:
+    # 6x6 tiles x 16 x 64 channels, 147 KB per image: 16 images (a half batch whole);
+    # cnn_categorical's conv makes 24 KB of patches (a whole batch); no conv at all: a whole batch.
     from tinycnn import zoo
     from tinycnn.layers import Conv2D
     from tinycnn.models import Sequential
     strided = Sequential([Conv2D(64, 3, strides=2, input_shape=(13, 13, 64))])
     assert parallel.rows_per_piece(strided.layers, 64) == parallel.PIECE_BYTES // (6 * 6 * 576 * 4) == 30
-    winograd = Sequential([Conv2D(64, 3, input_shape=(13, 13, 64))])
-    assert winograd.layers[0]._winograd and parallel.rows_per_piece(winograd.layers, 64) == 64
-    assert parallel.rows_per_piece(zoo.cnn_sparse_categorical_model().layers, 16) == 16
+    sparse = zoo.cnn_sparse_categorical_model().layers
+    assert sparse[2]._winograd and parallel.scratch_bytes_per_image(sparse[2]) == 6 * 6 * 16 * 64 * 4
+    assert parallel.rows_per_piece(sparse, 32) == parallel.PIECE_BYTES // (6 * 6 * 16 * 64 * 4) == 16
+    assert parallel.rows_per_piece(sparse, 16) == 16
     assert parallel.rows_per_piece(zoo.cnn_categorical_model().layers, 16) == 16
     assert parallel.rows_per_piece(zoo.simple_dense_model().layers, 32) == 32
 

@@ -372,6 +372,9 @@ class Conv2D(_WeightedLayer):
         (kh, kw), (sh, sw), f = self.kernel_size, self.strides, self.filters
         h, w, c = self.input_shape
         if self._winograd:
+            if getattr(self, "v", None) is None:
+                raise RuntimeError(f"{self.name}: backward needs a forward pass before it; each forward "
+                                   f"pass serves one backward pass (dL/dx reuses the cached tiles' memory)")
             tiles_h, tiles_w = kernels.winograd_tiles(self._oh, self._ow)
             dm = kernels.winograd_output_backward(grad_z, tiles_h, tiles_w)        # (16, T, F)
             du = np.matmul(self.v.transpose(0, 2, 1), dm)                           # (16, C, F), summed over tiles
@@ -383,8 +386,9 @@ class Conv2D(_WeightedLayer):
             self.grads[1][...] = kernels.column_sums(grad_z.reshape(-1, f))        # sum over rows
         if not self.need_input_grad:
             return None
-        if self._winograd:
-            dv = np.matmul(dm, self.u.transpose(0, 2, 1))                           # (16, T, C)
+        if self._winograd:     # dV, (16, T, C) like V, goes into V's memory: dU was V's last use
+            dv = np.matmul(dm, self.u.transpose(0, 2, 1), out=self.v)
+            self.v = None
             return kernels.winograd_input_backward(dv, grad_z.shape[0], h, w, self._pad_top, self._pad_left,
                                                    tiles_h, tiles_w)
         dcols = kernels.matmul(dz, self.kernel.reshape(-1, f).T)               # (N*OH*OW, KH*KW*C)

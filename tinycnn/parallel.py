@@ -48,7 +48,7 @@ import warnings
 
 import numpy as np
 
-from tinycnn import utils
+from tinycnn import kernels, utils
 from tinycnn.layers import Conv2D
 
 
@@ -87,21 +87,31 @@ def worth_halves(layers, batch_size):
 # go in pieces whose biggest patch matrix (a Conv2D's im2col, OH*OW x KH*KW*C per image)
 # stays under PIECE_BYTES: its product then reads it back from the cache. Measured on this
 # 2-core machine (2026-11-29, predict of the 10,000 test images, batch 32, medians of 12
-# runs alternating in one process): cnn_sparse (its second conv makes 279 KB of patches
+# runs alternating in one process): cnn_sparse (its second conv made 279 KB of patches
 # per image) 0.53 -> 0.45 s with two threads (halves of 16 -> pieces of 8), 0.91 -> 0.65 s
 # with one (32 -> 8); pieces of 4 (PIECE_BYTES 1.2 MB) 0.48 and 0.69 s; training 4.54 ->
 # 4.31 ms a step (halves of 16 -> pieces of 8, alternating in one process). cnn_categorical
 # (24 KB per image) is fastest in whole batches: its Dense layer then reads its 2 MB kernel
 # once for them all. A convolution that takes Winograd's way (kernels.winograd_fits) makes
-# no patch matrix, and pieces did not pay for it: since cnn_sparse's second conv takes that
-# way, its halves of 16 run whole (training 2.96 -> 2.81 ms a step, predict unchanged).
+# its tiles V (16 x TH*TW x C per image) instead of patches: cnn_sparse's second conv, 147
+# KB per image, so pieces of 16: halves run whole (training 2.96 ms a step in pieces of 8, 2.81 in
+# halves of 16; predict the same), and a whole batch of 32 in two pieces, which keeps its
+# peak memory down.
 PIECE_BYTES = 2_500_000
+
+
+def scratch_bytes_per_image(layer):
+    """Bytes of the biggest array a Conv2D makes per image: Winograd's tiles V, else im2col's patches."""
+    itemsize = layer.kernel.itemsize
+    if layer._winograd:
+        tiles_h, tiles_w = kernels.winograd_tiles(*layer.output_shape[:2])
+        return 16 * tiles_h * tiles_w * layer.kernel.shape[2] * itemsize
+    return math.prod(layer.output_shape[:-1]) * math.prod(layer.kernel.shape[:-1]) * itemsize
 
 
 def rows_per_piece(layers, rows):
     """How many of `rows` images one forward pass should take at a time (>= 1)."""
-    biggest = max((math.prod(layer.output_shape[:-1]) * math.prod(layer.kernel.shape[:-1]) * layer.kernel.itemsize
-                   for layer in layers if isinstance(layer, Conv2D) and layer.built and not layer._winograd),
+    biggest = max((scratch_bytes_per_image(layer) for layer in layers if isinstance(layer, Conv2D) and layer.built),
                   default=0)
     if biggest == 0:
         return rows
