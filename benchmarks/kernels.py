@@ -21,6 +21,7 @@ also triggers numba's compilation):
    as tinycnn runs them, next to the same layer with every numba kernel swapped for its
    NumPy twin (the layer code unchanged), and the achieved GFLOP/s of the conv and dense
    layers (2 FLOP per multiply-add; backward counts dW and, where the layer needs it, dx).
+   Backward is timed as forward + backward minus forward (a forward pass serves one backward).
    A conv that takes Winograd's way (cnn_sparse's second) is counted at its im2col product's
    FLOPs: the rate is what the plain product would need to reach to be as fast.
 
@@ -326,8 +327,8 @@ def measure(args, samples, min_time, want, k, numba):
                 ctx.__enter__()
             try:
                 fwd = bench(lambda: layer.forward(x, training=True), samples, min_time)
-                layer.forward(x, training=True)
-                bwd = bench(lambda: layer_backward(layer, g), samples, min_time)
+                both = bench(lambda: (layer.forward(x, training=True), layer_backward(layer, g)), samples, min_time)
+                bwd = both - fwd           # each forward pass serves one backward pass (the layer contract)
             finally:
                 if ctx:
                     ctx.__exit__(None, None, None)
