@@ -139,6 +139,18 @@ def tiny_cnn(dtype="float32", loss="categorical_crossentropy"):
     return model
 
 
+def winograd_cnn(dtype="float32"):
+    """tiny_cnn with a second conv on 16 channels: a 3x3 stride-1 conv that takes Winograd's way."""
+    utils.set_random_seed(3)
+    model = Sequential([Conv2D(16, 3, activation="relu", input_shape=(9, 9, 2), dtype=dtype),
+                        Conv2D(4, 3, activation="relu", dtype=dtype),
+                        MaxPooling2D(2, dtype=dtype), Flatten(dtype=dtype),
+                        Dense(6, activation="relu", dtype=dtype), Dense(3, activation="softmax", dtype=dtype)])
+    model.compile("adam", "categorical_crossentropy", metrics=["accuracy"])
+    assert model.layers[1]._winograd
+    return model
+
+
 def batch(n, dtype, rng):
     x = rng.standard_normal((n, 9, 9, 2)).astype(dtype)
     labels = rng.integers(0, 3, n)
@@ -179,13 +191,14 @@ def test_halves_give_the_whole_batch_gradient_and_loss(threads, n):
         assert rel_error(a, b) < 1e-10
 
 
-def test_two_threads_train_like_one_and_repeat_bit_for_bit(threads):
+@pytest.mark.parametrize("make_model", [tiny_cnn, winograd_cnn])
+def test_two_threads_train_like_one_and_repeat_bit_for_bit(threads, make_model):
     rng = np.random.default_rng(0)
     x, y, _ = batch(96, "float32", rng)
     runs = {}
     for count in (1, 2, 2):
         threads(count)
-        model = tiny_cnn()
+        model = make_model()
         history = model.fit(x, y, epochs=2, batch_size=32, verbose=0)
         runs.setdefault(count, []).append((model.get_weights(), history.history))
     assert len(threads.calls) == 2 * 2 * 3              # two 2-thread runs, 2 epochs of 3 batches, in halves
@@ -438,7 +451,9 @@ def test_a_worker_process_that_dies_is_a_clear_error():
 
 
 @needs_fork
-def test_a_worker_process_trains_evaluates_and_predicts_as_the_worker_thread(threads, monkeypatch, workers):
+@pytest.mark.parametrize("make_model", [tiny_cnn, winograd_cnn])
+def test_a_worker_process_trains_evaluates_and_predicts_as_the_worker_thread(threads, monkeypatch, workers,
+                                                                             make_model):
     # The same layer copies run the second halves in either: the same bits.
     threads(2)
     rng = np.random.default_rng(8)
@@ -446,7 +461,7 @@ def test_a_worker_process_trains_evaluates_and_predicts_as_the_worker_thread(thr
     runs = []
     for min_batches in (10 ** 9, 0):                            # the thread, then a process
         monkeypatch.setattr(parallel, "MIN_PROCESS_BATCHES", min_batches)
-        model = tiny_cnn()
+        model = make_model()
         history = model.fit(x, y, epochs=2, batch_size=32, verbose=0, validation_data=(x[:40], y[:40]))
         runs.append((model.get_weights(), history.history, model.predict(x, batch_size=16, verbose=0),
                      model.evaluate(x, y, batch_size=16, verbose=0)))
