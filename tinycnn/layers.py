@@ -7,7 +7,8 @@ Every layer follows one contract (see the README, "The layer contract"):
     y = layer.forward(x, training)  x has the batch axis; caches what backward needs
     dx = layer.backward(dy)         dL/dx from dL/dy; leaves dL/dparams in layer.grads
                                     (same order and shapes as layer.params); never edits dy;
-                                    returns None when layer.need_input_grad is False
+                                    returns None when layer.need_input_grad is False;
+                                    one backward per forward pass
 
 Parameters use Keras's layout and order, so weights move between Keras and tinycnn
 unchanged: Conv2D [kernel (KH, KW, C, F), bias (F,)], Dense [kernel (in, units), bias (units,)].
