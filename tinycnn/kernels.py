@@ -391,6 +391,8 @@ def winograd_input(x, pad_top, pad_left, tiles_h, tiles_w, out=None):
         (d0 - d2, d1 + d2, d2 - d1, d1 - d3).
     The row step runs over a whole strip of tiles at once (an image row is W*C contiguous
     values, and neighbouring tiles share two columns); the column step reads the strip.
+    Every inner loop indexes with its bare loop counter, which lets numba vectorise it (with
+    offsets computed inside the index it did not: 18x slower).
     """
     n, h, w, c = x.shape
     v = np.empty((16, n * tiles_h * tiles_w, c), dtype=x.dtype) if out is None else out
@@ -517,7 +519,7 @@ def winograd_output_numpy(m, n, out_h, out_w, tiles_h, tiles_w, out=None):
 # All three products then cost 16 instead of 36 multiply-adds per 2x2 outputs, and no
 # patches (im2col) or col2im are needed: V, kept from the forward pass, serves dL/dkernel.
 def winograd_kernel_backward(du):
-    """dL/dkernel (3, 3, C, F) from dU = dL/dU (16, C, F): the transpose of winograd_kernel, (G (x) G)^T @ dU."""
+    """dL/dkernel (3, 3, C, F) from dU = dL/dU (16, C, F): winograd_kernel's transpose, (G (x) G)^T @ dU."""
     _, c, f = du.shape
     g_kron_g = WINOGRAD_G_KRON_G.astype(du.dtype, copy=False)            # (16, 9)
     return (g_kron_g.T @ du.reshape(16, c * f)).reshape(3, 3, c, f)
@@ -658,7 +660,7 @@ def winograd_input_backward(dv, n, h, w, pad_top, pad_left, tiles_h, tiles_w, ou
 
 
 def winograd_input_backward_numpy(dv, n, h, w, pad_top, pad_left, tiles_h, tiles_w, out=None):
-    """NumPy twin of `winograd_input_backward`: B dV B^T with einsum, each tile added into a padded image, then cropped."""
+    """NumPy twin of `winograd_input_backward`: B dV B^T with einsum, the tiles added into a padded image, cropped."""
     c = dv.shape[2]
     bt = WINOGRAD_BT.astype(dv.dtype)
     tiles = np.einsum("ai,abnyxc,bj->nyxijc", bt, dv.reshape(4, 4, n, tiles_h, tiles_w, c), bt)

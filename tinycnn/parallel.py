@@ -94,9 +94,9 @@ def worth_halves(layers, batch_size):
 # (24 KB per image) is fastest in whole batches: its Dense layer then reads its 2 MB kernel
 # once for them all. A convolution that takes Winograd's way (kernels.winograd_fits) makes
 # its tiles V (16 x TH*TW x C per image) instead of patches: cnn_sparse's second conv, 147
-# KB per image, so pieces of 16: halves run whole (training 2.96 ms a step in pieces of 8, 2.81 in
-# halves of 16; predict the same), and a whole batch of 32 in two pieces, which keeps its
-# peak memory down.
+# KB per image, goes in pieces of 16, so halves run whole (training 2.96 ms a step in
+# pieces of 8, 2.81 in halves of 16; predict the same) and a whole batch of 32 in two
+# pieces, which keeps its peak memory down.
 PIECE_BYTES = 2_500_000
 
 
