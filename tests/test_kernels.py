@@ -313,6 +313,25 @@ def test_matmul_in_pieces_is_the_product(a_shape, b_shape, transposed, path, dty
     np.testing.assert_array_equal(out, got)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_of_stacks_is_each_product(dtype):
+    # A stack (P, M, K) @ (P, K, N), as Winograd's dU = V^T @ dM: each matrix's product, cut the
+    # same way as a lone one (here blocks of the sum), into out= when given.
+    rng = np.random.default_rng(10)
+    v, dm = rng.standard_normal((16, 576, 64)).astype(dtype), rng.standard_normal((16, 576, 64)).astype(dtype)
+    a = v.transpose(0, 2, 1)
+    assert matmul_path(a[0], dm[0]) == "inner"
+    got = K.matmul(a, dm)
+    assert got.shape == (16, 64, 64) and got.dtype == dtype
+    for p in range(16):
+        np.testing.assert_array_equal(got[p], K.matmul(a[p], dm[p]))
+    assert rel_error(got, a.astype(np.float64) @ dm) < (1e-5 if dtype == np.float32 else 1e-12)
+    assert rel_error(got, K.matmul_numpy(a, dm)) < (1e-5 if dtype == np.float32 else 1e-12)
+    out = np.full(got.shape, np.nan, dtype)
+    assert K.matmul(a, dm, out=out) is out
+    np.testing.assert_array_equal(out, got)
+
+
 def test_matmul_into_a_view_of_a_kernel_gradient():
     # Conv2D writes dW into grads[0].reshape(-1, F), a view: the pieces must land in the array itself.
     rng = np.random.default_rng(3)

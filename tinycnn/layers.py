@@ -378,7 +378,7 @@ class Conv2D(_WeightedLayer):
                                    f"pass serves one backward pass (dL/dx reuses the cached tiles' memory)")
             tiles_h, tiles_w = kernels.winograd_tiles(self._oh, self._ow)
             dm = kernels.winograd_output_backward(grad_z, tiles_h, tiles_w)        # (16, T, F)
-            du = np.matmul(self.v.transpose(0, 2, 1), dm)                           # (16, C, F), summed over tiles
+            du = kernels.matmul(self.v.transpose(0, 2, 1), dm)                      # (16, C, F), summed over tiles
             self.grads[0][...] = kernels.winograd_kernel_backward(du)
         else:
             dz = grad_z.reshape(-1, f)                                             # (N*OH*OW, F)
