@@ -450,8 +450,9 @@ class Sequential:
         """Forward and backward of (x, y), part of a batch of n rows, through `layers`:
         gradients of its share of the batch's MEAN loss -> (its loss * its rows, its outputs).
 
-        Where a convolution's patches are big, a few rows at a time (parallel.rows_per_piece,
-        as predict does), the pieces' gradients added: cnn_sparse 4.54 -> 4.31 ms a step.
+        Where a convolution's scratch arrays (patches or Winograd tiles) are big, a few rows at
+        a time (parallel.rows_per_piece, as predict does), the pieces' gradients added (with
+        im2col patches: cnn_sparse 4.54 -> 4.31 ms a step).
         """
         piece = parallel.rows_per_piece(layers, len(x))
         if piece >= len(x):
@@ -570,7 +571,7 @@ class Sequential:
 
     def _forward_in_pieces(self, x, layers):
         """(output, logits or None) of the forward pass without training, a few rows at a time
-        (parallel.rows_per_piece: small pieces keep a big convolution's patches in the cache)."""
+        (parallel.rows_per_piece: small pieces keep a big convolution's scratch arrays in the cache)."""
         piece = parallel.rows_per_piece(layers, len(x))
         if piece >= len(x):
             probs = self._forward(x, layers=layers)

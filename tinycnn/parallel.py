@@ -84,10 +84,11 @@ def worth_halves(layers, batch_size):
 
 
 # Forward passes (predict, evaluate; in training each half, its pieces' gradients added)
-# go in pieces whose biggest patch matrix (a Conv2D's im2col, OH*OW x KH*KW*C per image)
-# stays under PIECE_BYTES: its product then reads it back from the cache. Measured on this
-# 2-core machine (2026-11-29, predict of the 10,000 test images, batch 32, medians of 12
-# runs alternating in one process): cnn_sparse (its second conv made 279 KB of patches
+# go in pieces whose biggest scratch array (scratch_bytes_per_image: a Conv2D's im2col
+# patches, OH*OW x KH*KW*C per image, or its Winograd tiles) stays under PIECE_BYTES: the
+# products then read it back from the cache. Measured on this 2-core machine (2026-11-29,
+# predict of the 10,000 test images, batch 32, medians of 12 runs alternating in one
+# process): cnn_sparse (its second conv made 279 KB of patches
 # per image) 0.53 -> 0.45 s with two threads (halves of 16 -> pieces of 8), 0.91 -> 0.65 s
 # with one (32 -> 8); pieces of 4 (PIECE_BYTES 1.2 MB) 0.48 and 0.69 s; training 4.54 ->
 # 4.31 ms a step (halves of 16 -> pieces of 8, alternating in one process). cnn_categorical
