@@ -524,3 +524,52 @@ def test_winograd_kernels_write_into_out_when_given():
     out = np.full((2, 7, 6, 3), np.nan, np.float32)
     assert K.winograd_input_backward(dv, 2, 7, 6, 1, 1, 4, 3, out=out) is out
     np.testing.assert_array_equal(out, K.winograd_input_backward(dv, 2, 7, 6, 1, 1, 4, 3))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,h,w,c", [(3, 26, 26, 32), (2, 11, 11, 7), (1, 5, 8, 3), (2, 2, 3, 1), (1, 4, 4, 16)])
+def test_conv_relu_pool_kernels_match_their_twins_and_the_two_steps(dtype, n, h, w, c):
+    # bias_relu_maxpool_2x2 = bias_relu_ then 2x2 max pooling; maxpool_relu_backward_2x2 =
+    # pooling's backward then the ReLU's, with the bias sums. Values rounded to a grid so that
+    # ties, zeros after the ReLU and odd last rows/columns all occur.
+    rng = np.random.default_rng(h * 100 + c)
+    z = (np.round(rng.standard_normal((n, h, w, c)) * 2) / 2).astype(dtype)
+    bias = (np.round(rng.standard_normal(c) * 2) / 2).astype(dtype)
+    y, argmax = K.bias_relu_maxpool_2x2(z, bias)
+    assert y.dtype == dtype and y.shape == (n, h // 2, w // 2, c) and argmax.dtype == np.int32
+    y_twin, argmax_twin = K.bias_relu_maxpool_2x2_numpy(z, bias)
+    relu = K.bias_relu_(z.reshape(-1, c).copy(), bias).reshape(z.shape)          # the two steps
+    y_steps, argmax_steps = K.maxpool_forward(relu, 2, 2, 2, 2, 0, 0, h // 2, w // 2)
+    for got_y, got_argmax in ((y_twin, argmax_twin), (y_steps, argmax_steps)):
+        np.testing.assert_array_equal(y, got_y)
+        np.testing.assert_array_equal(argmax, got_argmax)
+    if y.size >= 16:                                  # the data has both sides of the ReLU
+        assert np.any(y == 0) and np.any(y > 0)
+
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dz = np.full(z.shape, np.nan, dtype)                                            # stale out= values
+    dz_got, bias_grad = K.maxpool_relu_backward_2x2(dy, argmax, y, h, w, out=dz)
+    assert dz_got is dz and bias_grad.dtype == dtype and bias_grad.shape == (c,)
+    dz_twin, bias_grad_twin = K.maxpool_relu_backward_2x2_numpy(dy, argmax, y, h, w)
+    dz_steps = K.relu_backward(K.maxpool_backward(dy, argmax, h, w), relu)
+    np.testing.assert_array_equal(dz, dz_twin)
+    np.testing.assert_array_equal(dz, dz_steps)
+    tol = 1e-6 if dtype == np.float32 else 1e-12
+    assert rel_error(bias_grad, bias_grad_twin) < tol
+    assert rel_error(bias_grad, K.column_sums_numpy(dz_steps.reshape(-1, c))) < tol
+
+
+def test_bias_relu_maxpool_keeps_nan_like_the_two_steps():
+    # A NaN in the top-left cell wins its window (nothing compares greater), elsewhere it loses:
+    # as bias_relu_ (NaN stays NaN) then maxpool_forward. Its window's gradient is masked (NaN > 0 is False).
+    z = np.array([[[[np.nan], [1.0]], [[2.0], [0.5]]], [[[1.0], [np.nan]], [[-3.0], [0.5]]]], np.float32)
+    z = z.reshape(2, 2, 2, 1)
+    y, argmax = K.bias_relu_maxpool_2x2(z, np.zeros(1, np.float32))
+    relu = K.bias_relu_(z.reshape(-1, 1).copy(), np.zeros(1, np.float32)).reshape(z.shape)
+    y_steps, argmax_steps = K.maxpool_forward(relu, 2, 2, 2, 2, 0, 0, 1, 1)
+    np.testing.assert_array_equal(y, y_steps)
+    np.testing.assert_array_equal(argmax, argmax_steps)
+    assert np.isnan(y[0, 0, 0, 0]) and y[1, 0, 0, 0] == 1.0
+    dz, bias_grad = K.maxpool_relu_backward_2x2(np.ones_like(y), argmax, y, 2, 2)
+    np.testing.assert_array_equal(dz.reshape(2, 4), [[0, 0, 0, 0], [1, 0, 0, 0]])
+    assert bias_grad[0] == 1.0

@@ -525,3 +525,77 @@ def test_backward_checks_the_gradient_it_is_given():
         pool.backward(np.zeros((1, 4, 4, 2)))
     # a float64 gradient given to a float32 layer comes back as float32
     assert dense.backward(np.ones((2, 3))).dtype == np.float32 and dense.grads[0].dtype == np.float32
+
+
+# Conv2D(relu) -> MaxPooling2D(2) as one step (layers.conv_relu_pool_forward/backward)
+FUSED_PAIRS = [  # (batch, input shape, filters, conv padding): im2col and Winograd convolutions, odd sizes
+    (2, (8, 8, 1), 3, "valid"),        # conv 6x6 -> pool 3x3
+    (3, (9, 7, 2), 4, "valid"),        # conv 7x5: odd last row and column in no window
+    (2, (6, 6, 16), 5, "same"),        # Winograd conv 6x6 -> pool 3x3
+    (1, (7, 7, 16), 2, "valid"),       # Winograd conv 5x5: odd edges
+]
+
+
+def fused_pair(batch, input_shape, filters, padding, dtype="float64", seed=0):
+    conv = L.Conv2D(filters, 3, padding=padding, activation="relu", dtype=dtype)
+    conv.build(input_shape)
+    pool = L.MaxPooling2D(2, dtype=dtype)
+    pool.build(conv.output_shape)
+    rng = np.random.default_rng(seed)
+    conv.set_weights([rng.standard_normal(p.shape) for p in conv.params])
+    conv.need_input_grad = True
+    return conv, pool, rng.standard_normal((batch,) + input_shape)
+
+
+@pytest.mark.parametrize("pair", FUSED_PAIRS, ids=str)
+def test_fused_conv_relu_pool_gradients(pair):
+    # float64 central differences of L = sum(pool(conv(x)) * R) for x, the kernel and the bias
+    conv, pool, x = fused_pair(*pair)
+    assert L.fuses_with_pool(conv, pool)
+    upstream = np.random.default_rng(5).standard_normal((x.shape[0],) + pool.output_shape)
+
+    def loss(_=None):
+        return float(np.sum(L.conv_relu_pool_forward(conv, pool, x) * upstream))
+
+    loss()
+    dx = L.conv_relu_pool_backward(conv, pool, upstream)
+    analytic = [dx] + [g.copy() for g in conv.grads]
+    numeric = [gradcheck.numerical_gradient(loss, x)] + [gradcheck.numerical_gradient(loss, p) for p in conv.params]
+    for name, a, b in zip(("dx", "dkernel", "dbias"), analytic, numeric):
+        assert rel_error(a, b) < TOL, name
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("pair", FUSED_PAIRS, ids=str)
+def test_fused_conv_relu_pool_equals_the_two_layers(pair, dtype):
+    # Same output bit for bit; same gradients to float rounding (only the bias sums' order differs)
+    conv, pool, x = fused_pair(*pair, dtype=dtype, seed=1)
+    upstream = np.random.default_rng(6).standard_normal((x.shape[0],) + pool.output_shape).astype(dtype)
+    y = L.conv_relu_pool_forward(conv, pool, x).copy()
+    fused = [L.conv_relu_pool_backward(conv, pool, upstream)] + [g.copy() for g in conv.grads]
+    assert conv.output is None                                   # the conv's own output was never formed
+    y_layers = pool.forward(conv.forward(x, training=True), training=True)
+    layers = [conv.backward(pool.backward(upstream))] + [g.copy() for g in conv.grads]
+    np.testing.assert_array_equal(y, y_layers)
+    for a, b in zip(fused, layers):
+        assert a.dtype == np.dtype(dtype) and rel_error(a, b) < (1e-12 if dtype == "float64" else 1e-6)
+
+
+def test_which_pairs_are_fused():
+    def pair(conv_kwargs=None, pool_kwargs=None, input_shape=(8, 8, 1)):
+        conv = L.Conv2D(2, 3, **{"activation": "relu", **(conv_kwargs or {})})
+        conv.build(input_shape)
+        pool = L.MaxPooling2D(**{"pool_size": 2, **(pool_kwargs or {})})
+        pool.build(conv.output_shape)
+        return conv, pool
+
+    assert L.fuses_with_pool(*pair())
+    assert L.fuses_with_pool(*pair(pool_kwargs=dict(padding="same")))                   # 6x6: no padding needed
+    assert not L.fuses_with_pool(*pair(pool_kwargs=dict(padding="same"), input_shape=(9, 9, 1)))  # 7x7: padded
+    assert not L.fuses_with_pool(*pair(conv_kwargs=dict(activation=None)))
+    assert not L.fuses_with_pool(*pair(conv_kwargs=dict(activation="softmax")))
+    assert not L.fuses_with_pool(*pair(conv_kwargs=dict(use_bias=False)))
+    assert not L.fuses_with_pool(*pair(pool_kwargs=dict(pool_size=3)))
+    assert not L.fuses_with_pool(*pair(pool_kwargs=dict(strides=1)))
+    conv, pool = pair()
+    assert not L.fuses_with_pool(pool, conv) and not L.fuses_with_pool(conv, L.Flatten())

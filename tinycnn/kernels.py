@@ -844,6 +844,112 @@ def maxpool_backward_numpy(dy, argmax, h, w, out=None, windows_2x2=False):
 
 
 # ---------------------------------------------------------------------------
+# Conv2D(relu) -> MaxPooling2D(2): bias, ReLU and pooling in one pass, and back
+# ---------------------------------------------------------------------------
+@_jit()
+def bias_relu_maxpool_2x2(z, bias, out=None):
+    """y = MaxPooling2D(2)(max(z + bias, 0)) in one pass over z, without writing the ReLU's output.
+
+    z (N, H, W, C) the convolution before its bias, bias (C,) -> y (N, H//2, W//2, C) and
+    argmax (N, H//2, W//2, C) int32, exactly as bias_relu_ then maxpool_forward give them:
+    the same sums, the same ReLU (NaN stays NaN), the same first-maximum rule. An odd last
+    row or column of z belongs to no window. out: the pair (y, argmax) to fill.
+    """
+    n, h, w, c = z.shape
+    out_h, out_w = h // 2, w // 2
+    if out is None:
+        y, argmax = np.empty((n, out_h, out_w, c), dtype=z.dtype), np.empty((n, out_h, out_w, c), dtype=np.int32)
+    else:
+        y, argmax = out
+    zero = z.dtype.type(0)
+    for b in range(n):
+        for oy in range(out_h):
+            for ox in range(out_w):
+                r, col = 2 * oy, 2 * ox
+                top_left, top_right = z[b, r, col], z[b, r, col + 1]              # (C,) views
+                bottom_left, bottom_right = z[b, r + 1, col], z[b, r + 1, col + 1]
+                best, where = y[b, oy, ox], argmax[b, oy, ox]
+                k = r * w + col                                                    # top-left's y*W + x
+                for ch in range(c):
+                    v0 = top_left[ch] + bias[ch]      # each cell: ReLU(z + b), "not (v <= 0)" keeps NaN
+                    v0 = v0 if not (v0 <= 0) else zero
+                    v1 = top_right[ch] + bias[ch]
+                    v1 = v1 if not (v1 <= 0) else zero
+                    v2 = bottom_left[ch] + bias[ch]
+                    v2 = v2 if not (v2 <= 0) else zero
+                    v3 = bottom_right[ch] + bias[ch]
+                    v3 = v3 if not (v3 <= 0) else zero
+                    v, at = v0, k                     # then the first maximum, as _maxpool_2x2_forward
+                    if v1 > v:
+                        v, at = v1, k + 1
+                    if v2 > v:
+                        v, at = v2, k + w
+                    if v3 > v:
+                        v, at = v3, k + w + 1
+                    best[ch] = v
+                    where[ch] = at
+    return y, argmax
+
+
+def bias_relu_maxpool_2x2_numpy(z, bias, out=None):
+    """NumPy twin of `bias_relu_maxpool_2x2`: the two steps one after the other."""
+    n, h, w, c = z.shape
+    y = bias_relu_numpy(z, bias)
+    result = maxpool_forward_numpy(y, 2, 2, 2, 2, 0, 0, h // 2, w // 2)
+    return result if out is None else (_into(out[0], result[0]), _into(out[1], result[1]))
+
+
+@_jit()
+def maxpool_relu_backward_2x2(dy, argmax, y, h, w, out=None):
+    """dL/dz and dL/dbias through MaxPooling2D(2) and the ReLU before it, in one pass.
+
+    dy (N, OH, OW, C) = dL/dy, argmax and y (N, OH, OW, C) from bias_relu_maxpool_2x2 ->
+    dz (N, H, W, C) = dL/dz (z the convolution before its bias) and the bias gradient (C,).
+    Each window's gradient goes to its winner, and on through the ReLU only where the ReLU
+    let the winner through: the winner's ReLU output is the window's maximum y, so that is
+    y > 0 (no need for the ReLU's output itself). Every other pixel gets 0.
+        dz[winner] = dy * [y > 0];   dL/dbias = sum over all windows of dy * [y > 0]
+    The bias sums run over the windows (a quarter of dz's rows), accumulated in float64.
+    """
+    n, out_h, out_w, c = dy.shape
+    dz = np.empty((n, h, w, c), dtype=dy.dtype) if out is None else out
+    zero = dz.dtype.type(0)
+    sums = np.zeros(c, dtype=np.float64)
+    for b in range(n):
+        for oy in range(out_h):
+            for ox in range(out_w):
+                grad, through = dy[b, oy, ox], y[b, oy, ox]                     # (C,) views
+                for ch in range(c):
+                    if through[ch] > 0:
+                        sums[ch] += grad[ch]
+    for b in range(n):                               # dz row by row, as _maxpool_2x2_backward
+        for yy in range(h):
+            line = dz[b, yy].reshape(w * c)
+            oy = yy // 2
+            if oy >= out_h:                          # an odd last row, in no window
+                line[:] = 0
+                continue
+            for ox in range(out_w):
+                grad, where, through = dy[b, oy, ox], argmax[b, oy, ox], y[b, oy, ox]
+                left = yy * w + 2 * ox
+                start = 2 * ox * c
+                for ch in range(c):
+                    g = grad[ch] if through[ch] > 0 else zero
+                    line[start + ch] = g if where[ch] == left else zero
+                    line[start + c + ch] = g if where[ch] == left + 1 else zero
+            for k in range(2 * out_w * c, w * c):    # an odd last column, in no window
+                line[k] = zero
+    return dz, sums.astype(dy.dtype)
+
+
+def maxpool_relu_backward_2x2_numpy(dy, argmax, y, h, w, out=None):
+    """NumPy twin of `maxpool_relu_backward_2x2`: mask by the ReLU, scatter, add up the rows."""
+    c = dy.shape[-1]
+    dz = maxpool_backward_numpy(np.where(y > 0, dy, 0).astype(dy.dtype), argmax, h, w)
+    return _into(out, dz), column_sums_numpy(dz.reshape(-1, c))
+
+
+# ---------------------------------------------------------------------------
 # The bias gradient: sum over rows
 # ---------------------------------------------------------------------------
 @_jit()

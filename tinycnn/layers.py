@@ -18,6 +18,10 @@ place, so an optimizer can keep its per-parameter state by position.
 A layer whose activation is softmax also caches its `logits` (the input of the softmax)
 and offers `backward_from_logits(dL/dlogits)`: with a cross-entropy loss the model
 hands it (softmax - onehot) / batch directly and the softmax Jacobian is never formed.
+
+A Conv2D with ReLU followed by MaxPooling2D(2) is run by the model as one step
+(conv_relu_pool_forward / conv_relu_pool_backward, after MaxPooling2D): the same numbers as
+the two layers' passes, with fewer passes over the conv's big output.
 """
 import math
 import re
@@ -345,24 +349,30 @@ class Conv2D(_WeightedLayer):
         Where Winograd fits, caches V and U instead of cols (for dW and dx; see backward_linear).
         """
         x = self._check_input(x)
+        y = self._bias_and_activation(self.forward_linear(x))
+        self.output = y.reshape(x.shape[0], self._oh, self._ow, self.filters)
+        if self.outputs_softmax:
+            self.logits = self.logits.reshape(self.output.shape)
+        return self.output
+
+    def forward_linear(self, x):
+        """x (N, H, W, C) -> z (N*OH*OW, F), the convolution before bias and activation.
+
+        Caches what backward_linear needs: cols, or Winograd's V and U.
+        """
         (kh, kw), (sh, sw), f = self.kernel_size, self.strides, self.filters
         if self._winograd:
             tiles_h, tiles_w = kernels.winograd_tiles(self._oh, self._ow)
             self.v = kernels.winograd_input(x, self._pad_top, self._pad_left, tiles_h, tiles_w)   # (16, T, C)
             self.u = kernels.winograd_kernel(self.kernel)                                       # (16, C, F)
             m = np.matmul(self.v, self.u)                            # (16, T, F): 16 products over C
-            z = kernels.winograd_output(m, x.shape[0], self._oh, self._ow, tiles_h, tiles_w).reshape(-1, f)
-        else:
-            self.cols = kernels.im2col(x, kh, kw, sh, sw, self._pad_top, self._pad_left, self._oh, self._ow)
-            z = kernels.matmul(self.cols, self.kernel.reshape(kh * kw * x.shape[3], f))   # (N*OH*OW, F)
-        y = self._bias_and_activation(z)
-        self.output = y.reshape(x.shape[0], self._oh, self._ow, f)
-        if self.outputs_softmax:
-            self.logits = self.logits.reshape(self.output.shape)
-        return self.output
+            return kernels.winograd_output(m, x.shape[0], self._oh, self._ow, tiles_h, tiles_w).reshape(-1, f)
+        self.cols = kernels.im2col(x, kh, kw, sh, sw, self._pad_top, self._pad_left, self._oh, self._ow)
+        return kernels.matmul(self.cols, self.kernel.reshape(kh * kw * x.shape[3], f))      # (N*OH*OW, F)
 
-    def backward_linear(self, grad_z):
+    def backward_linear(self, grad_z, bias_grad=None):
         """grad_z = dL/dz (N, OH, OW, F), z = conv + bias before the activation -> dL/dx (N, H, W, C).
+        bias_grad: dL/dbias (F,) where the caller has added it up already (conv_relu_pool_backward).
 
             dL/dW2 = cols^T @ dZ   (KH*KW*C, F), reshaped to the kernel's (KH, KW, C, F)
             dL/db  = sum of dZ over batch and pixels
@@ -383,8 +393,8 @@ class Conv2D(_WeightedLayer):
         else:
             dz = grad_z.reshape(-1, f)                                             # (N*OH*OW, F)
             kernels.matmul(self.cols.T, dz, out=self.grads[0].reshape(-1, f))      # written into dL/dkernel
-        if self.use_bias:
-            self.grads[1][...] = kernels.column_sums(grad_z.reshape(-1, f))        # sum over rows
+        if self.use_bias:                                                          # sum over rows
+            self.grads[1][...] = kernels.column_sums(grad_z.reshape(-1, f)) if bias_grad is None else bias_grad
         if not self.need_input_grad:
             return None
         if self._winograd:     # dV, (16, T, C) like V, goes into V's memory: dU was V's last use
@@ -461,6 +471,48 @@ class MaxPooling2D(Layer):
         config = super().get_config()
         config.update(pool_size=list(self.pool_size), strides=list(self.strides), padding=self.padding)
         return config
+
+
+# ---------------------------------------------------------------------------
+# Conv2D(relu) -> MaxPooling2D(2): the pair in one pass
+# ---------------------------------------------------------------------------
+def fuses_with_pool(layer, next_layer):
+    """True for a Conv2D with a bias and ReLU followed by MaxPooling2D(2) on whole windows.
+
+    That is the notebook's conv -> pool. Sequential then runs the pair with
+    conv_relu_pool_forward and conv_relu_pool_backward: the same numbers as the two layers'
+    own passes, but the conv's (N, OH, OW, F) output is never written, nor dL/dy of it
+    and its ReLU mask in backward (cnn_categorical: 0.19 -> 0.11 ms for 16 images).
+    """
+    return (isinstance(layer, Conv2D) and isinstance(next_layer, MaxPooling2D)
+            and layer.activation.name == "relu" and layer.use_bias
+            and next_layer._windows_2x2)     # 2x2, stride 2, every window inside: OH = conv's OH // 2
+
+
+def conv_relu_pool_forward(conv, pool, x):
+    """x (N, H, W, C) -> pool(conv(x)) (N, OH // 2, OW // 2, F), conv's OH x OW.
+
+    The conv's product z as in Conv2D.forward, then y = max over each 2x2 window of
+    ReLU(z + bias) in one pass (kernels.bias_relu_maxpool_2x2). Caches the conv's patches or
+    tiles, the pool's argmax, and y, whose sign is all backward needs of the ReLU.
+    """
+    x = conv._check_input(x)
+    z = conv.forward_linear(x).reshape(x.shape[0], conv._oh, conv._ow, conv.filters)
+    y, pool.argmax = kernels.bias_relu_maxpool_2x2(z, conv.bias)
+    conv.output, pool.output, pool._batch_size = None, y, x.shape[0]   # the conv's output is never formed
+    return y
+
+
+def conv_relu_pool_backward(conv, pool, grad_out):
+    """dL/dy (N, OH // 2, OW // 2, F) -> dL/dx (N, H, W, C), or None for the model's first layer.
+
+    The pool's backward and the ReLU's in one pass (kernels.maxpool_relu_backward_2x2):
+    dL/dz = dL/dy at each window's winner where y > 0, else 0, and dL/dbias on the way;
+    then the conv's own backward_linear. Fills conv.grads.
+    """
+    grad_z, bias_grad = kernels.maxpool_relu_backward_2x2(pool._check_grad(grad_out), pool.argmax, pool.output,
+                                                          conv._oh, conv._ow)
+    return conv.backward_linear(grad_z, bias_grad)
 
 
 # ---------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from tinycnn import layers as layers_module
 from tinycnn import losses as losses_module
 from tinycnn import optimizers as optimizers_module
 from tinycnn import parallel, saving, utils
+from tinycnn.layers import conv_relu_pool_backward, conv_relu_pool_forward, fuses_with_pool
 from tinycnn.saving import ModelFileError
 
 __all__ = ["Sequential", "load_model", "ModelFileError"]
@@ -382,9 +383,19 @@ class Sequential:
     # Forward, loss, backward: the heart of it
     # ------------------------------------------------------------------------------------------
     def _forward(self, x, training=False, layers=None):
-        """x (N, *input shape) -> the last layer's output (N, classes), layer by layer."""
-        for layer in self._layers if layers is None else layers:
-            x = layer.forward(x, training)
+        """x (N, *input shape) -> the last layer's output (N, classes), layer by layer.
+
+        A Conv2D(relu) followed by MaxPooling2D(2) runs as one step (layers.fuses_with_pool).
+        """
+        layers = self._layers if layers is None else layers
+        i = 0
+        while i < len(layers):
+            if i + 2 < len(layers) and fuses_with_pool(layers[i], layers[i + 1]):   # (not the last layer)
+                x = conv_relu_pool_forward(layers[i], layers[i + 1], x)
+                i += 2
+            else:
+                x = layers[i].forward(x, training)
+                i += 1
         return x
 
     def _loss_and_grad(self, y, probs, last=None):
@@ -396,12 +407,18 @@ class Sequential:
         return self.loss.from_probs(y, probs)
 
     def _backward(self, grad, layers=None):
-        """Backpropagate the loss's gradient through the layers, last to first."""
+        """Backpropagate the loss's gradient through the layers, last to first (pairs as in _forward)."""
         layers = self._layers if layers is None else layers
         last = layers[-1]
         grad = last.backward_from_logits(grad) if self._fused_loss else last.backward(grad)
-        for layer in reversed(layers[:-1]):
-            grad = layer.backward(grad)
+        i = len(layers) - 2
+        while i >= 0:
+            if i >= 1 and fuses_with_pool(layers[i - 1], layers[i]):
+                grad = conv_relu_pool_backward(layers[i - 1], layers[i], grad)
+                i -= 2
+            else:
+                grad = layers[i].backward(grad)
+                i -= 1
 
     def _train_step(self, x, y):
         """One step of gradient descent on a batch -> (mean loss before the step, probabilities).
