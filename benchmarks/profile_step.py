@@ -53,11 +53,14 @@ class Timers:
         self.patched = []                                  # (obj, attr, original, was_instance_attr)
 
     def wrap(self, obj, attr, key, is_layer_pass=False, is_kernel=False):
+        """key: a string, or a function of the call's arguments that returns one."""
         orig = getattr(obj, attr)
         timers = self
+        key_of = key if callable(key) else (lambda *a, **kw: key)
 
         @functools.wraps(orig)
         def timed(*a, **kw):
+            key = key_of(*a, **kw)
             if is_layer_pass:
                 timers.stack.append(key)
             t = time.perf_counter()
@@ -92,6 +95,12 @@ def instrument(model, timers):
         for meth in ("forward", "backward", "backward_from_logits"):
             if hasattr(layer, meth):
                 timers.wrap(layer, meth, f"{layer.name}.{meth}", is_layer_pass=True)
+    # a Conv2D(relu) -> MaxPooling2D(2) pair runs as one step (layers.fuses_with_pool), by these two
+    import tinycnn.models as models
+    for fn, direction in (("conv_relu_pool_forward", "forward"), ("conv_relu_pool_backward", "backward")):
+        if hasattr(models, fn):
+            timers.wrap(models, fn, lambda conv, pool, *a, d=direction: f"{conv.name}+{pool.name}.{d}",
+                        is_layer_pass=True)
     dispatcher = getattr(numba.core.registry, "CPUDispatcher", ())
     for name in sorted(dir(kernels)):
         obj = getattr(kernels, name)
@@ -146,15 +155,20 @@ def profile_model(name, steps, bs, use_cprofile, data):
            "| layer pass | ms/step | % of step | in numba kernels ms | rest (NumPy/BLAS/Python) ms |",
            "|---|---|---|---|---|"]
     layer_total = 0.0
-    for layer in model.layers:
-        for meth in ("forward", "backward", "backward_from_logits"):
-            key = f"{layer.name}.{meth}"
-            if timers.n.get(key):
-                ms = timers.s[key] / steps * 1e3
-                kin = timers.kernel_in.get(key, 0.0) / steps * 1e3
-                layer_total += ms
-                out.append(f"| {type(layer).__name__} {key} | {ms:.3f} | {100 * ms / (timed_step * 1e3):.0f}% | "
-                           f"{kin:.3f} | {ms - kin:.3f} |")
+    passes = []                               # (label, key): each layer's passes, a fused pair's first
+    for layer, after in zip(model.layers, model.layers[1:] + [None]):
+        if after is not None:
+            passes += [(f"{type(layer).__name__}+{type(after).__name__}", f"{layer.name}+{after.name}.{meth}")
+                       for meth in ("forward", "backward")]
+        passes += [(type(layer).__name__, f"{layer.name}.{meth}")
+                   for meth in ("forward", "backward", "backward_from_logits")]
+    for label, key in passes:
+        if timers.n.get(key):
+            ms = timers.s[key] / steps * 1e3
+            kin = timers.kernel_in.get(key, 0.0) / steps * 1e3
+            layer_total += ms
+            out.append(f"| {label} {key} | {ms:.3f} | {100 * ms / (timed_step * 1e3):.0f}% | "
+                       f"{kin:.3f} | {ms - kin:.3f} |")
     other = [(k, v) for k, v in timers.s.items() if k.startswith(("loss", "optimizer"))]
     other_ms = 0.0
     for k, v in sorted(other, key=lambda kv: -kv[1]):

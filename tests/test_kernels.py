@@ -573,3 +573,16 @@ def test_bias_relu_maxpool_keeps_nan_like_the_two_steps():
     dz, bias_grad = K.maxpool_relu_backward_2x2(np.ones_like(y), argmax, y, 2, 2)
     np.testing.assert_array_equal(dz.reshape(2, 4), [[0, 0, 0, 0], [1, 0, 0, 0]])
     assert bias_grad[0] == 1.0
+
+
+@pytest.mark.parametrize("h,w,sh,sw,padding", [(28, 28, 1, 1, "valid"), (9, 7, 2, 2, "valid"), (10, 8, 3, 1, "valid"),
+                                               (6, 6, 3, 3, "same"), (3, 3, 1, 1, "valid"), (7, 5, 1, 1, "same")])
+def test_im2col_of_a_3x3_kernel_on_one_channel_matches_the_twin(h, w, sh, sw, padding):
+    # The notebook's first conv takes _im2col_3x3_one_channel (every patch inside the image);
+    # "same" with padding takes the general loop: both must equal the twin, whatever out= held.
+    pt, pl, oh, ow = sizes(h, w, 3, 3, sh, sw, padding)
+    x = np.random.default_rng(h * w).standard_normal((3, h, w, 1)).astype(np.float32)
+    out = np.full((3 * oh * ow, 9), np.nan, np.float32)
+    cols = K.im2col(x, 3, 3, sh, sw, pt, pl, oh, ow, out=out)
+    assert cols is out
+    np.testing.assert_array_equal(cols, K.im2col_numpy(x, 3, 3, sh, sw, pt, pl, oh, ow))
