@@ -12,6 +12,7 @@ from helpers import rel_error
 from tinycnn import parallel, utils
 from tinycnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
 from tinycnn.models import Sequential
+from tinycnn.optimizers import SGD, Adam
 
 
 class ThreadSetting:
@@ -183,8 +184,9 @@ def test_halves_give_the_whole_batch_gradient_and_loss(threads, n):
     threads(1)
     loss, probs, expected = whole_batch_gradient(model, x, y)
     threads(2)
-    loss_halves, probs_halves = model._forward_backward_in_halves(x, y)
-    got = [g for layer in model.layers for g in layer.grads]
+    loss_halves, probs_halves, _ = model._forward_backward_in_halves(x, y)
+    got = [g + twin_g for layer, twin in zip(model.layers, model._layer_copies())      # the two halves'
+           for g, twin_g in zip(layer.grads, twin.grads)]
     assert abs(loss_halves - loss) < 1e-12
     assert rel_error(probs_halves, probs) < 1e-12
     for a, b in zip(got, expected):
@@ -575,4 +577,99 @@ def test_a_deep_copy_of_a_model_trains_in_the_worker_thread(threads, workers):
     original.fit(x, y, batch_size=8, shuffle=False, verbose=0)
     assert len(workers) == 1
     for a, b in zip(original.get_weights(), twin.get_weights()):
+        assert np.array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------
+# The optimizer's step in two parts
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("min_values", [parallel.MIN_SPLIT_VALUES, 16])
+def test_part_of_covers_every_value_once_with_a_cache_line_cut(monkeypatch, min_values):
+    monkeypatch.setattr(parallel, "MIN_SPLIT_VALUES", min_values)
+    for size in (1, 15, 16, 17, 100, 4095, 65536, 65537, 540800):
+        first, second = parallel.part_of(size, 0), parallel.part_of(size, 1)
+        values = np.arange(size)
+        assert np.array_equal(np.concatenate([values[first], values[second]]), values)
+        assert first.stop % 16 == 0 or first.stop == size
+        if size < min_values:
+            assert first.stop == size                            # small: all in the first part
+        else:
+            assert abs(first.stop - size / 2) <= 16
+
+
+def optimizer_cnn(optimizer):
+    """tiny_cnn with a given optimizer, and every parameter cut in two for the optimizer's step."""
+    model = tiny_cnn()
+    model.compile(optimizer, "categorical_crossentropy")
+    return model
+
+
+OPTIMIZERS = [lambda: SGD(0.05, momentum=0.9), lambda: SGD(0.05, momentum=0.9, nesterov=True),
+              lambda: SGD(0.05), lambda: Adam()]
+
+
+@pytest.mark.parametrize("make_optimizer", OPTIMIZERS)
+def test_the_optimizer_step_in_two_parts_is_the_whole_step_bit_for_bit(threads, monkeypatch, make_optimizer):
+    # Two threads each add up the halves' gradients and apply the rule to a part of every
+    # parameter: the same bits as one thread adding them up and doing the whole step.
+    threads(2)
+    x, y, _ = batch(96, "float32", np.random.default_rng(11))
+    runs = []
+    for min_values in (10 ** 9, 16):                               # whole step, then in two parts
+        monkeypatch.setattr(parallel, "MIN_SPLIT_VALUES", min_values)
+        model = optimizer_cnn(make_optimizer())
+        history = model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+        runs.append((model.get_weights(), history.history, model.optimizer.get_state()))
+    assert len(threads.calls) == 2 * (2 * 3) + 2 * 3                # both runs: halves; the second: two parts too
+    for a, b in zip(runs[0][0] + runs[0][2], runs[1][0] + runs[1][2]):
+        assert np.array_equal(a, b)
+    assert runs[0][1] == runs[1][1]
+
+
+@needs_fork
+@pytest.mark.parametrize("make_optimizer", OPTIMIZERS[::3])
+def test_the_worker_process_takes_its_part_of_the_optimizer_step(threads, monkeypatch, workers, make_optimizer):
+    # The second part runs in the worker process on the shared gradients, weights and slots:
+    # the same bits as the whole step in this process.
+    jobs = []
+    run_both = parallel.WorkerProcess.run_both
+    monkeypatch.setattr(parallel.WorkerProcess, "run_both",
+                        lambda self, first, job, *a: jobs.append(job) or run_both(self, first, job, *a))
+    threads(2)
+    x, y, _ = batch(96, "float32", np.random.default_rng(12))
+    runs = []
+    for min_values in (10 ** 9, 16):
+        monkeypatch.setattr(parallel, "MIN_SPLIT_VALUES", min_values)
+        model = optimizer_cnn(make_optimizer())
+        model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+        runs.append(model.get_weights() + model.optimizer.get_state())
+    from tinycnn.models import TRAIN_JOB, UPDATE_JOB
+    assert jobs.count(UPDATE_JOB) == 5 and jobs.count(TRAIN_JOB) == 10    # all but the first batch (before the fork)
+    for a, b in zip(*runs):
+        assert np.array_equal(a, b)
+
+
+@needs_fork
+def test_an_optimizer_state_restored_during_fit_keeps_its_step_out_of_the_worker_process(threads, monkeypatch,
+                                                                                        workers):
+    # set_state gives the optimizer new slot arrays, which the forked worker does not have: from
+    # then on this process does the whole step, and training goes on exactly as with the thread.
+    from tinycnn.callbacks import Callback
+
+    class RestoreState(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:
+                self.model.optimizer.set_state(self.model.optimizer.get_state())
+
+    monkeypatch.setattr(parallel, "MIN_SPLIT_VALUES", 16)
+    threads(2)
+    x, y, _ = batch(64, "float32", np.random.default_rng(13))
+    runs = []
+    for min_batches in (10 ** 9, 0):                               # the thread, then a process
+        monkeypatch.setattr(parallel, "MIN_PROCESS_BATCHES", min_batches)
+        model = optimizer_cnn(SGD(0.05, momentum=0.9))
+        model.fit(x, y, batch_size=8, shuffle=False, verbose=0, callbacks=[RestoreState()])
+        runs.append(model.get_weights() + model.optimizer.get_state())
+    assert len(workers) == 1
+    for a, b in zip(*runs):
         assert np.array_equal(a, b)

@@ -258,11 +258,12 @@ class _WeightedLayer(Layer):
         rng = utils.get_rng()
         # weights in shared memory: tinycnn.parallel's worker process reads them as they are updated
         self.kernel = utils.shared_copy(self.kernel_initializer(kernel_shape, dtype=self.dtype, rng=rng))
-        self.params, self.grads = [self.kernel], [np.zeros_like(self.kernel)]
+        # ... and gradients too: the worker process adds its half's in for its part of the optimizer's step
+        self.params, self.grads = [self.kernel], [utils.shared_copy(np.zeros_like(self.kernel))]
         if self.use_bias:
             self.bias = utils.shared_copy(self.bias_initializer(bias_shape, dtype=self.dtype, rng=rng))
             self.params.append(self.bias)
-            self.grads.append(np.zeros_like(self.bias))
+            self.grads.append(utils.shared_copy(np.zeros_like(self.bias)))
 
     def _bias_and_activation(self, z):
         """z (M, F) = the matrix product -> activation(z + bias), caching what backward needs."""

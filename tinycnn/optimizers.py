@@ -20,10 +20,15 @@ float32 model follows Keras's float32 trajectory to rounding:
 
 Saving and resuming: get_state() returns [iterations, slot arrays...], set_state(list) puts
 them back, so training continues bit-identically after a save/load.
+
+A step in parts: `coefficients(dtype)` gives the step's numbers (learning rate, momentum;
+Adam's alpha...) and `update(grad, param, slots, coefficients)` applies the rule to arrays
+alone, so two processes can each update a part of every parameter (Sequential does, with its
+worker process: tinycnn.parallel). The slots live in shared memory for that.
 """
 import numpy as np
 
-from tinycnn import kernels
+from tinycnn import kernels, utils
 
 
 class Optimizer:
@@ -63,8 +68,8 @@ class Optimizer:
             if np.shape(grad) != param.shape:
                 raise ValueError(f"{type(self).__name__}: gradient {i} has shape {np.shape(grad)} "
                                  f"but its parameter has shape {param.shape}")
-        if self.slots is None:
-            self.slots = [[np.zeros_like(p) for _ in self.slot_names] for _, p in pairs]
+        if self.slots is None:          # (in shared memory: a worker process may update part of them)
+            self.slots = [[utils.shared_copy(np.zeros_like(p)) for _ in self.slot_names] for _, p in pairs]
         expected = [s[0].shape if s else None for s in self.slots]
         if len(self.slots) != len(pairs) or any(
                 s and s[0].shape != p.shape for s, (_, p) in zip(self.slots, pairs)):
@@ -73,15 +78,24 @@ class Optimizer:
                              f"{[p.shape for _, p in pairs]}; use a new optimizer for a new model")
         for i, (_, param) in enumerate(pairs):          # restored state keeps the params' float type
             if any(s.dtype != param.dtype or not s.flags.c_contiguous for s in self.slots[i]):
-                self.slots[i] = [np.ascontiguousarray(s, dtype=param.dtype) for s in self.slots[i]]
+                self.slots[i] = [utils.shared_copy(s.astype(param.dtype)) for s in self.slots[i]]
         return pairs
 
     def apply_gradients(self, grads_and_vars):
         """One step: update every param in place from its grad. grads_and_vars: (grad, param) pairs."""
         pairs = self._check_pairs(grads_and_vars)
         for (grad, param), slots in zip(pairs, self.slots):
-            self._update(np.ascontiguousarray(grad, dtype=param.dtype), param, slots)
+            self.update(np.ascontiguousarray(grad, dtype=param.dtype), param, slots, self.coefficients(param.dtype))
         self.iterations += 1
+
+    def coefficients(self, dtype):
+        """This step's numbers for `update`, as scalars of `dtype` (a tuple)."""
+        raise NotImplementedError
+
+    def update(self, grad, param, slots, coefficients):
+        """The rule on one parameter (or a slice of it, with the same slice of grad and slots),
+        in place; coefficients from `coefficients`. Does not count the step (apply_gradients does)."""
+        raise NotImplementedError
 
     @staticmethod
     def _flat(*arrays):
@@ -89,9 +103,6 @@ class Optimizer:
         if all(a.flags.c_contiguous for a in arrays):
             return [a.reshape(-1) for a in arrays]
         return None
-
-    def _update(self, grad, param, slots):
-        raise NotImplementedError
 
     # -- saving -------------------------------------------------------------------------------
     def get_state(self):
@@ -117,7 +128,7 @@ class Optimizer:
             if len(arrays) % k:
                 raise ValueError(f"{type(self).__name__}.set_state: expected {k} slot arrays per "
                                  f"parameter, got {len(arrays)} arrays")
-            self.slots = [[np.array(a, copy=True) for a in arrays[i:i + k]]
+            self.slots = [[utils.shared_copy(a) for a in arrays[i:i + k]]
                           for i in range(0, len(arrays), k)] if arrays else None
         self.iterations = int(state[0])
 
@@ -145,17 +156,22 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
         self.slot_names = ("momentum",) if self.momentum != 0 else ()
 
-    def _update(self, grad, param, slots):
-        lr = param.dtype.type(self.learning_rate)
+    def coefficients(self, dtype):
+        """(learning rate, momentum, nesterov: 1 or 0) as `dtype` scalars."""
+        f = np.dtype(dtype).type
+        return f(self.learning_rate), f(self.momentum), f(self.nesterov)
+
+    def update(self, grad, param, slots, coefficients):
+        lr, momentum, nesterov = coefficients
         if not slots:                                   # plain SGD: w = w - lr * g
             param -= grad * lr
             return
-        velocity, momentum = slots[0], param.dtype.type(self.momentum)
+        velocity = slots[0]
         # v = momentum * v - lr * g;  w = w + v   (Nesterov: w = w + (momentum * v - lr * g)),
         # in one fused pass (kernels.sgd_momentum_update_numpy is the same in NumPy, bit for bit)
         flat = self._flat(param, grad, velocity)
-        update = kernels.sgd_momentum_update_ if flat else kernels.sgd_momentum_update_numpy
-        update(*(flat or (param, grad, velocity)), lr, momentum, self.nesterov)
+        fused = kernels.sgd_momentum_update_ if flat else kernels.sgd_momentum_update_numpy
+        fused(*(flat or (param, grad, velocity)), lr, momentum, bool(nesterov))
 
     def get_config(self):
         config = super().get_config()
@@ -177,18 +193,22 @@ class Adam(Optimizer):
             raise ValueError(f"Adam: epsilon must be a non-negative number, got {epsilon!r}")
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
 
-    def _update(self, grad, param, slots):
-        m, v = slots
-        f = param.dtype.type                            # do the scalar maths in the params' dtype
+    def coefficients(self, dtype):
+        """(alpha, 1 - beta_1, 1 - beta_2, epsilon) as `dtype` scalars, worked out in that dtype."""
+        f = np.dtype(dtype).type
         t = f(self.iterations + 1)
         alpha = f(self.learning_rate) * np.sqrt(f(1) - f(self.beta_2) ** t) / (f(1) - f(self.beta_1) ** t)
+        return alpha, f(1 - self.beta_1), f(1 - self.beta_2), f(self.epsilon)
+
+    def update(self, grad, param, slots, coefficients):
+        m, v = slots
         # m += (g - m) * (1 - beta_1)       i.e. m = beta_1 m + (1 - beta_1) g
         # v += (g*g - v) * (1 - beta_2)     i.e. v = beta_2 v + (1 - beta_2) g^2
         # w -= (m * alpha) / (sqrt(v) + epsilon)
         # in one fused pass (kernels.adam_update_numpy is the same in NumPy, bit for bit)
         flat = self._flat(param, grad, m, v)
-        update = kernels.adam_update_ if flat else kernels.adam_update_numpy
-        update(*(flat or (param, grad, m, v)), alpha, f(1 - self.beta_1), f(1 - self.beta_2), f(self.epsilon))
+        fused = kernels.adam_update_ if flat else kernels.adam_update_numpy
+        fused(*(flat or (param, grad, m, v)), *coefficients)
 
     def get_config(self):
         config = super().get_config()
