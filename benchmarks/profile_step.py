@@ -114,7 +114,8 @@ def instrument(model, timers):
             for meth in dir(type(obj)):
                 if meth.startswith("_") or not callable(getattr(obj, meth, None)):
                     continue
-                if meth in ("get_config", "from_config", "variables", "get_weights", "set_weights"):
+                if meth in ("get_config", "from_config", "variables", "get_weights", "set_weights",
+                            "update", "coefficients", "coefficients_for"):   # (inside apply_gradients)
                     continue
                 timers.wrap(obj, meth, f"{kind} {type(obj).__name__}.{meth}")
 

@@ -599,3 +599,18 @@ def test_which_pairs_are_fused():
     assert not L.fuses_with_pool(*pair(pool_kwargs=dict(strides=1)))
     conv, pool = pair()
     assert not L.fuses_with_pool(pool, conv) and not L.fuses_with_pool(conv, L.Flatten())
+
+
+def test_fused_pair_leaves_out_the_conv_outputs_no_window_uses():
+    # cnn_sparse's second conv: 13x13x64 -> 11x11, pooled to 5x5 from the top-left 10x10 only.
+    # The fused pair computes those 10x10 (25 Winograd tiles per image, not 36); the result is
+    # the two layers' result, and the input pixels that only reach row/column 11 get dL/dx = 0.
+    conv, pool, x = fused_pair(2, (13, 13, 16), 4, "valid", dtype="float32", seed=4)
+    assert conv._winograd and conv.output_shape == (11, 11, 4) and pool.output_shape == (5, 5, 4)
+    y = L.conv_relu_pool_forward(conv, pool, x)
+    assert conv._linear_size == (10, 10) and conv.v.shape == (16, 2 * 25, 16)
+    upstream = np.ones((2, 5, 5, 4), np.float32)
+    dx = L.conv_relu_pool_backward(conv, pool, upstream)
+    assert not dx[:, 12, :, :].any() and not dx[:, :, 12, :].any()
+    np.testing.assert_array_equal(y, pool.forward(conv.forward(x)))
+    assert conv._linear_size == (11, 11)                        # the layer on its own computes all of it

@@ -356,23 +356,27 @@ class Conv2D(_WeightedLayer):
             self.logits = self.logits.reshape(self.output.shape)
         return self.output
 
-    def forward_linear(self, x):
+    def forward_linear(self, x, out_h=None, out_w=None):
         """x (N, H, W, C) -> z (N*OH*OW, F), the convolution before bias and activation.
 
-        Caches what backward_linear needs: cols, or Winograd's V and U.
+        out_h, out_w: only the top-left out_h x out_w outputs (default all OH x OW): a
+        MaxPooling2D(2) after an 11x11 output uses 10x10 of it (conv_relu_pool_forward).
+        Caches what backward_linear needs: cols, or Winograd's V and U, and that size.
         """
         (kh, kw), (sh, sw), f = self.kernel_size, self.strides, self.filters
+        oh, ow = self._linear_size = (self._oh if out_h is None else out_h, self._ow if out_w is None else out_w)
         if self._winograd:
-            tiles_h, tiles_w = kernels.winograd_tiles(self._oh, self._ow)
+            tiles_h, tiles_w = kernels.winograd_tiles(oh, ow)
             self.v = kernels.winograd_input(x, self._pad_top, self._pad_left, tiles_h, tiles_w)   # (16, T, C)
             self.u = kernels.winograd_kernel(self.kernel)                                       # (16, C, F)
             m = np.matmul(self.v, self.u)                            # (16, T, F): 16 products over C
-            return kernels.winograd_output(m, x.shape[0], self._oh, self._ow, tiles_h, tiles_w).reshape(-1, f)
-        self.cols = kernels.im2col(x, kh, kw, sh, sw, self._pad_top, self._pad_left, self._oh, self._ow)
+            return kernels.winograd_output(m, x.shape[0], oh, ow, tiles_h, tiles_w).reshape(-1, f)
+        self.cols = kernels.im2col(x, kh, kw, sh, sw, self._pad_top, self._pad_left, oh, ow)
         return kernels.matmul(self.cols, self.kernel.reshape(kh * kw * x.shape[3], f))      # (N*OH*OW, F)
 
     def backward_linear(self, grad_z, bias_grad=None):
         """grad_z = dL/dz (N, OH, OW, F), z = conv + bias before the activation -> dL/dx (N, H, W, C).
+        (OH, OW: as many as the forward pass computed, see forward_linear.)
         bias_grad: dL/dbias (F,) where the caller has added it up already (conv_relu_pool_backward).
 
             dL/dW2 = cols^T @ dZ   (KH*KW*C, F), reshaped to the kernel's (KH, KW, C, F)
@@ -383,11 +387,12 @@ class Conv2D(_WeightedLayer):
         """
         (kh, kw), (sh, sw), f = self.kernel_size, self.strides, self.filters
         h, w, c = self.input_shape
+        oh, ow = self._linear_size
         if self._winograd:
             if getattr(self, "v", None) is None:
                 raise RuntimeError(f"{self.name}: backward needs a forward pass before it; each forward "
                                    f"pass serves one backward pass (dL/dx reuses the cached tiles' memory)")
-            tiles_h, tiles_w = kernels.winograd_tiles(self._oh, self._ow)
+            tiles_h, tiles_w = kernels.winograd_tiles(oh, ow)
             dm = kernels.winograd_output_backward(grad_z, tiles_h, tiles_w)        # (16, T, F)
             du = kernels.matmul(self.v.transpose(0, 2, 1), dm)                      # (16, C, F), summed over tiles
             self.grads[0][...] = kernels.winograd_kernel_backward(du)
@@ -405,7 +410,7 @@ class Conv2D(_WeightedLayer):
                                                    tiles_h, tiles_w)
         dcols = kernels.matmul(dz, self.kernel.reshape(-1, f).T)               # (N*OH*OW, KH*KW*C)
         return kernels.col2im(dcols, grad_z.shape[0], h, w, c, kh, kw, sh, sw,
-                              self._pad_top, self._pad_left, self._oh, self._ow)
+                              self._pad_top, self._pad_left, oh, ow)
 
     def get_config(self):
         config = super().get_config()
@@ -494,11 +499,14 @@ def conv_relu_pool_forward(conv, pool, x):
     """x (N, H, W, C) -> pool(conv(x)) (N, OH // 2, OW // 2, F), conv's OH x OW.
 
     The conv's product z as in Conv2D.forward, then y = max over each 2x2 window of
-    ReLU(z + bias) in one pass (kernels.bias_relu_maxpool_2x2). Caches the conv's patches or
-    tiles, the pool's argmax, and y, whose sign is all backward needs of the ReLU.
+    ReLU(z + bias) in one pass (kernels.bias_relu_maxpool_2x2). An odd last row or column of
+    the conv's output is in no window, so it is not computed (cnn_sparse's second conv: 10x10
+    of 11x11, 25 Winograd tiles instead of 36). Caches the conv's patches or tiles, the
+    pool's argmax, and y, whose sign is all backward needs of the ReLU.
     """
     x = conv._check_input(x)
-    z = conv.forward_linear(x).reshape(x.shape[0], conv._oh, conv._ow, conv.filters)
+    out_h, out_w = conv._oh // 2 * 2, conv._ow // 2 * 2           # the outputs the windows cover
+    z = conv.forward_linear(x, out_h, out_w).reshape(x.shape[0], out_h, out_w, conv.filters)
     y, pool.argmax = kernels.bias_relu_maxpool_2x2(z, conv.bias)
     conv.output, pool.output, pool._batch_size = None, y, x.shape[0]   # the conv's output is never formed
     return y
@@ -512,7 +520,7 @@ def conv_relu_pool_backward(conv, pool, grad_out):
     then the conv's own backward_linear. Fills conv.grads.
     """
     grad_z, bias_grad = kernels.maxpool_relu_backward_2x2(pool._check_grad(grad_out), pool.argmax, pool.output,
-                                                          conv._oh, conv._ow)
+                                                          *conv._linear_size)
     return conv.backward_linear(grad_z, bias_grad)
 
 

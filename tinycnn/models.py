@@ -476,7 +476,7 @@ class Sequential:
         """
         optimizer = self.optimizer
         optimizer._check_pairs(self._grads_and_params)        # checks shapes; makes the slots at the first step
-        numbers = [optimizer.coefficients(param.dtype) for _, param in self._grads_and_params]
+        numbers = optimizer.coefficients_for([param for _, param in self._grads_and_params])
         first_part = lambda: self._update_part(0, numbers)     # noqa: E731
         if all(param.size < parallel.MIN_SPLIT_VALUES for _, param in self._grads_and_params):
             first_part()                                        # small parameters only: all here

@@ -84,9 +84,18 @@ class Optimizer:
     def apply_gradients(self, grads_and_vars):
         """One step: update every param in place from its grad. grads_and_vars: (grad, param) pairs."""
         pairs = self._check_pairs(grads_and_vars)
-        for (grad, param), slots in zip(pairs, self.slots):
-            self.update(np.ascontiguousarray(grad, dtype=param.dtype), param, slots, self.coefficients(param.dtype))
+        numbers = self.coefficients_for([param for _, param in pairs])
+        for (grad, param), slots, coefficients in zip(pairs, self.slots, numbers):
+            self.update(np.ascontiguousarray(grad, dtype=param.dtype), param, slots, coefficients)
         self.iterations += 1
+
+    def coefficients_for(self, params):
+        """coefficients(param.dtype) for each of params, worked out once per dtype."""
+        by_dtype = {}
+        for param in params:
+            if param.dtype not in by_dtype:
+                by_dtype[param.dtype] = self.coefficients(param.dtype)
+        return [by_dtype[param.dtype] for param in params]
 
     def coefficients(self, dtype):
         """This step's numbers for `update`, as scalars of `dtype` (a tuple)."""
