@@ -935,36 +935,37 @@ def maxpool_relu_backward_2x2(dy, argmax, y, h, w, out=None):
     let the winner through: the winner's ReLU output is the window's maximum y, so that is
     y > 0 (no need for the ReLU's output itself). Every other pixel gets 0.
         dz[winner] = dy * [y > 0];   dL/dbias = sum over all windows of dy * [y > 0]
-    The bias sums run over the windows (a quarter of dz's rows), accumulated in float64.
+    dz is written an image row at a time (two per row of windows), a window's two cells of
+    the row per step, as _maxpool_2x2_backward. The bias sums are added up on each window's
+    first row, per row of windows in dy's type, then in float64.
     """
     n, out_h, out_w, c = dy.shape
     dz = np.empty((n, h, w, c), dtype=dy.dtype) if out is None else out
     zero = dz.dtype.type(0)
     sums = np.zeros(c, dtype=np.float64)
+    row_sums = np.zeros(c, dtype=dy.dtype)
     for b in range(n):
         for oy in range(out_h):
-            for ox in range(out_w):
-                grad, through = dy[b, oy, ox], y[b, oy, ox]                     # (C,) views
-                for ch in range(c):
-                    if through[ch] > 0:
-                        sums[ch] += grad[ch]
-    for b in range(n):                               # dz row by row, as _maxpool_2x2_backward
-        for yy in range(h):
-            line = dz[b, yy].reshape(w * c)
-            oy = yy // 2
-            if oy >= out_h:                          # an odd last row, in no window
-                line[:] = 0
-                continue
-            for ox in range(out_w):
-                grad, where, through = dy[b, oy, ox], argmax[b, oy, ox], y[b, oy, ox]
-                left = yy * w + 2 * ox
-                start = 2 * ox * c
-                for ch in range(c):
-                    g = grad[ch] if through[ch] > 0 else zero
-                    line[start + ch] = g if where[ch] == left else zero
-                    line[start + c + ch] = g if where[ch] == left + 1 else zero
-            for k in range(2 * out_w * c, w * c):    # an odd last column, in no window
-                line[k] = zero
+            for yy in range(2 * oy, 2 * oy + 2):
+                line = dz[b, yy].reshape(w * c)      # image row yy: pixel xx, channel ch at xx*C + ch
+                for ox in range(out_w):
+                    grad, where, through = dy[b, oy, ox], argmax[b, oy, ox], y[b, oy, ox]   # (C,) views
+                    left = yy * w + 2 * ox           # the window's left cell in this row, as y*W + x
+                    start = 2 * ox * c
+                    for ch in range(c):
+                        g = grad[ch] if through[ch] > 0 else zero
+                        line[start + ch] = g if where[ch] == left else zero
+                        line[start + c + ch] = g if where[ch] == left + 1 else zero
+                    if yy == 2 * oy:                 # each window's gradient once, for the bias
+                        for ch in range(c):
+                            row_sums[ch] += grad[ch] if through[ch] > 0 else zero
+                for k in range(2 * out_w * c, w * c):    # an odd last column, in no window
+                    line[k] = zero
+            for ch in range(c):
+                sums[ch] += row_sums[ch]
+                row_sums[ch] = 0
+        for yy in range(2 * out_h, h):               # an odd last row, in no window
+            dz[b, yy] = zero
     return dz, sums.astype(dy.dtype)
 
 
