@@ -937,7 +937,9 @@ def maxpool_relu_backward_2x2(dy, argmax, y, h, w, out=None):
         dz[winner] = dy * [y > 0];   dL/dbias = sum over all windows of dy * [y > 0]
     dz is written an image row at a time (two per row of windows), a window's two cells of
     the row per step, as _maxpool_2x2_backward. The bias sums are added up on each window's
-    first row, per row of windows in dy's type, then in float64.
+    first row, per row of windows in dy's type, then in float64. (The rows are counted by
+    `half`, so the test `half == 0` is one numba moves out of the inner loops; written as
+    `yy == 2 * oy` it stayed inside them, unvectorised: 5x slower.)
     """
     n, out_h, out_w, c = dy.shape
     dz = np.empty((n, h, w, c), dtype=dy.dtype) if out is None else out
@@ -946,7 +948,8 @@ def maxpool_relu_backward_2x2(dy, argmax, y, h, w, out=None):
     row_sums = np.zeros(c, dtype=dy.dtype)
     for b in range(n):
         for oy in range(out_h):
-            for yy in range(2 * oy, 2 * oy + 2):
+            for half in range(2):                    # the windows' top row, then their bottom row
+                yy = 2 * oy + half
                 line = dz[b, yy].reshape(w * c)      # image row yy: pixel xx, channel ch at xx*C + ch
                 for ox in range(out_w):
                     grad, where, through = dy[b, oy, ox], argmax[b, oy, ox], y[b, oy, ox]   # (C,) views
@@ -956,7 +959,7 @@ def maxpool_relu_backward_2x2(dy, argmax, y, h, w, out=None):
                         g = grad[ch] if through[ch] > 0 else zero
                         line[start + ch] = g if where[ch] == left else zero
                         line[start + c + ch] = g if where[ch] == left + 1 else zero
-                    if yy == 2 * oy:                 # each window's gradient once, for the bias
+                    if half == 0:                    # each window's gradient once, for the bias
                         for ch in range(c):
                             row_sums[ch] += grad[ch] if through[ch] > 0 else zero
                 for k in range(2 * out_w * c, w * c):    # an odd last column, in no window
