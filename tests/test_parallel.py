@@ -584,17 +584,18 @@ def test_a_deep_copy_of_a_model_trains_in_the_worker_thread(threads, workers):
 # The optimizer's step in two parts
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("min_values", [parallel.MIN_SPLIT_VALUES, 16])
-def test_part_of_covers_every_value_once_with_a_cache_line_cut(monkeypatch, min_values):
+def test_part_of_covers_every_value_once_and_cuts_at_a_row(monkeypatch, min_values):
     monkeypatch.setattr(parallel, "MIN_SPLIT_VALUES", min_values)
-    for size in (1, 15, 16, 17, 100, 4095, 65536, 65537, 540800):
-        first, second = parallel.part_of(size, 0), parallel.part_of(size, 1)
+    for shape in [(1,), (15,), (100,), (65536,), (65537,), (5408, 100), (3, 3, 64, 64), (1600, 128), (7, 9)]:
+        size, row = int(np.prod(shape)), (shape[-1] if len(shape) > 1 else 1)
+        first, second = parallel.part_of(shape, 0), parallel.part_of(shape, 1)
         values = np.arange(size)
         assert np.array_equal(np.concatenate([values[first], values[second]]), values)
-        assert first.stop % 16 == 0 or first.stop == size
+        assert first.stop % row == 0                              # a Dense kernel: whole rows each
         if size < min_values:
             assert first.stop == size                            # small: all in the first part
         else:
-            assert abs(first.stop - size / 2) <= 16
+            assert abs(first.stop - size / 2) <= row
 
 
 def optimizer_cnn(optimizer):
@@ -609,42 +610,71 @@ OPTIMIZERS = [lambda: SGD(0.05, momentum=0.9), lambda: SGD(0.05, momentum=0.9, n
 
 
 @pytest.mark.parametrize("make_optimizer", OPTIMIZERS)
-def test_the_optimizer_step_in_two_parts_is_the_whole_step_bit_for_bit(threads, monkeypatch, make_optimizer):
-    # Two threads each add up the halves' gradients and apply the rule to a part of every
-    # parameter: the same bits as one thread adding them up and doing the whole step.
-    threads(2)
+def test_the_optimizer_step_in_two_parts_trains_like_one_thread(threads, monkeypatch, make_optimizer):
+    # Two threads each complete the batch's gradient for a part of every parameter and apply
+    # the rule to it (the Dense kernels' from both halves' rows at once): the same training as
+    # one thread, to float32 rounding, and the same bits every time.
+    monkeypatch.setattr(parallel, "MIN_SPLIT_VALUES", 16)
     x, y, _ = batch(96, "float32", np.random.default_rng(11))
     runs = []
-    for min_values in (10 ** 9, 16):                               # whole step, then in two parts
-        monkeypatch.setattr(parallel, "MIN_SPLIT_VALUES", min_values)
+    for count in (1, 2, 2):
+        threads(count)
         model = optimizer_cnn(make_optimizer())
         history = model.fit(x, y, epochs=2, batch_size=32, verbose=0)
-        runs.append((model.get_weights(), history.history, model.optimizer.get_state()))
-    assert len(threads.calls) == 2 * (2 * 3) + 2 * 3                # both runs: halves; the second: two parts too
-    for a, b in zip(runs[0][0] + runs[0][2], runs[1][0] + runs[1][2]):
+        assert [parallel.kernel_grads_later(layer) for layer in model.layers] == [False] * 3 + [True] * 2
+        runs.append((model.get_weights() + model.optimizer.get_state(), history.history))
+    assert len(threads.calls) == 2 * (2 * 3 * 2)                    # each step: its halves, then its two parts
+    for a, b in zip(runs[0][0], runs[1][0]):
+        assert rel_error(a, b) < 1e-5
+    for a, b in zip(runs[1][0], runs[2][0]):
         assert np.array_equal(a, b)
-    assert runs[0][1] == runs[1][1]
+    assert runs[1][1] == runs[2][1]
+
+
+@pytest.mark.parametrize("n", [2, 7, 32])
+def test_a_step_in_halves_leaves_the_batch_gradient_in_every_layer(threads, monkeypatch, n):
+    # float64, learning rate 0: after one step in halves, every layer's grads hold the whole
+    # batch's gradient, the Dense kernels' computed from both halves' rows in the optimizer's step.
+    monkeypatch.setattr(parallel, "MIN_SPLIT_VALUES", 16)
+    x, y, _ = batch(n, "float64", np.random.default_rng(n + 1))
+    model = tiny_cnn("float64")
+    model.compile(SGD(0.0), "categorical_crossentropy")
+    threads(1)
+    loss, _, expected = whole_batch_gradient(model, x, y)
+    for layer in model.layers:
+        for g in layer.grads:
+            g[...] = np.nan                                       # nothing left from before
+    threads(2)
+    assert model._in_halves(n)
+    loss_halves, _ = model._train_step(x, y)
+    assert abs(loss_halves - loss) < 1e-12
+    got = [g for layer in model.layers for g in layer.grads]
+    for a, b in zip(got, expected):
+        assert rel_error(a, b) < 1e-10
+    assert all(layer.kernel_grad_rows is None for layer in model.layers + model._layer_copies()
+               if isinstance(layer, Dense))                         # nothing left set for a later step
 
 
 @needs_fork
 @pytest.mark.parametrize("make_optimizer", OPTIMIZERS[::3])
 def test_the_worker_process_takes_its_part_of_the_optimizer_step(threads, monkeypatch, workers, make_optimizer):
-    # The second part runs in the worker process on the shared gradients, weights and slots:
-    # the same bits as the whole step in this process.
+    # The second part runs in the worker process on the shared gradients, weights, slots and
+    # the Dense layers' rows: the same bits as with the worker thread.
     jobs = []
     run_both = parallel.WorkerProcess.run_both
     monkeypatch.setattr(parallel.WorkerProcess, "run_both",
                         lambda self, first, job, *a: jobs.append(job) or run_both(self, first, job, *a))
+    monkeypatch.setattr(parallel, "MIN_SPLIT_VALUES", 16)
     threads(2)
     x, y, _ = batch(96, "float32", np.random.default_rng(12))
     runs = []
-    for min_values in (10 ** 9, 16):
-        monkeypatch.setattr(parallel, "MIN_SPLIT_VALUES", min_values)
+    for min_batches in (10 ** 9, 0):                               # the thread, then a process
+        monkeypatch.setattr(parallel, "MIN_PROCESS_BATCHES", min_batches)
         model = optimizer_cnn(make_optimizer())
         model.fit(x, y, epochs=2, batch_size=32, verbose=0)
         runs.append(model.get_weights() + model.optimizer.get_state())
     from tinycnn.models import TRAIN_JOB, UPDATE_JOB
-    assert jobs.count(UPDATE_JOB) == 5 and jobs.count(TRAIN_JOB) == 10    # all but the first batch (before the fork)
+    assert jobs.count(UPDATE_JOB) == 5 and jobs.count(TRAIN_JOB) == 5     # all but the first batch (before the fork)
     for a, b in zip(*runs):
         assert np.array_equal(a, b)
 

@@ -554,6 +554,10 @@ class Dense(_WeightedLayer):
 
     x (N, in) -> y (N, units); kernel (in, units), bias (units,). (Inputs of higher rank
     (N, ..., in) are treated as N*... rows, as Keras does.)
+
+    kernel_grad_rows: None, or a pair of arrays (N, in) and (N, units) that the model sets
+    for a step in halves (parallel.kernel_grads_later): backward_linear then copies x and
+    dL/dz there and leaves dL/dkernel = x^T @ dZ to the model, for the whole batch at once.
     """
 
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
@@ -561,6 +565,7 @@ class Dense(_WeightedLayer):
         super().__init__(input_shape, name, dtype)
         self.units = _positive_int(units, "units", self.name)
         self._init_weights_args(activation, use_bias, kernel_initializer, bias_initializer)
+        self.kernel_grad_rows = None
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) < 1:
@@ -589,7 +594,11 @@ class Dense(_WeightedLayer):
             dL/dx      = dZ @ kernel^T
         """
         dz = grad_z.reshape(-1, self.units)
-        kernels.matmul(self.x_rows.T, dz, out=self.grads[0])      # written into dL/dkernel
+        if self.kernel_grad_rows is None:
+            kernels.matmul(self.x_rows.T, dz, out=self.grads[0])  # written into dL/dkernel
+        else:                                                     # the model multiplies them later
+            x_out, dz_out = self.kernel_grad_rows
+            x_out[...], dz_out[...] = self.x_rows, dz
         if self.use_bias:
             self.grads[1][...] = kernels.column_sums(dz)       # sum over rows
         if not self.need_input_grad:

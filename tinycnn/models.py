@@ -37,6 +37,7 @@ import warnings
 import numpy as np
 
 from tinycnn import callbacks as callbacks_module
+from tinycnn import kernels as kernels_module
 from tinycnn import layers as layers_module
 from tinycnn import losses as losses_module
 from tinycnn import optimizers as optimizers_module
@@ -433,9 +434,9 @@ class Sequential:
         model where it pays (see _in_halves), the two halves of the batch run side by side.
         """
         if self._in_halves(len(x)):
-            loss, probs, worker = self._forward_backward_in_halves(x, y)     # two halves' gradients
+            loss, probs, halves = self._forward_backward_in_halves(x, y)     # two halves' gradients
             if math.isfinite(loss):
-                self._apply_gradients_in_halves(worker)
+                self._apply_gradients_in_halves(halves)
             return loss, probs
         probs = self._forward(x, training=True)
         loss, grad = self._loss_and_grad(y, probs)
@@ -450,56 +451,95 @@ class Sequential:
         The model's layers take the first half, their copies (same weights) the second. Each
         half's loss gradient is scaled by its share of the batch, rows / N, so that each
         half backpropagates its part of the batch's MEAN loss: the layers' gradients plus the
-        copies' are the batch's (_apply_gradients_in_halves adds them up). Returns (the batch's
-        mean loss, its probabilities, the worker process or None for the worker thread).
+        copies' are the batch's (_apply_gradients_in_halves adds them up). A big Dense layer's
+        dL/dkernel is left to _apply_gradients_in_halves (parallel.kernel_grads_later): its
+        halves leave their rows of x and dL/dz in shared buffers. Returns (the batch's mean
+        loss, its probabilities, what the optimizer's step needs: the worker process or None
+        for the worker thread, those buffers, n).
         """
         n, h = len(x), parallel.first_half_size(len(x))
         copies = self._layer_copies()
         first_half = lambda: self._train_half(self._layers, x[:h], y[:h], n)     # noqa: E731
         worker, shared = self._worker_for(x[h:], y[h:])
-        if worker is not None:                              # the second half in the worker process
-            rows = n - h
-            shared.x[:rows], shared.y[:rows] = x[h:], y[h:]
-            loss_0, probs_0 = worker.run_both(first_half, TRAIN_JOB, rows, n)
-            loss_1, probs_1 = float(shared.loss[0]), shared.probs[:rows]
-        else:                                               # ... or in the worker thread
-            (loss_0, probs_0), (loss_1, probs_1) = self._run_both(
-                first_half, lambda: self._train_half(copies, x[h:], y[h:], n))
-        return (loss_0 + loss_1) / n, np.concatenate([probs_0, probs_1]), worker
+        later = self._kernel_grads_later(n, shared.kernel_grads if worker is not None else self._kernel_grad_buffers(n))
+        for i, (x_rows, dz_rows) in later.items():          # the worker process sets its own copies'
+            self._layers[i].kernel_grad_rows = (x_rows[:h], dz_rows[:h])
+            copies[i].kernel_grad_rows = (x_rows[h:n], dz_rows[h:n])
+        try:
+            if worker is not None:                          # the second half in the worker process
+                rows = n - h
+                shared.x[:rows], shared.y[:rows] = x[h:], y[h:]
+                loss_0, probs_0 = worker.run_both(first_half, TRAIN_JOB, rows, n)
+                loss_1, probs_1 = float(shared.loss[0]), shared.probs[:rows]
+            else:                                           # ... or in the worker thread
+                (loss_0, probs_0), (loss_1, probs_1) = self._run_both(
+                    first_half, lambda: self._train_half(copies, x[h:], y[h:], n))
+        finally:
+            for i in later:
+                self._layers[i].kernel_grad_rows = copies[i].kernel_grad_rows = None
+        halves = types.SimpleNamespace(worker=worker, kernel_grads=later, n=n)
+        return (loss_0 + loss_1) / n, np.concatenate([probs_0, probs_1]), halves
 
-    def _apply_gradients_in_halves(self, worker):
+    def _kernel_grad_buffers(self, n):
+        """{layer index: (x rows (n, in), dL/dz rows (n, units))} in shared memory for the layers
+        whose dL/dkernel a step in halves computes later (parallel.kernel_grads_later); made
+        for at least n rows and kept (a worker process's are made before its fork)."""
+        key = [(i, layer.kernel) for i, layer in enumerate(self._layers) if parallel.kernel_grads_later(layer)]
+        cached = getattr(self, "_kernel_grad_cache", None)
+        if cached is None or not _same_objects([k for _, k in cached[0]], [k for _, k in key]) or cached[1] < n:
+            buffers = {i: (utils.shared_copy(np.zeros((n, kernel.shape[0]), kernel.dtype)),
+                           utils.shared_copy(np.zeros((n, kernel.shape[1]), kernel.dtype))) for i, kernel in key}
+            self._kernel_grad_cache = cached = (key, n, buffers)
+        return cached[2]
+
+    def _kernel_grads_later(self, n, buffers):
+        """The buffers to use for a batch of n in halves, or {} where its halves go in pieces
+        (each piece would overwrite the rows of the one before)."""
+        h = parallel.first_half_size(n)
+        return buffers if buffers and parallel.rows_per_piece(self._layers, h) >= h else {}
+
+    def _apply_gradients_in_halves(self, halves):
         """The optimizer's step after _forward_backward_in_halves, shared by the two threads or
-        processes: each adds the halves' gradients up and applies the rule to its part of every
-        parameter (parallel.part_of), with this step's numbers (optimizer.coefficients). The same
-        arithmetic as adding up and one apply_gradients, bit for bit; cnn_categorical's 542,230
-        weights: 0.19 ms a step in one process, about half that in two (memory-bound passes).
+        processes: each completes the batch's gradient for its part of every parameter
+        (parallel.part_of) and applies the rule to it, with this step's numbers
+        (optimizer.coefficients). The same arithmetic as one apply_gradients on the summed
+        gradients, bit for bit (a big Dense kernel's: one product instead of two added).
+        halves: from _forward_backward_in_halves (the worker, the Dense layers' rows, n).
         """
-        optimizer = self.optimizer
+        optimizer, worker = self.optimizer, halves.worker
         optimizer._check_pairs(self._grads_and_params)        # checks shapes; makes the slots at the first step
         numbers = optimizer.coefficients_for([param for _, param in self._grads_and_params])
-        first_part = lambda: self._update_part(0, numbers)     # noqa: E731
+        part = lambda number: self._update_part(number, numbers, halves.kernel_grads, halves.n)   # noqa: E731
         if all(param.size < parallel.MIN_SPLIT_VALUES for _, param in self._grads_and_params):
-            first_part()                                        # small parameters only: all here
+            part(0)                                             # small parameters only: all here
         elif worker is None:                                    # the worker thread takes the second part
-            self._run_both(first_part, lambda: self._update_part(1, numbers))
+            self._run_both(lambda: part(0), lambda: part(1))
         elif _same_objects(self._session.optimizer_arrays, self._optimizer_arrays()):   # the worker sees them
             self._session.shared.coefficients[:len(numbers), :len(numbers[0])] = numbers
-            worker.run_both(first_part, UPDATE_JOB, len(numbers[0]), 0)
+            worker.run_both(lambda: part(0), UPDATE_JOB, len(numbers[0]), halves.n)
         else:                            # the optimizer or its slots changed since the fork: all here
-            first_part()
-            self._update_part(1, numbers)
+            part(0)
+            part(1)
         optimizer.iterations += 1
 
-    def _update_part(self, part, numbers):
+    def _update_part(self, part, numbers, kernel_grads, n):
         """Part 0 or 1 of the optimizer's step: for each parameter, that part of its values
-        (parallel.part_of): grad += the copy's grad (the batch's gradient), then the rule."""
+        (parallel.part_of): the batch's gradient there, then the rule. The gradient is
+        grad += the copy's grad (the two halves'), or for a kernel in kernel_grads (layer index ->
+        the n rows of x and dL/dz) its rows of dL/dkernel = x^T @ dZ, all n rows at once."""
         optimizer, copies = self.optimizer, self._layer_copies()
         twin_grads = [g for twin in copies for g in twin.grads]
+        later = {id(self._layers[i].kernel): rows for i, rows in kernel_grads.items()}
         for (grad, param), twin_grad, slots, coefficients in zip(self._grads_and_params, twin_grads,
                                                                  optimizer.slots, numbers):
-            values = parallel.part_of(param.size, part)
+            values = parallel.part_of(param.shape, part)
+            if id(param) in later:                      # this part's rows of dL/dkernel
+                x_rows, dz_rows = later[id(param)]
+                first, last = values.start // param.shape[1], values.stop // param.shape[1]
+                kernels_module.matmul(x_rows[:n, first:last].T, dz_rows[:n], out=grad[first:last])
             grad_part = grad.reshape(-1)[values]
-            grad_part += twin_grad.reshape(-1)[values]
+            if id(param) not in later:
+                grad_part += twin_grad.reshape(-1)[values]      # the two halves' gradients
             optimizer.update(grad_part, param.reshape(-1)[values], [s.reshape(-1)[values] for s in slots],
                              coefficients)
 
@@ -591,15 +631,23 @@ class Sequential:
             loss=utils.shared_copy(np.zeros(1)),
             probs=utils.shared_copy(np.zeros(outputs, self.dtype)),
             logits=utils.shared_copy(np.zeros(outputs, self.dtype)),
-            coefficients=utils.shared_copy(np.zeros((len(self._grads_and_params), 8))))   # float64: exact for both
+            coefficients=utils.shared_copy(np.zeros((len(self._grads_and_params), 8))),   # float64: exact for both
+            kernel_grads=self._kernel_grad_buffers(batch_size))
 
         def train(rows, n):                                 # TRAIN_JOB
-            shared.loss[0], shared.probs[:rows] = self._train_half(copies, shared.x[:rows], shared.y[:rows], n)
+            later = self._kernel_grads_later(n, shared.kernel_grads)
+            for i, (x_rows, dz_rows) in later.items():      # (as _forward_backward_in_halves does)
+                copies[i].kernel_grad_rows = (x_rows[n - rows:n], dz_rows[n - rows:n])
+            try:
+                shared.loss[0], shared.probs[:rows] = self._train_half(copies, shared.x[:rows], shared.y[:rows], n)
+            finally:
+                for i in later:
+                    copies[i].kernel_grad_rows = None
 
-        def update(count, _):                               # UPDATE_JOB: count coefficients per parameter
+        def update(count, n):                               # UPDATE_JOB: count coefficients per parameter
             params = [param for _, param in self._grads_and_params]
             numbers = [tuple(param.dtype.type(c) for c in row[:count]) for param, row in zip(params, shared.coefficients)]
-            self._update_part(1, numbers)
+            self._update_part(1, numbers, self._kernel_grads_later(n, shared.kernel_grads), n)
 
         def forward(rows, n):                               # FORWARD_JOB
             shared.probs[:rows], logits = self._forward_in_pieces(shared.x[:rows], copies)

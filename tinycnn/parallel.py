@@ -49,7 +49,7 @@ import warnings
 import numpy as np
 
 from tinycnn import kernels, utils
-from tinycnn.layers import Conv2D
+from tinycnn.layers import Conv2D, Dense
 
 
 # When halves pay. Measured on an idle 2-core machine (2026-11-29, ms per step of 32, one
@@ -126,13 +126,26 @@ def rows_per_piece(layers, rows):
 MIN_SPLIT_VALUES = 65536
 
 
-def part_of(size, part):
-    """The slice of a parameter's `size` values that part 0 or 1 of a shared optimizer step updates.
+def part_of(shape, part):
+    """The slice of a parameter's values (flattened) that part 0 or 1 of a shared optimizer step updates.
 
-    The cut is at a multiple of 16 values (64 bytes of float32: whole cache lines, so the two
-    processes never write to the same line)."""
-    middle = size if size < MIN_SPLIT_VALUES else size // 2 // 16 * 16
+    The parameter is seen as rows of its last axis (a Dense kernel (in, units): its `in`
+    rows); the parts meet at a row, so a Dense layer's part is its rows of dL/dkernel too
+    (kernel_grads_later)."""
+    size = math.prod(shape)
+    row = shape[-1] if len(shape) >= 2 else 1                   # a vector: each value a row
+    middle = size if size < MIN_SPLIT_VALUES else size // row // 2 * row
     return slice(0, middle) if part == 0 else slice(middle, size)
+
+
+def kernel_grads_later(layer):
+    """True for a layer whose dL/dkernel a step in halves computes once for the whole batch, in
+    the optimizer's two parts, rather than once per half and then added up: a Dense layer
+    with a big kernel (cnn_categorical's 5408 x 100). Its halves leave their input rows and
+    dL/dz in shared buffers (Dense.kernel_grad_rows); each part multiplies its rows of x^T by
+    dZ for all 32 rows at once. That saves writing, adding and reading back two copies of
+    dL/dkernel (2.2 MB each): 0.945 -> 0.906 ms a step, alternating in one process."""
+    return isinstance(layer, Dense) and layer.built and layer.kernel.size >= MIN_SPLIT_VALUES
 
 
 def first_half_size(n):
