@@ -506,15 +506,15 @@ class Sequential:
         gradients, bit for bit (a big Dense kernel's: one product instead of two added).
         halves: from _forward_backward_in_halves (the worker, the Dense layers' rows, n).
         """
-        optimizer, worker = self.optimizer, halves.worker
-        optimizer._check_pairs(self._grads_and_params)        # checks shapes; makes the slots at the first step
-        numbers = optimizer.coefficients_for([param for _, param in self._grads_and_params])
+        optimizer, worker, pairs = self.optimizer, halves.worker, self._grads_and_params
+        optimizer._check_pairs(pairs)                           # checks shapes; makes the slots at the first step
+        numbers = optimizer.coefficients_for([param for _, param in pairs])
         part = lambda number: self._update_part(number, numbers, halves.kernel_grads, halves.n)   # noqa: E731
-        if all(param.size < parallel.MIN_SPLIT_VALUES for _, param in self._grads_and_params):
+        if all(param.size < parallel.MIN_SPLIT_VALUES for _, param in pairs):
             part(0)                                             # small parameters only: all here
         elif worker is None:                                    # the worker thread takes the second part
             self._run_both(lambda: part(0), lambda: part(1))
-        elif _same_objects(self._session.optimizer_arrays, self._optimizer_arrays()):   # the worker sees them
+        elif _same_objects(self._session.optimizer_arrays, self._optimizer_arrays()):   # the worker has them
             self._session.shared.coefficients[:len(numbers), :len(numbers[0])] = numbers
             worker.run_both(lambda: part(0), UPDATE_JOB, len(numbers[0]), halves.n)
         else:                            # the optimizer or its slots changed since the fork: all here
@@ -533,6 +533,8 @@ class Sequential:
         for (grad, param), twin_grad, slots, coefficients in zip(self._grads_and_params, twin_grads,
                                                                  optimizer.slots, numbers):
             values = parallel.part_of(param.shape, part)
+            if values.start == values.stop:             # a small parameter: all in the other part
+                continue
             if id(param) in later:                      # this part's rows of dL/dkernel
                 x_rows, dz_rows = later[id(param)]
                 first, last = values.start // param.shape[1], values.stop // param.shape[1]
@@ -544,13 +546,9 @@ class Sequential:
                              coefficients)
 
     def _optimizer_arrays(self):
-        """The arrays a worker process's part of the optimizer's step writes to, or None where
-        one is not in shared memory (its changes would not be seen here)."""
+        """The optimizer and the arrays a worker process's part of its step writes to."""
         arrays = [a for g, p in self._grads_and_params for a in (g, p)]
-        arrays += [s for slots in (self.optimizer.slots or []) for s in slots]
-        if not all(utils.is_shared(a) for a in arrays):
-            return None
-        return [self.optimizer] + arrays
+        return [self.optimizer] + arrays + [s for slots in (self.optimizer.slots or []) for s in slots]
 
     def _train_half(self, layers, x, y, n):
         """Forward and backward of (x, y), part of a batch of n rows, through `layers`:
@@ -686,7 +684,9 @@ class Sequential:
             if session.batches_before_fork > 0:            # this batch whole in this thread, the fork at the next
                 session.batches_before_fork -= 1
                 return None, None
-            session.optimizer_arrays = self._optimizer_arrays()   # what the worker's optimizer steps will see
+            arrays = self._optimizer_arrays()                # what the worker's optimizer steps will see,
+            if all(utils.is_shared(a) for a in arrays[1:]):     # if its changes are seen here
+                session.optimizer_arrays = arrays
             session.worker = parallel.WorkerProcess(session.jobs)
         return session.worker, shared
 
