@@ -158,6 +158,13 @@ def kernel_cases(k):
         _, am = maxpool_forward_numpy(x, 2, 2, 2, 2, 0, 0, oh, ow)
         dy = rand(N, oh, ow, c)
         cases.setdefault("maxpool_backward", []).append((label, (dy, am, h, w), dy.nbytes + am.nbytes + x.nbytes))
+        # the fused conv -> pool pair (layers.conv_relu_pool_*): z is the conv's output before its
+        # bias, cropped to the windows (cnn_sparse's 11x11 -> 10x10)
+        z, zh, zw = rand(N, 2 * oh, 2 * ow, c) - 0.5, 2 * oh, 2 * ow
+        y, am2 = k.bias_relu_maxpool_2x2(z, rand(c))
+        cases.setdefault("bias_relu_maxpool_2x2", []).append((label, (z, rand(c)), z.nbytes + out_bytes))
+        cases.setdefault("maxpool_relu_backward_2x2", []).append(
+            (label, (dy, am2, y, zh, zw), dy.nbytes + am2.nbytes + y.nbytes + z.nbytes))
     for label, m, kk, n in matmul_cases()[1:]:          # the layers' products, as the layers make them
         a, b = matmul_operands(label, m, kk, n)
         cases.setdefault("matmul", []).append((label, (a, b), 4 * (m * kk + kk * n + m * n)))
