@@ -17,6 +17,11 @@ Reading guide. One training step (`_train_step`) is the textbook loop:
                                              leaves dL/dparams in its `grads`
     optimizer.apply_gradients(zip(grads, params))
 
+Two shortcuts change how, not what: a Conv2D(relu) followed by MaxPooling2D(2) runs as one
+step (layers.conv_relu_pool_forward / _backward), and on two cores the batch runs in two
+halves side by side and the optimizer's step in two parts (_forward_backward_in_halves,
+_apply_gradients_in_halves; tinycnn.parallel).
+
 `fit` wraps that in epochs and batches (shuffled with tinycnn.utils.get_rng()), keeps the
 running means Keras reports, evaluates the validation data after each epoch and calls the
 callbacks (tinycnn.callbacks). Everything the user passes is checked once, up front
@@ -502,8 +507,9 @@ class Sequential:
         """The optimizer's step after _forward_backward_in_halves, shared by the two threads or
         processes: each completes the batch's gradient for its part of every parameter
         (parallel.part_of) and applies the rule to it, with this step's numbers
-        (optimizer.coefficients). The same arithmetic as one apply_gradients on the summed
-        gradients, bit for bit (a big Dense kernel's: one product instead of two added).
+        (optimizer.coefficients). Bit for bit what adding the halves' gradients up and one
+        apply_gradients give, except for a big Dense kernel, whose gradient is one product over
+        the batch instead of two added up (float rounding).
         halves: from _forward_backward_in_halves (the worker, the Dense layers' rows, n).
         """
         optimizer, worker, pairs = self.optimizer, halves.worker, self._grads_and_params
@@ -535,12 +541,12 @@ class Sequential:
             values = parallel.part_of(param.shape, part)
             if values.start == values.stop:             # a small parameter: all in the other part
                 continue
-            if id(param) in later:                      # this part's rows of dL/dkernel
+            grad_part = grad.reshape(-1)[values]
+            if id(param) in later:                      # this part's rows of dL/dkernel (grad_part's values)
                 x_rows, dz_rows = later[id(param)]
                 first, last = values.start // param.shape[1], values.stop // param.shape[1]
                 kernels_module.matmul(x_rows[:n, first:last].T, dz_rows[:n], out=grad[first:last])
-            grad_part = grad.reshape(-1)[values]
-            if id(param) not in later:
+            else:
                 grad_part += twin_grad.reshape(-1)[values]      # the two halves' gradients
             optimizer.update(grad_part, param.reshape(-1)[values], [s.reshape(-1)[values] for s in slots],
                              coefficients)
