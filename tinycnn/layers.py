@@ -488,7 +488,7 @@ def fuses_with_pool(layer, next_layer):
     That is the notebook's conv -> pool. Sequential then runs the pair with
     conv_relu_pool_forward and conv_relu_pool_backward: the same numbers as the two layers'
     own passes, but the conv's (N, OH, OW, F) output is never written, nor dL/dy of it
-    and its ReLU mask in backward (cnn_categorical: 0.19 -> 0.11 ms for 16 images).
+    and its ReLU mask in backward (cnn_categorical, 16 images: those passes 0.16 -> 0.07 ms).
     """
     return (isinstance(layer, Conv2D) and isinstance(next_layer, MaxPooling2D)
             and layer.activation.name == "relu" and layer.use_bias
