@@ -649,8 +649,11 @@ class Sequential:
                     copies[i].kernel_grad_rows = None
 
         def update(count, n):                               # UPDATE_JOB: count coefficients per parameter
-            params = [param for _, param in self._grads_and_params]
-            numbers = [tuple(param.dtype.type(c) for c in row[:count]) for param, row in zip(params, shared.coefficients)]
+            by_dtype = {}                                   # (the same numbers for every parameter of a dtype)
+            for (_, param), row in zip(self._grads_and_params, shared.coefficients):
+                if param.dtype not in by_dtype:
+                    by_dtype[param.dtype] = tuple(param.dtype.type(c) for c in row[:count])
+            numbers = [by_dtype[param.dtype] for _, param in self._grads_and_params]
             self._update_part(1, numbers, self._kernel_grads_later(n, shared.kernel_grads), n)
 
         def forward(rows, n):                               # FORWARD_JOB
