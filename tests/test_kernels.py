@@ -586,3 +586,17 @@ def test_im2col_of_a_3x3_kernel_on_one_channel_matches_the_twin(h, w, sh, sw, pa
     cols = K.im2col(x, 3, 3, sh, sw, pt, pl, oh, ow, out=out)
     assert cols is out
     np.testing.assert_array_equal(cols, K.im2col_numpy(x, 3, 3, sh, sw, pt, pl, oh, ow))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_cross_entropy_matches_its_twin(dtype):
+    # One-hot and soft target rows, ordinary and huge logits (the shift keeps exp finite).
+    rng = np.random.default_rng(21)
+    for m, c, scale in [(16, 10, 3.0), (1, 2, 1.0), (7, 5, 1e4), (32, 10, 30.0)]:
+        z = (rng.standard_normal((m, c)) * scale).astype(dtype)
+        for t in (np.eye(c, dtype=dtype)[rng.integers(0, c, m)], rng.dirichlet(np.ones(c), m).astype(dtype)):
+            loss, grad = K.softmax_cross_entropy(z, t)
+            loss_twin, grad_twin = K.softmax_cross_entropy_numpy(z, t)
+            assert np.isfinite(loss) and grad.dtype == dtype and grad.shape == (m, c)
+            assert abs(loss - loss_twin) <= (1e-5 if dtype == np.float32 else 1e-12) * max(1.0, abs(loss_twin))
+            assert rel_error(grad, grad_twin) < (1e-5 if dtype == np.float32 else 1e-12)

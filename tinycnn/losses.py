@@ -19,6 +19,8 @@ Outputs of higher rank (N, ..., C) are treated as N*... samples, as Keras does.
 """
 import numpy as np
 
+from tinycnn import kernels
+
 EPSILON = 1e-7          # Keras's backend.epsilon(), used to clip probabilities
 
 
@@ -62,14 +64,11 @@ class _SoftmaxCrossEntropy:
         """Mean loss and dL/dlogits = (softmax(logits) - onehot) / M; logits (N, C) or (N, ..., C)."""
         logits = self._check_output(logits, f"{self.name}: logits")
         t = self._targets(y_true, logits.shape, logits.dtype)              # (M, C)
-        z = logits.reshape(t.shape)
-        m = z.shape[0]
-        shifted = z - z.max(axis=1, keepdims=True)                          # <= 0: exp cannot overflow
-        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        loss = -(t * log_probs).sum(axis=1).mean()
-        probs = np.exp(log_probs)
-        # d/dz of -sum_k t_k log p_k is p * sum(t) - t, which is p - t for one-hot rows
-        grad = (probs * t.sum(axis=1, keepdims=True) - t) / logits.dtype.type(m)
+        z = np.ascontiguousarray(logits.reshape(t.shape))
+        # per row: log p = (z - max z) - log sum exp(z - max z); loss = -sum t log p;
+        # dL/dz = (p * sum(t) - t) / M: one numba pass (kernels.softmax_cross_entropy_numpy
+        # is the same in NumPy, line by line)
+        loss, grad = kernels.softmax_cross_entropy(z, np.ascontiguousarray(t))
         return float(loss), grad.reshape(logits.shape)
 
     def from_probs(self, y_true, probs):
