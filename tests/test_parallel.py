@@ -703,3 +703,23 @@ def test_an_optimizer_state_restored_during_fit_keeps_its_step_out_of_the_worker
     assert len(workers) == 1
     for a, b in zip(*runs):
         assert np.array_equal(a, b)
+
+
+def test_a_dense_layer_on_feature_maps_keeps_its_own_kernel_gradient(threads, monkeypatch):
+    # A Dense layer applied to (H, W, C) maps has H*W rows per sample: its dL/dkernel is not
+    # left to the optimizer's step (whose buffers hold one row per sample), and training in
+    # halves matches one thread.
+    monkeypatch.setattr(parallel, "MIN_SPLIT_VALUES", 16)
+    x, y, _ = batch(32, "float32", np.random.default_rng(14))
+    runs = []
+    for count in (1, 2):
+        threads(count)
+        utils.set_random_seed(3)
+        model = Sequential([Conv2D(4, 3, activation="relu", input_shape=(9, 9, 2)), Dense(8, activation="relu"),
+                            Flatten(), Dense(3, activation="softmax")])
+        model.compile(SGD(0.05, momentum=0.9), "categorical_crossentropy")
+        assert [parallel.kernel_grads_later(layer) for layer in model.layers] == [False, False, False, True]
+        model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+        runs.append(model.get_weights())
+    for a, b in zip(*runs):
+        assert rel_error(a, b) < 1e-5

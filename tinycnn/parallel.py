@@ -145,7 +145,8 @@ def kernel_grads_later(layer):
     dL/dz in shared buffers (Dense.kernel_grad_rows); each part multiplies its rows of x^T by
     dZ for all 32 rows at once. That saves writing, adding and reading back two copies of
     dL/dkernel (2.2 MB each): 0.945 -> 0.906 ms a step, alternating in one process."""
-    return isinstance(layer, Dense) and layer.built and layer.kernel.size >= MIN_SPLIT_VALUES
+    return (isinstance(layer, Dense) and layer.built and layer.kernel.size >= MIN_SPLIT_VALUES
+            and len(layer.input_shape) == 1)      # one row per sample (not a Dense on feature maps)
 
 
 def first_half_size(n):
