@@ -614,3 +614,11 @@ def test_fused_pair_leaves_out_the_conv_outputs_no_window_uses():
     assert not dx[:, 12, :, :].any() and not dx[:, :, 12, :].any()
     np.testing.assert_array_equal(y, pool.forward(conv.forward(x)))
     assert conv._linear_size == (11, 11)                        # the layer on its own computes all of it
+
+
+def test_backward_after_a_fused_forward_says_what_to_do():
+    conv, pool, x = fused_pair(*FUSED_PAIRS[0])
+    L.conv_relu_pool_forward(conv, pool, x)
+    with pytest.raises(RuntimeError, match="fused with the pooling layer"):
+        conv.backward(np.ones((x.shape[0],) + conv.output_shape))
+    L.conv_relu_pool_backward(conv, pool, np.ones((x.shape[0],) + pool.output_shape))   # the pair's own works

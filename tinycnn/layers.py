@@ -279,8 +279,12 @@ class _WeightedLayer(Layer):
 
     def backward(self, grad_out):
         """dL/dx from dL/dy: through the activation (dL/dz = f'(z) * dL/dy), then the linear part."""
-        grad_z = self.activation.backward(self._check_grad(grad_out), self.output)
-        return self.backward_linear(grad_z)
+        grad_out = self._check_grad(grad_out)
+        if self.output is None:
+            raise RuntimeError(f"{self.name}: its last forward pass ran fused with the pooling layer after "
+                               f"it (conv_relu_pool_forward), which keeps no output of its own; run "
+                               f"{self.name}.forward(x) before {self.name}.backward, or conv_relu_pool_backward")
+        return self.backward_linear(self.activation.backward(grad_out, self.output))
 
     def backward_from_logits(self, grad_logits):
         """dL/dx from dL/dz, z the softmax's input (the loss gives (softmax - onehot)/batch)."""
