@@ -748,6 +748,23 @@ def maxpool_forward(x, ph, pw, sh, sw, pad_top, pad_left, out_h, out_w, out=None
     return y, argmax
 
 
+@_jit(inline="always")
+def _first_maximum(top_left, top_right, bottom_left, bottom_right, k, w):
+    """(max, its y*W + x) of a 2x2 window's values, k the top-left's y*W + x, W the row length.
+
+    Compared in row-major order with a strict ">", so the first maximum wins (TensorFlow's
+    rule) and a NaN in the top-left cell is kept (nothing compares greater than it).
+    """
+    v, at = top_left, k
+    if top_right > v:
+        v, at = top_right, k + 1
+    if bottom_left > v:
+        v, at = bottom_left, k + w
+    if bottom_right > v:
+        v, at = bottom_right, k + w + 1
+    return v, at
+
+
 @_jit()
 def _maxpool_2x2_forward(x, y, argmax):
     """maxpool_forward for 2x2 windows with stride 2 that all lie inside the image (no padding).
@@ -768,15 +785,8 @@ def _maxpool_2x2_forward(x, y, argmax):
                 best, where = y[b, oy, ox], argmax[b, oy, ox]
                 k = r * w + col                                                    # top-left's y*W + x
                 for ch in range(c):
-                    v, at = top_left[ch], k
-                    if top_right[ch] > v:
-                        v, at = top_right[ch], k + 1
-                    if bottom_left[ch] > v:
-                        v, at = bottom_left[ch], k + w
-                    if bottom_right[ch] > v:
-                        v, at = bottom_right[ch], k + w + 1
-                    best[ch] = v
-                    where[ch] = at
+                    best[ch], where[ch] = _first_maximum(top_left[ch], top_right[ch], bottom_left[ch],
+                                                         bottom_right[ch], k, w)
     return y, argmax
 
 
@@ -905,15 +915,7 @@ def bias_relu_maxpool_2x2(z, bias, out=None):
                     v2 = v2 if not (v2 <= 0) else zero
                     v3 = bottom_right[ch] + bias[ch]
                     v3 = v3 if not (v3 <= 0) else zero
-                    v, at = v0, k                     # then the first maximum, as _maxpool_2x2_forward
-                    if v1 > v:
-                        v, at = v1, k + 1
-                    if v2 > v:
-                        v, at = v2, k + w
-                    if v3 > v:
-                        v, at = v3, k + w + 1
-                    best[ch] = v
-                    where[ch] = at
+                    best[ch], where[ch] = _first_maximum(v0, v1, v2, v3, k, w)   # as _maxpool_2x2_forward
     return y, argmax
 
 
