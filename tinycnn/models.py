@@ -88,6 +88,19 @@ def _same_objects(a, b):
     return a is not None and b is not None and len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
+@contextlib.contextmanager
+def _kernel_grad_rows(layers, kernel_grads, start, stop):
+    """While inside: each Dense layer in kernel_grads (layer index -> (x rows, dL/dz rows) of
+    the batch) leaves rows start:stop of those there (Dense.kernel_grad_rows); then None again."""
+    for i, (x_rows, dz_rows) in kernel_grads.items():
+        layers[i].kernel_grad_rows = (x_rows[start:stop], dz_rows[start:stop])
+    try:
+        yield
+    finally:
+        for i in kernel_grads:
+            layers[i].kernel_grad_rows = None
+
+
 class Sequential:
     """A linear stack of layers (Keras's `Sequential`).
 
@@ -467,21 +480,16 @@ class Sequential:
         first_half = lambda: self._train_half(self._layers, x[:h], y[:h], n)     # noqa: E731
         worker, shared = self._worker_for(x[h:], y[h:])
         later = self._kernel_grads_later(n, shared.kernel_grads if worker is not None else self._kernel_grad_buffers(n))
-        for i, (x_rows, dz_rows) in later.items():          # the worker process sets its own copies'
-            self._layers[i].kernel_grad_rows = (x_rows[:h], dz_rows[:h])
-            copies[i].kernel_grad_rows = (x_rows[h:n], dz_rows[h:n])
-        try:
+        with _kernel_grad_rows(self._layers, later, 0, h):
             if worker is not None:                          # the second half in the worker process
-                rows = n - h
+                rows = n - h                                # (whose job sets its copies' rows)
                 shared.x[:rows], shared.y[:rows] = x[h:], y[h:]
                 loss_0, probs_0 = worker.run_both(first_half, TRAIN_JOB, rows, n)
                 loss_1, probs_1 = float(shared.loss[0]), shared.probs[:rows]
             else:                                           # ... or in the worker thread
-                (loss_0, probs_0), (loss_1, probs_1) = self._run_both(
-                    first_half, lambda: self._train_half(copies, x[h:], y[h:], n))
-        finally:
-            for i in later:
-                self._layers[i].kernel_grad_rows = copies[i].kernel_grad_rows = None
+                with _kernel_grad_rows(copies, later, h, n):
+                    (loss_0, probs_0), (loss_1, probs_1) = self._run_both(
+                        first_half, lambda: self._train_half(copies, x[h:], y[h:], n))
         halves = types.SimpleNamespace(worker=worker, kernel_grads=later, n=n)
         return (loss_0 + loss_1) / n, np.concatenate([probs_0, probs_1]), halves
 
@@ -639,14 +647,8 @@ class Sequential:
             kernel_grads=self._kernel_grad_buffers(batch_size))
 
         def train(rows, n):                                 # TRAIN_JOB
-            later = self._kernel_grads_later(n, shared.kernel_grads)
-            for i, (x_rows, dz_rows) in later.items():      # (as _forward_backward_in_halves does)
-                copies[i].kernel_grad_rows = (x_rows[n - rows:n], dz_rows[n - rows:n])
-            try:
+            with _kernel_grad_rows(copies, self._kernel_grads_later(n, shared.kernel_grads), n - rows, n):
                 shared.loss[0], shared.probs[:rows] = self._train_half(copies, shared.x[:rows], shared.y[:rows], n)
-            finally:
-                for i in later:
-                    copies[i].kernel_grad_rows = None
 
         def update(count, n):                               # UPDATE_JOB: count coefficients per parameter
             by_dtype = {}                                   # (the same numbers for every parameter of a dtype)
