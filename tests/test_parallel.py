@@ -452,6 +452,15 @@ def test_a_worker_process_that_dies_is_a_clear_error():
     worker.close()
 
 
+def thread_then_process(monkeypatch, run):
+    """[run() with the worker thread, run() with a worker process] (MIN_PROCESS_BATCHES switched)."""
+    results = []
+    for min_batches in (10 ** 9, 0):
+        monkeypatch.setattr(parallel, "MIN_PROCESS_BATCHES", min_batches)
+        results.append(run())
+    return results
+
+
 @needs_fork
 @pytest.mark.parametrize("make_model", [tiny_cnn, winograd_cnn])
 def test_a_worker_process_trains_evaluates_and_predicts_as_the_worker_thread(threads, monkeypatch, workers,
@@ -460,14 +469,15 @@ def test_a_worker_process_trains_evaluates_and_predicts_as_the_worker_thread(thr
     threads(2)
     rng = np.random.default_rng(8)
     x, y, _ = batch(96, "float32", rng)
-    runs = []
-    for min_batches in (10 ** 9, 0):                            # the thread, then a process
-        monkeypatch.setattr(parallel, "MIN_PROCESS_BATCHES", min_batches)
+    def run():
         model = make_model()
         history = model.fit(x, y, epochs=2, batch_size=32, verbose=0, validation_data=(x[:40], y[:40]))
-        runs.append((model.get_weights(), history.history, model.predict(x, batch_size=16, verbose=0),
-                     model.evaluate(x, y, batch_size=16, verbose=0)))
+        result = (model.get_weights(), history.history, model.predict(x, batch_size=16, verbose=0),
+                  model.evaluate(x, y, batch_size=16, verbose=0))
         assert model._session is None                            # gone with the call that made it
+        return result
+
+    runs = thread_then_process(monkeypatch, run)
     assert len(workers) == 3                                    # fit (and its validation), predict, evaluate
     for pid in workers:
         assert_reaped(pid)
@@ -667,12 +677,12 @@ def test_the_worker_process_takes_its_part_of_the_optimizer_step(threads, monkey
     monkeypatch.setattr(parallel, "MIN_SPLIT_VALUES", 16)
     threads(2)
     x, y, _ = batch(96, "float32", np.random.default_rng(12))
-    runs = []
-    for min_batches in (10 ** 9, 0):                               # the thread, then a process
-        monkeypatch.setattr(parallel, "MIN_PROCESS_BATCHES", min_batches)
+    def run():
         model = optimizer_cnn(make_optimizer())
         model.fit(x, y, epochs=2, batch_size=32, verbose=0)
-        runs.append(model.get_weights() + model.optimizer.get_state())
+        return model.get_weights() + model.optimizer.get_state()
+
+    runs = thread_then_process(monkeypatch, run)
     from tinycnn.models import TRAIN_JOB, UPDATE_JOB
     assert jobs.count(UPDATE_JOB) == 5 and jobs.count(TRAIN_JOB) == 5     # all but the first batch (before the fork)
     for a, b in zip(*runs):
@@ -694,12 +704,12 @@ def test_an_optimizer_state_restored_during_fit_keeps_its_step_out_of_the_worker
     monkeypatch.setattr(parallel, "MIN_SPLIT_VALUES", 16)
     threads(2)
     x, y, _ = batch(64, "float32", np.random.default_rng(13))
-    runs = []
-    for min_batches in (10 ** 9, 0):                               # the thread, then a process
-        monkeypatch.setattr(parallel, "MIN_PROCESS_BATCHES", min_batches)
+    def run():
         model = optimizer_cnn(SGD(0.05, momentum=0.9))
         model.fit(x, y, batch_size=8, shuffle=False, verbose=0, callbacks=[RestoreState()])
-        runs.append(model.get_weights() + model.optimizer.get_state())
+        return model.get_weights() + model.optimizer.get_state()
+
+    runs = thread_then_process(monkeypatch, run)
     assert len(workers) == 1
     for a, b in zip(*runs):
         assert np.array_equal(a, b)
