@@ -624,7 +624,9 @@ class Sequential:
         batches' second halves, where it pays (see parallel.WorkerProcess); else nothing.
 
         Made before the fork, in shared memory: the layer copies' gradients and buffers for
-        a half's inputs (x, y) and outputs (loss, probs, logits). The jobs run in the worker.
+        a half's inputs (x, y) and outputs (loss, probs, logits), the optimizer step's numbers
+        and the big Dense layers' rows (_kernel_grad_buffers). The jobs run in the worker:
+        a half's training, a half's forward pass, the second part of the optimizer's step.
         The fork waits for the first batch, which this thread runs whole: by then this
         process has loaded the kernels' machine code, and the worker shares it instead of
         loading its own (40 MB more).

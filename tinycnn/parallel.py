@@ -7,8 +7,8 @@ the weight arrays but have their own gradient arrays and caches, and a worker th
 the second half through them (or, for a long run on Linux, a forked worker process:
 `WorkerProcess`, at the end of this file). In training each half
 backpropagates its share of the whole batch's mean loss, (softmax - onehot) / N on its own
-rows, so the two halves' gradients add up to the batch's gradient, and the optimizer
-applies that once. The numba kernels release Python's GIL and NumPy's matrix products run
+rows, so the two halves' gradients add up to the batch's gradient; the optimizer applies
+that once, in two parts (`part_of`), one per thread or process. The numba kernels release Python's GIL and NumPy's matrix products run
 one BLAS thread each, so the two halves really run side by side.
 
 Why halves rather than NumPy's own BLAS threads: a batch of 32 makes small matrix
@@ -252,13 +252,14 @@ def run_both(first, second):
 # process, one per call (Sequential._worker_process). Forking costs about 3 ms, and the copy
 # sees the model as it was then: each call gets a new one, and a model changed during the
 # call (by a callback) goes back to the worker thread. What the two processes share lives in
-# shared memory made before the fork: the weights (from build, utils.shared_copy), the layer
-# copies' gradients, and buffers for the half's inputs and outputs. The pipe carries only
-# the job's number and sizes, and the reply.
+# shared memory made before the fork: the weights and gradients (from build,
+# utils.shared_copy), the layer copies' gradients, the optimizer's slots, and buffers for the
+# half's inputs and outputs, the step's numbers and the big Dense layers' rows. The pipe
+# carries only the job's number and sizes, and the reply.
 MIN_PROCESS_BATCHES = 32
 # Waking a process that sleeps on a pipe takes 25-45 us here, twice a step. So each side
 # polls its pipe for up to POLL_SECONDS before it sleeps: the worker between jobs (the
-# caller's optimizer step and loop, ~0.3 ms), the caller while the worker ends its half.
+# caller's loop between steps), the caller while the worker ends its half or part.
 # Polling yields the core to any other program that wants it. Alternating in one process
 # (ms per step): cnn_categorical 1.21 -> 1.11, cnn_sparse 4.18 -> 4.10; with two CPU-bound
 # programs beside it cnn_categorical 2.07 -> 1.98.
