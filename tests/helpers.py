@@ -1,5 +1,17 @@
 """Small utilities shared by the tests (any test file may import them: `from helpers import ...`)."""
+import os
+import sys
+
 import numpy as np
+
+
+def installed_command():
+    """The `tinycnn` command as the README runs it: the script pip put beside this Python
+    (`.venv/bin/tinycnn`), found without PATH, which need not hold the virtual environment."""
+    path = os.path.join(os.path.dirname(sys.executable), "tinycnn")
+    assert os.access(path, os.X_OK), (f"no `tinycnn` command beside {sys.executable}; install the "
+                                      f"package into this Python first: {sys.executable} -m pip install -e .")
+    return [path]
 
 
 def rel_error(a, b):

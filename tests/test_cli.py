@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from helpers import installed_command
 from tinycnn.cli import build_parser, main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -98,13 +99,13 @@ def test_bad_model_file_is_one_clear_line(tmp_path, capsys, content):
 def test_errors_through_the_installed_command_have_no_traceback(tmp_path):
     bad = tmp_path / "broken.npz"
     bad.write_bytes(b"\x00" * 100)
-    for command in (["tinycnn"], [sys.executable, "-m", "tinycnn"]):
+    for command in (installed_command(), [sys.executable, "-m", "tinycnn"]):
         done = subprocess.run(command + ["evaluate", str(bad)], capture_output=True, text=True,
                               env=headless_env(), timeout=120)
         assert done.returncode == 1
         assert "Traceback" not in done.stderr
         assert done.stderr.startswith("tinycnn evaluate: error: ")
-    done = subprocess.run(["tinycnn", "train", "--limit", "50", "--out", str(tmp_path / "r")],
+    done = subprocess.run(installed_command() + ["train", "--limit", "50", "--out", str(tmp_path / "r")],
                           capture_output=True, text=True, timeout=120,
                           env=headless_env(TINYCNN_DATA=str(tmp_path / "nowhere")))
     assert done.returncode == 1 and "Traceback" not in done.stderr
@@ -130,7 +131,7 @@ def test_summary_shows_the_notebooks_parameter_counts(name, total, capsys):
 def trained_run(tmp_path_factory):
     """One quick `tinycnn train` through the installed command: 2,000 images, 1 epoch."""
     out = tmp_path_factory.mktemp("run")
-    done = subprocess.run(["tinycnn", "train", "--model", "cnn_categorical", "--epochs", "1",
+    done = subprocess.run(installed_command() + ["train", "--model", "cnn_categorical", "--epochs", "1",
                            "--limit", "2000", "--out", str(out), "--verbose", "0"],
                           capture_output=True, text=True, env=headless_env(), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -223,7 +224,7 @@ def test_dense_model_run_has_no_conv_pictures_and_refuses_activation_maps(tmp_pa
 @pytest.mark.parametrize("name, target", [
     ("cnn_categorical", 0.895), ("simple_dense", 0.865), ("cnn_sparse", 0.900)])
 def test_full_training_reaches_the_notebooks_accuracy(name, target, tmp_path):
-    done = subprocess.run(["tinycnn", "train", "--model", name, "--epochs", "5", "--out",
+    done = subprocess.run(installed_command() + ["train", "--model", name, "--epochs", "5", "--out",
                            str(tmp_path), "--verbose", "0"],
                           capture_output=True, text=True, env=headless_env(), timeout=3600)
     assert done.returncode == 0, done.stderr[-3000:]
