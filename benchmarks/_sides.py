@@ -257,9 +257,10 @@ def tinycnn_run(args, x, y, xt):
 
             def on_epoch_end(self, epoch, logs=None):
                 times.append(time.perf_counter() - self._t)
-                session = getattr(self.model, "_session", None)       # tinycnn's worker process, if any
-                if session is not None and session.worker is not None:
-                    worker_mb.append(private_mb(session.worker.pid))
+                engine = getattr(self.model, "engine", None)
+                run = getattr(engine, "_worker_run", None) or getattr(self.model, "_session", None)
+                if run is not None and run.worker is not None:       # tinycnn's worker process, if any
+                    worker_mb.append(private_mb(run.worker.pid))
 
         hist = model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, shuffle=True,
                          verbose=0, callbacks=[EpochTimer()])

@@ -12,7 +12,7 @@ also triggers numba's compilation):
    shapes of the notebook's products (each conv's im2col product, forward and the two
    backward ones; the dense layers), in GFLOP/s. That is what "as fast as the machine"
    means for each product.
-2. Kernels: each kernel `tinycnn.kernels.foo` that has a twin `foo_numpy`, at the shapes
+2. Kernels: each kernel `tinycnn.engines.fast.kernels.foo` that has a twin `foo_numpy`, at the shapes
    the notebook's models give it, in ms, the speed-up over the twin, and GB/s moved (the
    bytes of the inputs read plus the outputs written, once: the numba kernels move data,
    they do few FLOPs). `matmul` (products cut into pieces) is there too, against one
@@ -103,7 +103,7 @@ def matmul_cases():
         if not first:
             cases.append((f"{label}: dcols = dZ @ W.T", m, f, k))
     for label, i, o, _, _ in DENSES[:1] + DENSES[2:4]:
-        for rows in (N, N // 2):                         # a batch, and half a batch (tinycnn.parallel)
+        for rows in (N, N // 2):                         # a batch, and half a batch (tinycnn.engines.fast.parallel)
             batch = "" if rows == N else f", {rows} rows"
             cases.append((f"{label}: forward x @ W{batch}", rows, i, o))
             cases.append((f"{label}: dW = x.T @ dZ{batch}", i, rows, o))
@@ -123,7 +123,7 @@ def matmul_operands(label, m, k, n):
 
 def kernel_cases(k):
     """name -> list of (label, args, bytes moved). Only kernels named here are measured."""
-    from tinycnn.kernels import maxpool_forward_numpy
+    from tinycnn.engines.fast.kernels import maxpool_forward_numpy
     cases = {}
     for label, h, w, c, f, first in CONVS:
         oh, ow = h - 2, w - 2
@@ -158,7 +158,7 @@ def kernel_cases(k):
         _, am = maxpool_forward_numpy(x, 2, 2, 2, 2, 0, 0, oh, ow)
         dy = rand(N, oh, ow, c)
         cases.setdefault("maxpool_backward", []).append((label, (dy, am, h, w), dy.nbytes + am.nbytes + x.nbytes))
-        # the fused conv -> pool pair (layers.conv_relu_pool_*): z is the conv's output before its
+        # the fused conv -> pool pair (ops.ConvReluPoolOp): z is the conv's output before its
         # bias, cropped to the windows (cnn_sparse's 11x11 -> 10x10)
         z, zh, zw = rand(N, 2 * oh, 2 * ow, c) - 0.5, 2 * oh, 2 * ow
         y, am2 = k.bias_relu_maxpool_2x2(z, rand(c))
@@ -180,10 +180,10 @@ def kernel_cases(k):
 # Layers, with the numba kernels or with their NumPy twins swapped in
 # ---------------------------------------------------------------------------
 class numpy_twins:
-    """Context manager: every tinycnn.kernels.foo that has a foo_numpy is replaced by it."""
+    """Context manager: every tinycnn.engines.fast.kernels.foo that has a foo_numpy is replaced by it."""
 
     def __enter__(self):
-        import tinycnn.kernels as k
+        import tinycnn.engines.fast.kernels as k
         self.k, self.saved = k, {}
         for name in dir(k):
             twin = getattr(k, name + "_numpy", None)
@@ -198,7 +198,8 @@ class numpy_twins:
 
 
 def layer_cases():
-    """(label, layer, x, grad_out, fwd FLOP, bwd FLOP)."""
+    """(label, the fast engine's op of a layer, x, grad_out, fwd FLOP, bwd FLOP)."""
+    from tinycnn.engines.fast.ops import make_plan
     from tinycnn.layers import Conv2D, Dense, MaxPooling2D
     cases = []
     for label, h, w, c, f, first in CONVS:
@@ -217,7 +218,7 @@ def layer_cases():
         layer.build((i,))
         layer.need_input_grad = not first
         cases.append((label, layer, rand(N, i), rand(N, o), 2 * N * i * o, 2 * N * i * o * (1 if first else 2)))
-    return cases
+    return [(label, make_plan([layer], [layer.grads])[0]) + rest for label, layer, *rest in cases]
 
 
 def layer_backward(layer, g):
@@ -244,8 +245,8 @@ def main(argv=None):
 
     import numba
 
-    import tinycnn.kernels as k
-    from tinycnn.utils import blas_threads
+    import tinycnn.engines.fast.kernels as k
+    from tinycnn.engines.fast.parallel import blas_threads
     with blas_threads(args.blas_threads):
         measure(args, samples, min_time, want, k, numba)
 

@@ -7,9 +7,9 @@ For each model (real data, batch 32, the zoo's model and optimizer):
   1. warm-up: fit on 2 batches (numba compiles here);
   2. the plain step time: `fit` over --steps batches, uninstrumented, divided by the steps,
      with tinycnn's default threads (two on 2+ cores: each batch in two halves side by side,
-     tinycnn.parallel) and with one thread (TINYCNN_NUM_THREADS=1);
+     tinycnn.engines.fast.parallel) and with one thread (TINYCNN_NUM_THREADS=1);
   3. the one-thread fit again with every layer's forward/backward (and backward_from_logits), every numba
-     kernel in tinycnn.kernels, and the methods of the model's loss and optimizer objects
+     kernel in tinycnn.engines.fast.kernels, and the methods of the model's loss and optimizer objects
      wrapped in perf_counter timers. A kernel's time is also charged to the layer pass it
      ran in, so each layer pass splits into "numba kernels" and "the rest" (NumPy: the
      matrix products through OpenBLAS, sums, reshapes, Python);
@@ -90,17 +90,16 @@ class Timers:
 def instrument(model, timers):
     import numba
 
-    import tinycnn.kernels as kernels
-    for layer in model.layers:
+    from tinycnn.engines.fast import kernels, ops
+
+    def pass_name(op, *args, method):
+        pool = f"+{op.pool.name}" if isinstance(op, ops.ConvReluPoolOp) else ""   # a conv and its pool in one op
+        return f"{op.layer.name}{pool}.{method}"
+
+    # the fast engine's ops (one per layer, or per fused Conv2D(relu) -> MaxPooling2D(2) pair)
+    for cls in (ops.ConvOp, ops.PoolOp, ops.ConvReluPoolOp, ops.FlattenOp, ops.DenseOp, ops.ActivationOp, ops.LayerOp):
         for meth in ("forward", "backward", "backward_from_logits"):
-            if hasattr(layer, meth):
-                timers.wrap(layer, meth, f"{layer.name}.{meth}", is_layer_pass=True)
-    # a Conv2D(relu) -> MaxPooling2D(2) pair runs as one step (layers.fuses_with_pool), by these two
-    import tinycnn.models as models
-    for fn, direction in (("conv_relu_pool_forward", "forward"), ("conv_relu_pool_backward", "backward")):
-        if hasattr(models, fn):
-            timers.wrap(models, fn, lambda conv, pool, *a, d=direction: f"{conv.name}+{pool.name}.{d}",
-                        is_layer_pass=True)
+            timers.wrap(cls, meth, functools.partial(pass_name, method=meth), is_layer_pass=True)
     dispatcher = getattr(numba.core.registry, "CPUDispatcher", ())
     for name in sorted(dir(kernels)):
         obj = getattr(kernels, name)

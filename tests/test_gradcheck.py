@@ -21,9 +21,9 @@ def test_relative_error_and_its_location():
 class BrokenDense(L.Dense):
     """Forgets the bias gradient's sum over the batch: a typical learner's bug."""
 
-    def backward_linear(self, grad_z):
-        dx = super().backward_linear(grad_z)
-        self.grads[1][...] = grad_z[0]
+    def _backward_from_z(self, dz):
+        dx = super()._backward_from_z(dz)
+        self.grads[1][...] = dz[0]
         return dx
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import rel_error
-from tinycnn import kernels as K
+from tinycnn.engines.fast import kernels as K
 
 
 def random_geometry(rng):
@@ -370,8 +370,9 @@ def test_two_by_two_pooling_backward_path_matches_the_twin(h, w, padding):
     assert np.count_nonzero(dx) == np.count_nonzero(dy)          # one winner per window, nothing else
 
 
-def test_max_pooling_layer_takes_the_two_by_two_path_only_where_it_is_exact():
+def test_the_pool_op_takes_the_two_by_two_path_only_where_it_is_exact():
     from tinycnn import layers
+    from tinycnn.engines.fast.ops import PoolOp
     cases = [((26, 26, 3), dict(pool_size=2), True), ((13, 13, 3), dict(pool_size=2), True),
              ((13, 13, 3), dict(pool_size=2, padding="same"), False),      # last window in the padding
              ((12, 12, 3), dict(pool_size=2, padding="same"), True),       # "same" without padding
@@ -379,7 +380,7 @@ def test_max_pooling_layer_takes_the_two_by_two_path_only_where_it_is_exact():
     for shape, kwargs, fast in cases:
         layer = layers.MaxPooling2D(**kwargs)
         layer.build(shape)
-        assert layer._windows_2x2 is fast, (shape, kwargs)
+        assert PoolOp(layer, []).windows_2x2 is fast, (shape, kwargs)
 
 
 # ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import distinct_values, one_hot, rel_error
-from tinycnn import gradcheck, kernels, layers as L, losses
+from tinycnn import gradcheck, layers as L, losses
 
 TOL = 1e-6
 
@@ -200,85 +200,6 @@ def test_conv2d_float32_agrees_with_float64(cfg):
         assert a.dtype == np.float32 and rel_error(a, b) < 1e-5
 
 
-WINOGRAD_CONFIGS = [  # 3x3, stride 1, 16+ channels: Conv2D takes Winograd's way (kernels.winograd_*)
-    dict(batch=2, input_shape=(13, 13, 16), filters=8, padding="valid", activation="relu"),
-    dict(batch=3, input_shape=(7, 6, 20), filters=3, padding="same", activation=None),
-    dict(batch=1, input_shape=(5, 9, 16), filters=4, padding="same", activation="softmax", use_bias=False),
-    dict(batch=2, input_shape=(3, 3, 17), filters=2, padding="valid", activation="linear"),
-]
-
-
-def winograd_layer(cfg, dtype="float64", seed=21):
-    """(layer, x) for one of WINOGRAD_CONFIGS, built, with random weights (non-zero bias)."""
-    cfg = dict(cfg)
-    batch, input_shape = cfg.pop("batch"), cfg.pop("input_shape")
-    layer = L.Conv2D(**cfg, kernel_size=3, dtype=dtype)
-    layer.build(input_shape)
-    rng = np.random.default_rng(seed)
-    layer.set_weights([rng.standard_normal(p.shape) for p in layer.params])
-    return layer, rng.standard_normal((batch,) + input_shape)
-
-
-@pytest.mark.parametrize("cfg", WINOGRAD_CONFIGS, ids=lambda c: str(c))
-def test_conv2d_winograd_gradients(cfg):
-    layer, x = winograd_layer(cfg)
-    assert layer._winograd
-    report = gradcheck.check_layer(layer, x)
-    assert report.max_error < TOL, str(report)
-    assert len(report.entries) == 1 + len(layer.params)
-
-
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("cfg", WINOGRAD_CONFIGS, ids=lambda c: str(c))
-def test_conv2d_takes_winograd_where_it_fits_with_the_products_results(cfg, dtype, monkeypatch):
-    # The same layer with Winograd switched off (im2col and one product) gives the same
-    # outputs, input gradient and weight gradients, to float rounding.
-    calls = []
-    winograd_input = kernels.winograd_input
-    monkeypatch.setattr(kernels, "winograd_input", lambda *a: calls.append(1) or winograd_input(*a))
-    layer, x = winograd_layer(cfg, dtype)
-    upstream = np.random.default_rng(22).standard_normal((x.shape[0],) + layer.output_shape)
-    results = []
-    for winograd in (True, False):
-        layer._winograd = winograd
-        for training in (True, False):
-            y = layer.forward(x, training=training).copy()
-            dx = layer.backward(upstream)
-            results.append([y, dx] + [g.copy() for g in layer.grads])
-    assert len(calls) == 2                                   # both passes of the Winograd layer
-    bias = layer.params[1] if layer.use_bias else 0.0
-    if cfg["activation"] in (None, "linear"):
-        exact = naive_conv2d(x, layer.params[0].astype(np.float64), bias, (1, 1), cfg["padding"])
-        assert rel_error(results[0][0], exact) < (1e-12 if dtype == "float64" else 1e-6)
-    for winograd_result in results[:2]:
-        for a, b in zip(winograd_result, results[2]):
-            assert a.dtype == np.dtype(dtype) and rel_error(a, b) < (1e-12 if dtype == "float64" else 1e-5)
-
-
-def test_conv2d_winograd_backward_twice_says_it_needs_a_forward_pass():
-    layer, x = winograd_layer(WINOGRAD_CONFIGS[0])
-    upstream = np.ones((x.shape[0],) + layer.output_shape)
-    layer.forward(x, training=True)
-    layer.backward(upstream)
-    with pytest.raises(RuntimeError, match="backward needs a forward pass before it"):
-        layer.backward(upstream)
-    layer.forward(x, training=True)
-    assert layer.backward(upstream).shape == x.shape
-
-
-@pytest.mark.parametrize("input_shape,kernel_size,strides", [((9, 9, 15), 3, 1), ((9, 9, 16), 3, 2), ((9, 9, 16), 5, 1),
-                                                             ((28, 28, 1), 3, 1)])
-def test_conv2d_keeps_the_product_where_winograd_does_not_fit(input_shape, kernel_size, strides, monkeypatch):
-    monkeypatch.setattr(kernels, "winograd_input", lambda *a: pytest.fail("Winograd on a conv it does not fit"))
-    layer = L.Conv2D(4, kernel_size, strides)
-    layer.build(input_shape)
-    assert not layer._winograd
-    x = np.random.default_rng(2).standard_normal((2,) + input_shape)
-    expected = naive_conv2d(x, layer.params[0].astype(np.float64), layer.params[1], (strides, strides), "valid")
-    assert rel_error(layer.forward(x, training=True), expected) < 1e-5
-    assert layer.backward(np.ones((2,) + layer.output_shape)).shape == x.shape
-
-
 @pytest.mark.parametrize("batch,input_shape,pool,strides,padding", random_pool_configs())
 def test_maxpool_forward_matches_the_definition(batch, input_shape, pool, strides, padding):
     layer = L.MaxPooling2D(pool, strides, padding, dtype="float64")
@@ -310,13 +231,13 @@ def test_softmax_fusion_equals_the_full_chain():
     x = rng.standard_normal((4, 6))
     y = np.array([0, 2, 1, 2])
     for layer in (L.Dense(3, activation="softmax", dtype="float64"), L.Softmax(dtype="float64")):
-        layer.forward(x if isinstance(layer, L.Dense) else x[:, :3])
+        output = layer.forward(x if isinstance(layer, L.Dense) else x[:, :3])
         assert layer.outputs_softmax and layer.logits.shape == (4, 3)
         loss = losses.get("sparse_categorical_crossentropy")
         _, grad_logits = loss.from_logits(y, layer.logits)
         fused = layer.backward_from_logits(grad_logits)
         fused_grads = [g.copy() for g in layer.grads]
-        full = layer.backward(-one_hot(y, 3) / (4 * layer.output))
+        full = layer.backward(-one_hot(y, 3) / (4 * output))
         assert rel_error(fused, full) < 1e-12
         for a, b in zip(fused_grads, layer.grads):
             assert rel_error(a, b) < 1e-12
@@ -525,100 +446,3 @@ def test_backward_checks_the_gradient_it_is_given():
         pool.backward(np.zeros((1, 4, 4, 2)))
     # a float64 gradient given to a float32 layer comes back as float32
     assert dense.backward(np.ones((2, 3))).dtype == np.float32 and dense.grads[0].dtype == np.float32
-
-
-# Conv2D(relu) -> MaxPooling2D(2) as one step (layers.conv_relu_pool_forward/backward)
-FUSED_PAIRS = [  # (batch, input shape, filters, conv padding): im2col and Winograd convolutions, odd sizes
-    (2, (8, 8, 1), 3, "valid"),        # conv 6x6 -> pool 3x3
-    (3, (9, 7, 2), 4, "valid"),        # conv 7x5: odd last row and column in no window
-    (2, (6, 6, 16), 5, "same"),        # Winograd conv 6x6 -> pool 3x3
-    (1, (7, 7, 16), 2, "valid"),       # Winograd conv 5x5: odd edges
-]
-
-
-def fused_pair(batch, input_shape, filters, padding, dtype="float64", seed=0):
-    conv = L.Conv2D(filters, 3, padding=padding, activation="relu", dtype=dtype)
-    conv.build(input_shape)
-    pool = L.MaxPooling2D(2, dtype=dtype)
-    pool.build(conv.output_shape)
-    rng = np.random.default_rng(seed)
-    conv.set_weights([rng.standard_normal(p.shape) for p in conv.params])
-    conv.need_input_grad = True
-    return conv, pool, rng.standard_normal((batch,) + input_shape)
-
-
-@pytest.mark.parametrize("pair", FUSED_PAIRS, ids=str)
-def test_fused_conv_relu_pool_gradients(pair):
-    # float64 central differences of L = sum(pool(conv(x)) * R) for x, the kernel and the bias
-    conv, pool, x = fused_pair(*pair)
-    assert L.fuses_with_pool(conv, pool)
-    upstream = np.random.default_rng(5).standard_normal((x.shape[0],) + pool.output_shape)
-
-    def loss(_=None):
-        return float(np.sum(L.conv_relu_pool_forward(conv, pool, x) * upstream))
-
-    loss()
-    dx = L.conv_relu_pool_backward(conv, pool, upstream)
-    analytic = [dx] + [g.copy() for g in conv.grads]
-    numeric = [gradcheck.numerical_gradient(loss, x)] + [gradcheck.numerical_gradient(loss, p) for p in conv.params]
-    for name, a, b in zip(("dx", "dkernel", "dbias"), analytic, numeric):
-        assert rel_error(a, b) < TOL, name
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("pair", FUSED_PAIRS, ids=str)
-def test_fused_conv_relu_pool_equals_the_two_layers(pair, dtype):
-    # Same output bit for bit; same gradients to float rounding (only the bias sums' order differs)
-    conv, pool, x = fused_pair(*pair, dtype=dtype, seed=1)
-    upstream = np.random.default_rng(6).standard_normal((x.shape[0],) + pool.output_shape).astype(dtype)
-    y = L.conv_relu_pool_forward(conv, pool, x).copy()
-    fused = [L.conv_relu_pool_backward(conv, pool, upstream)] + [g.copy() for g in conv.grads]
-    assert conv.output is None                                   # the conv's own output was never formed
-    y_layers = pool.forward(conv.forward(x, training=True), training=True)
-    layers = [conv.backward(pool.backward(upstream))] + [g.copy() for g in conv.grads]
-    np.testing.assert_array_equal(y, y_layers)
-    for a, b in zip(fused, layers):
-        assert a.dtype == np.dtype(dtype) and rel_error(a, b) < (1e-12 if dtype == "float64" else 1e-6)
-
-
-def test_which_pairs_are_fused():
-    def pair(conv_kwargs=None, pool_kwargs=None, input_shape=(8, 8, 1)):
-        conv = L.Conv2D(2, 3, **{"activation": "relu", **(conv_kwargs or {})})
-        conv.build(input_shape)
-        pool = L.MaxPooling2D(**{"pool_size": 2, **(pool_kwargs or {})})
-        pool.build(conv.output_shape)
-        return conv, pool
-
-    assert L.fuses_with_pool(*pair())
-    assert L.fuses_with_pool(*pair(pool_kwargs=dict(padding="same")))                   # 6x6: no padding needed
-    assert not L.fuses_with_pool(*pair(pool_kwargs=dict(padding="same"), input_shape=(9, 9, 1)))  # 7x7: padded
-    assert not L.fuses_with_pool(*pair(conv_kwargs=dict(activation=None)))
-    assert not L.fuses_with_pool(*pair(conv_kwargs=dict(activation="softmax")))
-    assert not L.fuses_with_pool(*pair(conv_kwargs=dict(use_bias=False)))
-    assert not L.fuses_with_pool(*pair(pool_kwargs=dict(pool_size=3)))
-    assert not L.fuses_with_pool(*pair(pool_kwargs=dict(strides=1)))
-    conv, pool = pair()
-    assert not L.fuses_with_pool(pool, conv) and not L.fuses_with_pool(conv, L.Flatten())
-
-
-def test_fused_pair_leaves_out_the_conv_outputs_no_window_uses():
-    # cnn_sparse's second conv: 13x13x64 -> 11x11, pooled to 5x5 from the top-left 10x10 only.
-    # The fused pair computes those 10x10 (25 Winograd tiles per image, not 36); the result is
-    # the two layers' result, and the input pixels that only reach row/column 11 get dL/dx = 0.
-    conv, pool, x = fused_pair(2, (13, 13, 16), 4, "valid", dtype="float32", seed=4)
-    assert conv._winograd and conv.output_shape == (11, 11, 4) and pool.output_shape == (5, 5, 4)
-    y = L.conv_relu_pool_forward(conv, pool, x)
-    assert conv._linear_size == (10, 10) and conv.v.shape == (16, 2 * 25, 16)
-    upstream = np.ones((2, 5, 5, 4), np.float32)
-    dx = L.conv_relu_pool_backward(conv, pool, upstream)
-    assert not dx[:, 12, :, :].any() and not dx[:, :, 12, :].any()
-    np.testing.assert_array_equal(y, pool.forward(conv.forward(x)))
-    assert conv._linear_size == (11, 11)                        # the layer on its own computes all of it
-
-
-def test_backward_after_a_fused_forward_says_what_to_do():
-    conv, pool, x = fused_pair(*FUSED_PAIRS[0])
-    L.conv_relu_pool_forward(conv, pool, x)
-    with pytest.raises(RuntimeError, match="fused with the pooling layer"):
-        conv.backward(np.ones((x.shape[0],) + conv.output_shape))
-    L.conv_relu_pool_backward(conv, pool, np.ones((x.shape[0],) + pool.output_shape))   # the pair's own works

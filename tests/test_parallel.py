@@ -1,5 +1,5 @@
-"""Two threads for one batch (tinycnn.parallel): the hand-over, and the halves' maths in the model;
-the worker process that takes the second halves of long runs on Linux."""
+"""Two threads for one batch (tinycnn.engines.fast.parallel): the hand-over, and the halves' maths
+in the fast engine; the worker process that takes the second halves of long runs on Linux."""
 import os
 import threading
 import time
@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from helpers import rel_error
-from tinycnn import parallel, utils
+from tinycnn import utils
+from tinycnn.engines.fast import parallel
+from tinycnn.engines.fast.engine import Job
 from tinycnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
 from tinycnn.models import Sequential
 from tinycnn.optimizers import SGD, Adam
@@ -77,7 +79,7 @@ def test_run_both_does_not_wait_for_a_busy_worker():
 
 
 def _worker_names_in_a_child(queue):
-    from tinycnn import parallel as child_parallel
+    from tinycnn.engines.fast import parallel as child_parallel
     started = threading.Event()
 
     def first():
@@ -115,16 +117,16 @@ def test_run_both_raises_either_error_and_keeps_the_callers_numpy_settings():
     assert settings["over"] == "ignore" and settings["invalid"] == "raise"
 
 
-def test_halves_and_layer_copies():
+def test_halves_and_the_second_halfs_plan():
     assert parallel.first_half_size(32) == 16
     assert parallel.first_half_size(5) == 3
     assert parallel.first_half_size(1) == 1
-    layers = [Flatten(input_shape=(4, 4, 1)), Dense(3)]
-    Sequential(layers)                                   # builds them
-    copies = parallel.layer_copies(layers)
-    for layer, twin in zip(layers, copies):
-        assert twin is not layer
-        assert all(a is b for a, b in zip(twin.params, layer.params))          # the same weights
+    model = Sequential([Flatten(input_shape=(4, 4, 1)), Dense(3)])
+    model.compile("sgd", "categorical_crossentropy", engine="fast")
+    first, second = model.engine.plans(model)
+    for layer, op, twin in zip(model.layers, first, second):
+        assert op.layer is layer and twin.layer is layer                      # the same weights
+        assert op.grads is layer.grads                                        # the first half's: the layer's
         assert all(a is not b and a.shape == b.shape for a, b in zip(twin.grads, layer.grads))
 
 
@@ -136,7 +138,7 @@ def tiny_cnn(dtype="float32", loss="categorical_crossentropy"):
     model = Sequential([Conv2D(4, 3, activation="relu", input_shape=(9, 9, 2), dtype=dtype),
                         MaxPooling2D(2, dtype=dtype), Flatten(dtype=dtype),
                         Dense(6, activation="relu", dtype=dtype), Dense(3, activation="softmax", dtype=dtype)])
-    model.compile("sgd", loss, metrics=["accuracy"])
+    model.compile("sgd", loss, metrics=["accuracy"], engine="fast")
     return model
 
 
@@ -147,8 +149,8 @@ def winograd_cnn(dtype="float32"):
                         Conv2D(4, 3, activation="relu", dtype=dtype),
                         MaxPooling2D(2, dtype=dtype), Flatten(dtype=dtype),
                         Dense(6, activation="relu", dtype=dtype), Dense(3, activation="softmax", dtype=dtype)])
-    model.compile("adam", "categorical_crossentropy", metrics=["accuracy"])
-    assert model.layers[1]._winograd
+    model.compile("adam", "categorical_crossentropy", metrics=["accuracy"], engine="fast")
+    assert model.engine.plans(model)[0][0].winograd is False and model.engine.plans(model)[0][1].conv.winograd
     return model
 
 
@@ -160,17 +162,20 @@ def batch(n, dtype, rng):
 
 def whole_batch_gradient(model, x, y):
     """One forward and backward pass of the whole batch: (loss, probs, a copy of every gradient)."""
-    probs = model._forward(x, training=True)
-    loss, grad = model._loss_and_grad(y, probs)
-    model._backward(grad)
+    engine = model.engine
+    plan = engine.plans(model)[0]
+    probs = engine._forward(plan, x, training=True)
+    loss, grad = engine._loss_and_grad(model, y, probs, plan[-1])
+    engine._backward(plan, grad)
     return loss, probs, [g.copy() for layer in model.layers for g in layer.grads]
 
 
 def record_forward_rows(model, monkeypatch):
     """A list that gets the number of rows of every forward pass the model makes from now on."""
     rows_seen = []
-    forward = model._forward
-    monkeypatch.setattr(model, "_forward", lambda x, **kw: rows_seen.append(len(x)) or forward(x, **kw))
+    forward = model.engine._forward
+    monkeypatch.setattr(model.engine, "_forward",
+                        lambda plan, x, training=False: rows_seen.append(len(x)) or forward(plan, x, training))
     return rows_seen
 
 
@@ -184,9 +189,9 @@ def test_halves_give_the_whole_batch_gradient_and_loss(threads, n):
     threads(1)
     loss, probs, expected = whole_batch_gradient(model, x, y)
     threads(2)
-    loss_halves, probs_halves, _ = model._forward_backward_in_halves(x, y)
-    got = [g + twin_g for layer, twin in zip(model.layers, model._layer_copies())      # the two halves'
-           for g, twin_g in zip(layer.grads, twin.grads)]
+    loss_halves, probs_halves, _ = model.engine._train_in_halves(model, x, y)
+    second_grads = [g for op in model.engine.plans(model)[1] for g in op.grads]
+    got = [g + twin_g for g, twin_g in zip((g for layer in model.layers for g in layer.grads), second_grads)]
     assert abs(loss_halves - loss) < 1e-12
     assert rel_error(probs_halves, probs) < 1e-12
     for a, b in zip(got, expected):
@@ -239,7 +244,7 @@ def test_predict_and_evaluate_in_pieces_match_whole_batches(threads, monkeypatch
     whole = model.predict(x, batch_size=16, verbose=0), model.evaluate(x, y, batch_size=16, verbose=0)
     patches_per_image = 7 * 7 * 3 * 3 * 2 * 4                   # conv output pixels x kernel taps x 4 bytes
     monkeypatch.setattr(parallel, "PIECE_BYTES", 3 * patches_per_image)
-    assert parallel.rows_per_piece(model.layers, 16) == 3
+    assert parallel.rows_per_piece(model.engine.plans(model)[0], 16) == 3
     rows_seen = record_forward_rows(model, monkeypatch)
     pieces = model.predict(x, batch_size=16, verbose=0), model.evaluate(x, y, batch_size=16, verbose=0)
     assert max(rows_seen) == 3 and sum(rows_seen) == 2 * 50
@@ -257,7 +262,7 @@ def test_training_in_pieces_gives_the_whole_batch_gradient(threads, monkeypatch)
     loss, probs, expected = whole_batch_gradient(model, x, y)
     monkeypatch.setattr(parallel, "PIECE_BYTES", 2 * 7 * 7 * 3 * 3 * 2 * 8)    # 2 images of float64 patches
     rows_seen = record_forward_rows(model, monkeypatch)
-    loss_sum, probs_pieces = model._train_half(model.layers, x, y, len(x))
+    loss_sum, probs_pieces = model.engine._train_half(model, model.engine.plans(model)[0], x, y, len(x))
     assert rows_seen == [2, 2, 2, 2, 2, 1]
     assert abs(loss_sum / len(x) - loss) < 1e-12 and rel_error(probs_pieces, probs) < 1e-12
     for got, want in zip((g for layer in model.layers for g in layer.grads), expected):
@@ -270,16 +275,20 @@ def test_pieces_only_for_big_scratch_arrays():
     # 6x6 tiles x 16 x 64 channels, 147 KB per image: 16 images (a half batch whole);
     # cnn_categorical's conv makes 24 KB of patches (a whole batch); no conv at all: a whole batch.
     from tinycnn import zoo
+    from tinycnn.engines.fast import ops
     from tinycnn.layers import Conv2D
-    from tinycnn.models import Sequential
+
+    def plan(layers):
+        return ops.make_plan(layers, [layer.grads for layer in layers])
+
     strided = Sequential([Conv2D(64, 3, strides=2, input_shape=(13, 13, 64))])
-    assert parallel.rows_per_piece(strided.layers, 64) == parallel.PIECE_BYTES // (6 * 6 * 576 * 4) == 30
-    sparse = zoo.cnn_sparse_categorical_model().layers
-    assert sparse[2]._winograd and parallel.scratch_bytes_per_image(sparse[2]) == 6 * 6 * 16 * 64 * 4
+    assert parallel.rows_per_piece(plan(strided.layers), 64) == parallel.PIECE_BYTES // (6 * 6 * 576 * 4) == 30
+    sparse = plan(zoo.cnn_sparse_categorical_model().layers)
+    assert sparse[1].conv.winograd and sparse[1].scratch_bytes_per_image() == 6 * 6 * 16 * 64 * 4
     assert parallel.rows_per_piece(sparse, 32) == parallel.PIECE_BYTES // (6 * 6 * 16 * 64 * 4) == 16
     assert parallel.rows_per_piece(sparse, 16) == 16
-    assert parallel.rows_per_piece(zoo.cnn_categorical_model().layers, 16) == 16
-    assert parallel.rows_per_piece(zoo.simple_dense_model().layers, 32) == 32
+    assert parallel.rows_per_piece(plan(zoo.cnn_categorical_model().layers), 16) == 16
+    assert parallel.rows_per_piece(plan(zoo.simple_dense_model().layers), 32) == 32
 
 
 def test_a_nan_loss_in_one_half_still_skips_the_step(threads):
@@ -294,18 +303,18 @@ def test_a_nan_loss_in_one_half_still_skips_the_step(threads):
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
 
-def test_layer_copies_follow_the_model_when_it_changes(threads):
+def test_plans_follow_the_model_when_it_changes(threads):
     threads(2)
     rng = np.random.default_rng(4)
     model = tiny_cnn()
     x, y, _ = batch(8, "float32", rng)
     model.train_on_batch(x, y)
-    copies = model._layer_copies()
-    assert model._layer_copies() is copies              # made once
+    plans = model.engine.plans(model)
+    assert model.engine.plans(model) is plans           # made once
     model.pop()
     model.add(Dense(3, activation="softmax"))
-    assert model._layer_copies() is not copies          # a new last layer: new copies
-    model.compile("sgd", "categorical_crossentropy")
+    assert model.engine.plans(model) is not plans       # a new last layer: new plans
+    model.compile("sgd", "categorical_crossentropy", engine="fast")
     model.train_on_batch(x, y)
     assert model.layers[-1].grads[0].any()              # the new layer learns in both halves
 
@@ -367,7 +376,7 @@ def assert_reaped(pid):
 
 @needs_fork
 def test_worker_process_runs_jobs_in_another_process_on_shared_memory():
-    shared = utils.shared_copy(np.zeros(3))
+    shared = parallel.shared_copy(np.zeros(3))
 
     def job(rows, n):
         shared[:] = os.getpid(), rows, n
@@ -384,7 +393,7 @@ def test_worker_process_runs_jobs_in_another_process_on_shared_memory():
 
 @needs_fork
 def test_worker_process_raises_its_errors_and_warnings_here_with_our_numpy_settings():
-    shared = utils.shared_copy(np.zeros(1))
+    shared = parallel.shared_copy(np.zeros(1))
 
     def fails(rows, n):
         raise ValueError(f"bad rows {rows}")
@@ -425,7 +434,7 @@ def test_a_late_worker_process_leaves_its_job_to_the_caller():
     # A worker that has not started its job when the caller's half is done (its core is
     # busy elsewhere; here: stopped) does not hold the caller up: the caller runs the job.
     import signal
-    shared = utils.shared_copy(np.zeros(2))
+    shared = parallel.shared_copy(np.zeros(2))
 
     def job(rows, n):
         shared[:] = os.getpid(), rows
@@ -474,7 +483,7 @@ def test_a_worker_process_trains_evaluates_and_predicts_as_the_worker_thread(thr
         history = model.fit(x, y, epochs=2, batch_size=32, verbose=0, validation_data=(x[:40], y[:40]))
         result = (model.get_weights(), history.history, model.predict(x, batch_size=16, verbose=0),
                   model.evaluate(x, y, batch_size=16, verbose=0))
-        assert model._session is None                            # gone with the call that made it
+        assert model.engine._worker_run is None                  # gone with the call that made it
         return result
 
     runs = thread_then_process(monkeypatch, run)
@@ -516,7 +525,7 @@ def test_the_worker_process_ends_when_fit_fails(threads, workers):
     model = tiny_cnn()
     with pytest.raises(ZeroDivisionError):
         model.fit(x, y, batch_size=8, verbose=0, callbacks=[Fails()])
-    assert len(workers) == 1 and model._session is None
+    assert len(workers) == 1 and model.engine._worker_run is None
     assert_reaped(workers[0])
 
 
@@ -572,21 +581,26 @@ def test_a_model_changed_by_a_callback_during_fit_leaves_the_worker_process(thre
 
 
 @needs_fork
-def test_a_deep_copy_of_a_model_trains_in_the_worker_thread(threads, workers):
-    # copy.deepcopy gives the weights ordinary memory, which a forked worker would not see
-    # change: such a model keeps the worker thread, and trains exactly as the original.
+def test_the_model_keeps_its_own_arrays_around_a_worker_process(threads, workers):
+    # For a call with a worker process the weights, gradients and slots move into shared
+    # memory, and back when it ends: the arrays a user holds stay the model's and hold the
+    # trained values; a deep copy trains on its own arrays, exactly as the original.
     import copy
     threads(2)
     x, y, _ = batch(48, "float32", np.random.default_rng(10))
     original = tiny_cnn()
+    original.compile(SGD(0.05, momentum=0.9), "categorical_crossentropy", engine="fast")
     twin = copy.deepcopy(original)
-    assert all(utils.is_shared(p) for p in original._params())
-    assert not any(utils.is_shared(p) for p in twin._params())
-    twin.fit(x, y, batch_size=8, shuffle=False, verbose=0)
-    assert workers == [] and len(threads.calls) == 6         # all six batches with the worker thread
+    kernel = original.layers[0].kernel
     original.fit(x, y, batch_size=8, shuffle=False, verbose=0)
-    assert len(workers) == 1
-    for a, b in zip(original.get_weights(), twin.get_weights()):
+    twin.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+    assert len(workers) == 2
+    assert original.layers[0].kernel is kernel and not parallel.is_shared(kernel)
+    assert not any(parallel.is_shared(a) for layer in original.layers for a in layer.params + layer.grads)
+    assert not any(parallel.is_shared(s) for slots in original.optimizer.slots for s in slots)
+    assert not np.array_equal(kernel, copy.deepcopy(twin).layers[0].kernel * 0)
+    for a, b in zip(original.get_weights() + original.optimizer.get_state(),
+                    twin.get_weights() + twin.optimizer.get_state()):
         assert np.array_equal(a, b)
 
 
@@ -655,14 +669,14 @@ def test_a_step_in_halves_leaves_the_batch_gradient_in_every_layer(threads, monk
         for g in layer.grads:
             g[...] = np.nan                                       # nothing left from before
     threads(2)
-    assert model._in_halves(n)
-    loss_halves, _ = model._train_step(x, y)
+    assert model.engine._in_halves(model, n)
+    loss_halves, _ = model.engine.train_step(model, x, y)
     assert abs(loss_halves - loss) < 1e-12
     got = [g for layer in model.layers for g in layer.grads]
     for a, b in zip(got, expected):
         assert rel_error(a, b) < 1e-10
-    assert all(layer.kernel_grad_rows is None for layer in model.layers + model._layer_copies()
-               if isinstance(layer, Dense))                         # nothing left set for a later step
+    assert all(op.kernel_grad_rows is None for plan in model.engine.plans(model) for op in plan
+               if hasattr(op, "kernel_grad_rows"))                  # nothing left set for a later step
 
 
 @needs_fork
@@ -683,8 +697,7 @@ def test_the_worker_process_takes_its_part_of_the_optimizer_step(threads, monkey
         return model.get_weights() + model.optimizer.get_state()
 
     runs = thread_then_process(monkeypatch, run)
-    from tinycnn.models import TRAIN_JOB, UPDATE_JOB
-    assert jobs.count(UPDATE_JOB) == 5 and jobs.count(TRAIN_JOB) == 5     # all but the first batch (before the fork)
+    assert jobs.count(Job.UPDATE_PART) == 5 and jobs.count(Job.TRAIN_HALF) == 5     # all but the first batch (before the fork)
     for a, b in zip(*runs):
         assert np.array_equal(a, b)
 

@@ -192,7 +192,7 @@ def test_set_num_threads_rejects_bad_counts_and_env_is_read(monkeypatch):
 
 
 def test_blas_threads_sets_openblas_inside_and_restores_it_after():
-    from tinycnn import utils
+    from tinycnn.engines.fast import parallel as utils
     functions = utils._openblas_thread_functions()
     assert functions is not None, "NumPy's wheels ship OpenBLAS: its thread functions should be found"
     set_threads, get_threads = functions
@@ -212,9 +212,10 @@ def test_blas_threads_sets_openblas_inside_and_restores_it_after():
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_fit_and_predict_run_one_blas_thread_and_give_numpy_its_setting_back(monkeypatch, threads):
+def test_fast_fit_and_predict_run_one_blas_thread_and_give_numpy_its_setting_back(monkeypatch, threads):
     from tinycnn import callbacks, layers, models, utils
-    set_threads, get_threads = utils._openblas_thread_functions()
+    from tinycnn.engines.fast import parallel
+    set_threads, get_threads = parallel._openblas_thread_functions()
     seen = []
 
     class Spy(callbacks.Callback):
@@ -223,7 +224,7 @@ def test_fit_and_predict_run_one_blas_thread_and_give_numpy_its_setting_back(mon
 
     utils.set_random_seed(0)
     model = models.Sequential([layers.Dense(4, activation="softmax", input_shape=(3,))])
-    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"], engine="fast")
     x, y = np.random.default_rng(0).random((20, 3)).astype("float32"), np.arange(20) % 4
     set_threads(2)
     try:

@@ -1,10 +1,12 @@
 """tinycnn: a convolutional neural network library written from scratch in NumPy.
 
-The layers, losses and optimizers are plain NumPy you can read top to bottom; the
-speed lives in `tinycnn.kernels` (numba), each kernel with a NumPy twin.
+The layers, losses and optimizers are plain NumPy you can read top to bottom, and the
+reference engine runs them as they are written (tinycnn.engines.reference); the speed lives
+behind one seam, in the fast engine (tinycnn.engines.fast: numba kernels, each with a NumPy
+twin). compile(engine=...) chooses.
 
 Submodules are imported on first use, so `import tinycnn` stays fast (numba and
-matplotlib load only when a layer or a plot needs them):
+matplotlib load only when the fast engine or a plot needs them):
 
     >>> import tinycnn
     >>> model = tinycnn.models.Sequential([...])
@@ -14,8 +16,8 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "activations", "callbacks", "cli", "data", "datasets", "gradcheck", "initializers",
-    "kernels", "layers", "losses", "model_selection", "models", "optimizers",
+    "activations", "callbacks", "cli", "data", "datasets", "engines", "gradcheck", "im2col",
+    "initializers", "layers", "losses", "model_selection", "models", "optimizers",
     "plot", "saving", "utils", "zoo",
 )
 

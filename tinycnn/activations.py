@@ -7,11 +7,10 @@ Each activation is a small object with
 backward needs only the OUTPUT y of the forward pass (all three derivatives can be
 written with y), so a layer caches y and nothing else. backward never changes grad_y.
 
-`get(name)` returns one: "relu", "softmax", "linear" (also None or "linear" -> identity).
+`get(name)` returns one: "relu", "softmax", "linear" (None means linear), or one of the
+functions `relu`, `softmax`, `linear` below, as in Keras's `Dense(128, activation=tf.nn.relu)`.
 """
 import numpy as np
-
-from tinycnn import kernels
 
 
 class Linear:
@@ -33,8 +32,7 @@ class ReLU:
         return np.maximum(z, 0)
 
     def backward(self, grad_y, y):
-        # dL/dz = dL/dy * [y > 0], by the numba kernel (one pass, no temporary mask)
-        return kernels.relu_backward(np.ascontiguousarray(grad_y), np.ascontiguousarray(y))
+        return grad_y * (y > 0)                       # the gradient passes only where the unit was on
 
 
 class Softmax:
@@ -57,15 +55,39 @@ class Softmax:
 _ACTIVATIONS = {"linear": Linear, "relu": ReLU, "softmax": Softmax}
 
 
+# The same maths as plain functions, Keras's `tf.nn.relu` / `tf.keras.activations.relu`:
+# a layer given one of these (activation=tinycnn.activations.relu) uses the object above.
+def relu(x):
+    """max(x, 0), elementwise."""
+    return ReLU().forward(np.asarray(x))
+
+
+def softmax(x):
+    """Softmax over the last axis."""
+    return Softmax().forward(np.asarray(x))
+
+
+def linear(x):
+    """x unchanged."""
+    return np.asarray(x)
+
+
+_FUNCTIONS = {relu: "relu", softmax: "softmax", linear: "linear"}
+
+
 def get(name):
     """The activation called `name` ("relu", "softmax", "linear" or None for linear).
 
-    An object that already has forward/backward is returned unchanged.
+    One of the functions relu, softmax, linear gives its object; an object that already has
+    forward/backward is returned unchanged.
     """
     if name is None:
         return Linear()
+    if callable(name) and name in _FUNCTIONS:
+        return _ACTIVATIONS[_FUNCTIONS[name]]()
     if hasattr(name, "forward") and hasattr(name, "backward"):
         return name
     if isinstance(name, str) and name.lower() in _ACTIVATIONS:
         return _ACTIVATIONS[name.lower()]()
-    raise ValueError(f"Unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)} or None")
+    raise ValueError(f"Unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}, None, "
+                     f"or one of the functions tinycnn.activations.relu / softmax / linear")

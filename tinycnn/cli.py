@@ -15,9 +15,11 @@ Every command has --help. Mistakes (a bad argument, missing data, a bad model fi
 with one clear message on stderr and exit status 1 (2 for bad arguments), no traceback.
 Set TINYCNN_DEBUG=1 to see the traceback anyway.
 
-Training and prediction use two threads where there are two cores or more: each batch of
-a convolutional model is cut in two halves that run side by side (tinycnn.parallel).
-TINYCNN_NUM_THREADS=1 keeps everything in one thread (tinycnn.utils.set_num_threads).
+Training and prediction run on the fast engine (--engine fast, the default "auto" where
+numba is there) or on the textbook passes themselves (--engine reference; tinycnn.engines).
+The fast engine uses two threads where there are two cores or more: each batch of a
+convolutional model is cut in two halves that run side by side. TINYCNN_NUM_THREADS=1
+keeps everything in one thread (tinycnn.utils.set_num_threads).
 
 Only argparse is imported up front, so `tinycnn --help` answers at once; numpy, numba
 and matplotlib load when a command needs them.
@@ -103,6 +105,7 @@ def build_parser():
                                                                    "or model.save()")
     evaluate.add_argument("--limit", type=_positive_int, help="use only the first N test images")
     evaluate.add_argument("--batch-size", type=_positive_int, default=32, help="default: 32")
+    _add_engine_option(evaluate)
     evaluate.set_defaults(func=command_evaluate)
 
     # tinycnn cv
@@ -168,6 +171,14 @@ def _add_model_options(parser, epochs):
                         help="random seed for weights, shuffling and folds (default: 1)")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                         help="0 silent, 1 progress bar, 2 one line per epoch (default: 1)")
+    _add_engine_option(parser)
+
+
+def _add_engine_option(parser):
+    parser.add_argument("--engine", choices=("auto", "reference", "fast"), default=None,
+                        help="what runs the batches: 'fast' (numba kernels, two cores), 'reference' "
+                             "(the layers' own NumPy passes) or 'auto' (fast where numba is there; "
+                             "the default, or $TINYCNN_ENGINE)")
 
 
 def _version():
@@ -429,6 +440,9 @@ def main(argv=None):
     """Run the `tinycnn` command with `argv` (default: sys.argv[1:]); return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    engine_before = os.environ.get("TINYCNN_ENGINE")
+    if getattr(args, "engine", None):        # what compile's engine="auto" means, here and in cv's workers
+        os.environ["TINYCNN_ENGINE"] = args.engine
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -440,6 +454,11 @@ def main(argv=None):
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"tinycnn {args.command}: error: {message}", file=sys.stderr)
         return 1
+    finally:
+        if engine_before is None:
+            os.environ.pop("TINYCNN_ENGINE", None)
+        else:
+            os.environ["TINYCNN_ENGINE"] = engine_before
 
 
 if __name__ == "__main__":

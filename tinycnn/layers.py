@@ -1,4 +1,4 @@
-"""The layers a CNN is made of, each with a hand-written forward and backward pass.
+"""The layers a CNN is made of, each with a hand-written forward and backward pass, in NumPy.
 
 Shapes: images are NHWC, (batch N, height H, width W, channels C), as in Keras.
 Every layer follows one contract (see the README, "The layer contract"):
@@ -15,20 +15,22 @@ unchanged: Conv2D [kernel (KH, KW, C, F), bias (F,)], Dense [kernel (in, units),
 The arrays in `params` and `grads` are created once in build and then only updated in
 place, so an optimizer can keep its per-parameter state by position.
 
-A layer whose activation is softmax also caches its `logits` (the input of the softmax)
+A layer whose activation is softmax also keeps its `logits` (the input of the softmax)
 and offers `backward_from_logits(dL/dlogits)`: with a cross-entropy loss the model
 hands it (softmax - onehot) / batch directly and the softmax Jacobian is never formed.
 
-A Conv2D with ReLU followed by MaxPooling2D(2) is run by the model as one step
-(conv_relu_pool_forward / conv_relu_pool_backward, after MaxPooling2D): the same numbers as
-the two layers' passes, with fewer passes over the conv's big output.
+What a layer caches for its backward pass (`_x`, `_cols`, `_y`, `_argmax`) is private: it
+belongs to the last forward pass through this very layer, the reference engine's
+(tinycnn.engines.reference). The fast engine runs its own versions of these passes,
+with caches of its own, and the tests hold them to these.
 """
 import math
 import re
 
 import numpy as np
 
-from tinycnn import activations, initializers, kernels, utils
+from tinycnn import activations, initializers, utils
+from tinycnn.im2col import col2im, im2col, output_size
 
 # ---------------------------------------------------------------------------
 # Automatic names: "conv2d", "conv2d_1", "conv2d_2", ... as Keras gives them
@@ -92,8 +94,8 @@ def _window_geometry(input_shape, window, strides, padding):
     """Where a (KH, KW) window slides over a per-sample input (H, W, C), as Conv2D and
     MaxPooling2D both need it: (OH, OW, pad_top, pad_left), TensorFlow's padding rule."""
     (h, w, _), (kh, kw), (sh, sw) = input_shape, window, strides
-    oh, (pad_top, _) = kernels.conv_output_size(h, kh, sh, padding)
-    ow, (pad_left, _) = kernels.conv_output_size(w, kw, sw, padding)
+    oh, (pad_top, _) = output_size(h, kh, sh, padding)
+    ow, (pad_left, _) = output_size(w, kw, sw, padding)
     return oh, ow, pad_top, pad_left
 
 
@@ -195,6 +197,11 @@ class Layer:
         activation = getattr(self, "activation", None)
         return activation is not None and activation.name == "softmax"
 
+    @property
+    def logits(self):
+        """The softmax's input z (N, ..., classes) from the last forward pass (softmax layers only)."""
+        return getattr(self, "_logits", None)
+
     def backward_from_logits(self, grad_logits):
         """Backward from dL/dlogits, skipping the softmax Jacobian (softmax layers only)."""
         raise TypeError(f"{self.name}: backward_from_logits needs a layer whose output is a softmax")
@@ -246,7 +253,7 @@ class Layer:
 
 
 class _WeightedLayer(Layer):
-    """Shared by Conv2D and Dense: bias + activation after a matrix product, and back."""
+    """Shared by Conv2D and Dense: z = (a matrix product) + bias, y = activation(z), and back."""
 
     def _init_weights_args(self, activation, use_bias, kernel_initializer, bias_initializer):
         self.activation = activations.get(activation)
@@ -256,41 +263,39 @@ class _WeightedLayer(Layer):
 
     def _add_weights(self, kernel_shape, bias_shape):
         rng = utils.get_rng()
-        # weights in shared memory: tinycnn.parallel's worker process reads them as they are updated
-        self.kernel = utils.shared_copy(self.kernel_initializer(kernel_shape, dtype=self.dtype, rng=rng))
-        # ... and gradients too: the worker process adds its half's in for its part of the optimizer's step
-        self.params, self.grads = [self.kernel], [utils.shared_copy(np.zeros_like(self.kernel))]
+        self.params = [self.kernel_initializer(kernel_shape, dtype=self.dtype, rng=rng)]
         if self.use_bias:
-            self.bias = utils.shared_copy(self.bias_initializer(bias_shape, dtype=self.dtype, rng=rng))
-            self.params.append(self.bias)
-            self.grads.append(utils.shared_copy(np.zeros_like(self.bias)))
+            self.params.append(self.bias_initializer(bias_shape, dtype=self.dtype, rng=rng))
+        self.grads = [np.zeros_like(p) for p in self.params]
 
-    def _bias_and_activation(self, z):
-        """z (M, F) = the matrix product -> activation(z + bias), caching what backward needs."""
-        if self.activation.name == "relu" and self.use_bias:
-            y = kernels.bias_relu_(z, self.bias)           # fused y = max(z + b, 0), in place
-        else:
-            if self.use_bias:
-                z += self.bias
-            if self.outputs_softmax:
-                self.logits = z                            # for backward_from_logits
-            y = self.activation.forward(z)
-        return y
+    @property
+    def kernel(self):
+        """The kernel, params[0]: Conv2D (KH, KW, C, F), Dense (in, units)."""
+        return self.params[0] if self.params else None
 
-    def backward(self, grad_out):
-        """dL/dx from dL/dy: through the activation (dL/dz = f'(z) * dL/dy), then the linear part."""
-        grad_out = self._check_grad(grad_out)
-        if self.output is None:
-            raise RuntimeError(f"{self.name}: its last forward pass ran fused with the pooling layer after "
-                               f"it (conv_relu_pool_forward), which keeps no output of its own; run "
-                               f"{self.name}.forward(x) before {self.name}.backward, or conv_relu_pool_backward")
-        return self.backward_linear(self.activation.backward(grad_out, self.output))
+    @property
+    def bias(self):
+        """The bias (F,) or (units,), params[1]; None without one."""
+        return self.params[1] if self.use_bias and self.params else None
+
+    def _activate(self, z, output_shape):
+        """z (M, F), the product plus bias -> y = activation(z) in output_shape (N, ..., F);
+        caches y's rows (and z, for a softmax)."""
+        if self.outputs_softmax:
+            self._logits = z.reshape(output_shape)
+        self._y = self.activation.forward(z)
+        return self._y.reshape(output_shape)
+
+    def _grad_z(self, grad_y):
+        """dL/dz = f'(z) * dL/dy, from the cached output y (rows (M, F), like z)."""
+        return self.activation.backward(grad_y.reshape(self._y.shape), self._y)
 
     def backward_from_logits(self, grad_logits):
         """dL/dx from dL/dz, z the softmax's input (the loss gives (softmax - onehot)/batch)."""
         if not self.outputs_softmax:
             super().backward_from_logits(grad_logits)
-        return self.backward_linear(self._check_grad(grad_logits))
+        grad_logits = self._check_grad(grad_logits)
+        return self._backward_from_z(grad_logits.reshape(self._y.shape))
 
     def get_config(self):
         config = super().get_config()
@@ -311,12 +316,9 @@ class Conv2D(_WeightedLayer):
     "valid": OH = floor((H - KH) / sh) + 1;  "same": OH = ceil(H / sh), zero padding with the odd
     row at the bottom (TensorFlow's rule). Likewise for widths.
 
-    As one matrix product: the patches of x become the rows of cols (N*OH*OW, KH*KW*C) (im2col),
-    and the kernel reshapes, with no transpose, to W2 (KH*KW*C, F):  Z = cols @ W2.
-    A 3x3, stride-1 convolution on 16 channels or more takes a shortcut to the same Z, Winograd's
-    algorithm (kernels.py): 16 multiply-adds per 2x2 outputs where the product spends 36.
-        V = winograd_input(x)  (16, T, C): each 4x4 tile of x (T tiles), transformed
-        U = winograd_kernel(kernel)  (16, C, F);   Z = winograd_output(V @ U), 16 products over C.
+    As one matrix product (tinycnn.im2col): the patches of x become the rows of
+    cols (N*OH*OW, KH*KW*C), and the kernel reshapes, with no transpose, to W2 (KH*KW*C, F):
+        Z = cols @ W2 + bias        (N*OH*OW, F)
     """
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None, use_bias=True,
@@ -329,13 +331,14 @@ class Conv2D(_WeightedLayer):
         self.padding = _padding(padding, self.name)
         self._init_weights_args(activation, use_bias, kernel_initializer, bias_initializer)
 
-    def _geometry(self, input_shape):
-        """(OH, OW, pad_top, pad_left) for a per-sample input (H, W, C)."""
-        return _window_geometry(input_shape, self.kernel_size, self.strides, self.padding)
+    def geometry(self, input_shape=None):
+        """(OH, OW, pad_top, pad_left) for a per-sample input (H, W, C) (default: the built one)."""
+        shape = self.input_shape if input_shape is None else input_shape
+        return _window_geometry(shape, self.kernel_size, self.strides, self.padding)
 
     def compute_output_shape(self, input_shape):
         self._check_rank(input_shape, 3, "(height, width, channels)")
-        oh, ow, _, _ = self._geometry(input_shape)
+        oh, ow, _, _ = self.geometry(input_shape)
         if oh < 1 or ow < 1:
             raise ValueError(f"{self.name}: kernel_size {self.kernel_size} is larger than the input "
                              f"{tuple(input_shape[:2])} with padding='valid'; use a smaller kernel "
@@ -345,76 +348,40 @@ class Conv2D(_WeightedLayer):
     def _create_params(self, input_shape):
         kh, kw = self.kernel_size
         self._add_weights((kh, kw, input_shape[2], self.filters), (self.filters,))
-        self._oh, self._ow, self._pad_top, self._pad_left = self._geometry(input_shape)
-        self._winograd = kernels.winograd_fits(self.kernel_size, self.strides, input_shape[2])
 
     def forward(self, x, training=False):
-        """x (N, H, W, C) -> y (N, OH, OW, F). Caches cols (for dW, dx) and y (for the activation).
-
-        Where Winograd fits, caches V and U instead of cols (for dW and dx; see backward_linear).
-        """
+        """x (N, H, W, C) -> y (N, OH, OW, F). Caches cols (for dW and dx) and y (for the activation)."""
         x = self._check_input(x)
-        y = self._bias_and_activation(self.forward_linear(x))
-        self.output = y.reshape(x.shape[0], self._oh, self._ow, self.filters)
-        if self.outputs_softmax:
-            self.logits = self.logits.reshape(self.output.shape)
-        return self.output
+        (kh, kw), (sh, sw) = self.kernel_size, self.strides
+        oh, ow, pad_top, pad_left = self.geometry()
+        self._x_shape = x.shape
+        self._cols = im2col(x, kh, kw, sh, sw, pad_top, pad_left, oh, ow)   # (N*OH*OW, KH*KW*C)
+        z = self._cols @ self.kernel.reshape(-1, self.filters)              # (N*OH*OW, F)
+        if self.use_bias:
+            z = z + self.bias
+        return self._activate(z, (x.shape[0], oh, ow, self.filters))
 
-    def forward_linear(self, x, out_h=None, out_w=None):
-        """x (N, H, W, C) -> z (N*OH*OW, F), the convolution before bias and activation.
+    def backward(self, grad_out):
+        """dL/dy (N, OH, OW, F) -> dL/dx (N, H, W, C); fills grads [dL/dkernel, dL/dbias]."""
+        return self._backward_from_z(self._grad_z(self._check_grad(grad_out)))
 
-        out_h, out_w: only the top-left out_h x out_w outputs (default all OH x OW): a
-        MaxPooling2D(2) after an 11x11 output uses 10x10 of it (conv_relu_pool_forward).
-        Caches what backward_linear needs: cols, or Winograd's V and U, and that size.
-        """
-        (kh, kw), (sh, sw), f = self.kernel_size, self.strides, self.filters
-        oh, ow = self._linear_size = (self._oh if out_h is None else out_h, self._ow if out_w is None else out_w)
-        if self._winograd:
-            tiles_h, tiles_w = kernels.winograd_tiles(oh, ow)
-            self.v = kernels.winograd_input(x, self._pad_top, self._pad_left, tiles_h, tiles_w)   # (16, T, C)
-            self.u = kernels.winograd_kernel(self.kernel)                                       # (16, C, F)
-            m = np.matmul(self.v, self.u)                            # (16, T, F): 16 products over C
-            return kernels.winograd_output(m, x.shape[0], oh, ow, tiles_h, tiles_w).reshape(-1, f)
-        self.cols = kernels.im2col(x, kh, kw, sh, sw, self._pad_top, self._pad_left, oh, ow)
-        return kernels.matmul(self.cols, self.kernel.reshape(kh * kw * x.shape[3], f))      # (N*OH*OW, F)
+    def _backward_from_z(self, dz):
+        """dz = dL/dz (N*OH*OW, F), z the product plus bias -> dL/dx (N, H, W, C).
 
-    def backward_linear(self, grad_z, bias_grad=None):
-        """grad_z = dL/dz (N, OH, OW, F), z = conv + bias before the activation -> dL/dx (N, H, W, C).
-        (OH, OW: as many as the forward pass computed, see forward_linear.)
-        bias_grad: dL/dbias (F,) where the caller has added it up already (conv_relu_pool_backward).
-
-            dL/dW2 = cols^T @ dZ   (KH*KW*C, F), reshaped to the kernel's (KH, KW, C, F)
+            dL/dW2 = cols^T @ dZ   (KH*KW*C, F): each weight's gradient sums over every patch it met
             dL/db  = sum of dZ over batch and pixels
             dL/dx  = col2im(dZ @ W2^T): every patch's gradient added back onto its pixels
-        Winograd's way (z = output(V @ U), three linear steps), each step's transpose in reverse:
-            dM = output^T(dZ);  dU = V^T @ dM -> dL/dkernel = kernel^T(dU);  dV = dM @ U^T -> dL/dx = input^T(dV)
         """
-        (kh, kw), (sh, sw), f = self.kernel_size, self.strides, self.filters
-        h, w, c = self.input_shape
-        oh, ow = self._linear_size
-        if self._winograd:
-            if getattr(self, "v", None) is None:
-                raise RuntimeError(f"{self.name}: backward needs a forward pass before it; each forward "
-                                   f"pass serves one backward pass (dL/dx reuses the cached tiles' memory)")
-            tiles_h, tiles_w = kernels.winograd_tiles(oh, ow)
-            dm = kernels.winograd_output_backward(grad_z, tiles_h, tiles_w)        # (16, T, F)
-            du = kernels.matmul(self.v.transpose(0, 2, 1), dm)                      # (16, C, F), summed over tiles
-            self.grads[0][...] = kernels.winograd_kernel_backward(du)
-        else:
-            dz = grad_z.reshape(-1, f)                                             # (N*OH*OW, F)
-            kernels.matmul(self.cols.T, dz, out=self.grads[0].reshape(-1, f))      # written into dL/dkernel
-        if self.use_bias:                                                          # sum over rows
-            self.grads[1][...] = kernels.column_sums(grad_z.reshape(-1, f)) if bias_grad is None else bias_grad
+        (kh, kw), (sh, sw) = self.kernel_size, self.strides
+        oh, ow, pad_top, pad_left = self.geometry()
+        w2 = self.kernel.reshape(-1, self.filters)                          # (KH*KW*C, F)
+        self.grads[0][...] = (self._cols.T @ dz).reshape(self.kernel.shape)
+        if self.use_bias:
+            self.grads[1][...] = dz.sum(axis=0)
         if not self.need_input_grad:
             return None
-        if self._winograd:     # dV, (16, T, C) like V, goes into V's memory: dU was V's last use
-            dv = np.matmul(dm, self.u.transpose(0, 2, 1), out=self.v)
-            self.v = None
-            return kernels.winograd_input_backward(dv, grad_z.shape[0], h, w, self._pad_top, self._pad_left,
-                                                   tiles_h, tiles_w)
-        dcols = kernels.matmul(dz, self.kernel.reshape(-1, f).T)               # (N*OH*OW, KH*KW*C)
-        return kernels.col2im(dcols, grad_z.shape[0], h, w, c, kh, kw, sh, sw,
-                              self._pad_top, self._pad_left, oh, ow)
+        dcols = dz @ w2.T                                                    # (N*OH*OW, KH*KW*C)
+        return col2im(dcols, self._x_shape, kh, kw, sh, sw, pad_top, pad_left, oh, ow)
 
     def get_config(self):
         config = super().get_config()
@@ -441,91 +408,58 @@ class MaxPooling2D(Layer):
         self.strides = self.pool_size if strides is None else _pair(strides, "strides", self.name)
         self.padding = _padding(padding, self.name)
 
-    def _geometry(self, input_shape):
-        """(OH, OW, pad_top, pad_left) for a per-sample input (H, W, C)."""
-        return _window_geometry(input_shape, self.pool_size, self.strides, self.padding)
+    def geometry(self, input_shape=None):
+        """(OH, OW, pad_top, pad_left) for a per-sample input (H, W, C) (default: the built one)."""
+        shape = self.input_shape if input_shape is None else input_shape
+        return _window_geometry(shape, self.pool_size, self.strides, self.padding)
 
     def compute_output_shape(self, input_shape):
         self._check_rank(input_shape, 3, "(height, width, channels)")
-        oh, ow, _, _ = self._geometry(input_shape)
+        oh, ow, _, _ = self.geometry(input_shape)
         if oh < 1 or ow < 1:
             raise ValueError(f"{self.name}: pool_size {self.pool_size} is larger than the input "
                              f"{tuple(input_shape[:2])} with padding='valid'; use a smaller pool "
                              f"or padding='same'")
         return (oh, ow, input_shape[2])
 
-    def _create_params(self, input_shape):
-        oh, ow, self._pad_top, self._pad_left = self._geometry(input_shape)   # no weights, only geometry
-        # MaxPooling2D(2) with every window inside the image: windows that neither overlap nor
-        # touch padding, so backward can write each pixel once (kernels.maxpool_backward's fast path)
-        h, w, _ = input_shape
-        self._windows_2x2 = (self.pool_size == (2, 2) and self.strides == (2, 2)
-                             and 2 * oh <= h and 2 * ow <= w)
-
     def forward(self, x, training=False):
-        """x (N, H, W, C) -> y (N, OH, OW, C); caches argmax (N, OH, OW, C), each winner's y*W + x."""
+        """x (N, H, W, C) -> y (N, OH, OW, C); caches argmax (N, OH, OW, C): each winner's row*W + column."""
         x = self._check_input(x)
-        (ph, pw), (sh, sw), (oh, ow, _) = self.pool_size, self.strides, self.output_shape
-        y, self.argmax = kernels.maxpool_forward(x, ph, pw, sh, sw, self._pad_top, self._pad_left, oh, ow)
+        n, h, w, c = x.shape
+        (ph, pw), (sh, sw) = self.pool_size, self.strides
+        oh, ow, pad_top, pad_left = self.geometry()
+        pad_bottom = max((oh - 1) * sh + ph - h - pad_top, 0)
+        pad_right = max((ow - 1) * sw + pw - w - pad_left, 0)
+        # padding with -inf: a padded cell never wins a window
+        x_padded = np.pad(x, ((0, 0), (pad_top, pad_bottom), (pad_left, pad_right), (0, 0)),
+                          constant_values=-np.inf)
+        windows = np.empty((n, oh, ow, c, ph * pw), dtype=x.dtype)         # each window's cells, row-major
+        for i in range(ph):
+            for j in range(pw):
+                windows[..., i * pw + j] = x_padded[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]
+        k = np.argmax(windows, axis=-1)                      # the winner's place in its window (first max)
+        y = np.take_along_axis(windows, k[..., None], axis=-1)[..., 0]
+        rows = np.arange(oh)[None, :, None, None] * sh - pad_top + k // pw   # the winner's pixel in x
+        cols = np.arange(ow)[None, None, :, None] * sw - pad_left + k % pw
+        self._argmax = rows * w + cols
         return y
 
     def backward(self, grad_out):
-        """dL/dy (N, OH, OW, C) -> dL/dx (N, H, W, C): scattered onto the winners, summed."""
+        """dL/dy (N, OH, OW, C) -> dL/dx (N, H, W, C): each window's gradient to its winner, summed."""
         if not self.need_input_grad:
             return None
-        h, w, _ = self.input_shape
-        return kernels.maxpool_backward(self._check_grad(grad_out), self.argmax, h, w,
-                                        windows_2x2=self._windows_2x2)
+        grad_out = self._check_grad(grad_out)
+        n, h, w, c = (grad_out.shape[0],) + self.input_shape
+        dx = np.zeros((n, h * w, c), dtype=grad_out.dtype)
+        batch = np.broadcast_to(np.arange(n)[:, None, None, None], grad_out.shape)
+        channel = np.broadcast_to(np.arange(c)[None, None, None, :], grad_out.shape)
+        np.add.at(dx, (batch, self._argmax, channel), grad_out)   # add.at: a pixel may win twice
+        return dx.reshape(n, h, w, c)
 
     def get_config(self):
         config = super().get_config()
         config.update(pool_size=list(self.pool_size), strides=list(self.strides), padding=self.padding)
         return config
-
-
-# ---------------------------------------------------------------------------
-# Conv2D(relu) -> MaxPooling2D(2): the pair in one pass
-# ---------------------------------------------------------------------------
-def fuses_with_pool(layer, next_layer):
-    """True for a Conv2D with a bias and ReLU followed by MaxPooling2D(2) on whole windows.
-
-    That is the notebook's conv -> pool. Sequential then runs the pair with
-    conv_relu_pool_forward and conv_relu_pool_backward: the same numbers as the two layers'
-    own passes, but the conv's (N, OH, OW, F) output is never written, nor dL/dy of it
-    and its ReLU mask in backward (cnn_categorical, 16 images: those passes 0.16 -> 0.07 ms).
-    """
-    return (isinstance(layer, Conv2D) and isinstance(next_layer, MaxPooling2D)
-            and layer.activation.name == "relu" and layer.use_bias
-            and next_layer._windows_2x2)     # 2x2, stride 2, every window inside: OH = conv's OH // 2
-
-
-def conv_relu_pool_forward(conv, pool, x):
-    """x (N, H, W, C) -> pool(conv(x)) (N, OH // 2, OW // 2, F), conv's OH x OW.
-
-    The conv's product z as in Conv2D.forward, then y = max over each 2x2 window of
-    ReLU(z + bias) in one pass (kernels.bias_relu_maxpool_2x2). An odd last row or column of
-    the conv's output is in no window, so it is not computed (cnn_sparse's second conv: 10x10
-    of 11x11, 25 Winograd tiles instead of 36). Caches the conv's patches or tiles, the
-    pool's argmax, and y, whose sign is all backward needs of the ReLU.
-    """
-    x = conv._check_input(x)
-    out_h, out_w = conv._oh // 2 * 2, conv._ow // 2 * 2           # the outputs the windows cover
-    z = conv.forward_linear(x, out_h, out_w).reshape(x.shape[0], out_h, out_w, conv.filters)
-    y, pool.argmax = kernels.bias_relu_maxpool_2x2(z, conv.bias)
-    conv.output, pool.output, pool._batch_size = None, y, x.shape[0]   # the conv's output is never formed
-    return y
-
-
-def conv_relu_pool_backward(conv, pool, grad_out):
-    """dL/dy (N, OH // 2, OW // 2, F) -> dL/dx (N, H, W, C), or None for the model's first layer.
-
-    The pool's backward and the ReLU's in one pass (kernels.maxpool_relu_backward_2x2):
-    dL/dz = dL/dy at each window's winner where y > 0, else 0, and dL/dbias on the way;
-    then the conv's own backward_linear. Fills conv.grads.
-    """
-    grad_z, bias_grad = kernels.maxpool_relu_backward_2x2(pool._check_grad(grad_out), pool.argmax, pool.output,
-                                                          *conv._linear_size)
-    return conv.backward_linear(grad_z, bias_grad)
 
 
 # ---------------------------------------------------------------------------
@@ -558,10 +492,6 @@ class Dense(_WeightedLayer):
 
     x (N, in) -> y (N, units); kernel (in, units), bias (units,). (Inputs of higher rank
     (N, ..., in) are treated as N*... rows, as Keras does.)
-
-    kernel_grad_rows: None, or a pair of arrays (N, in) and (N, units) that the model sets
-    for a step in halves (parallel.kernel_grads_later): backward_linear then copies x and
-    dL/dz there and leaves dL/dkernel = x^T @ dZ to the model, for the whole batch at once.
     """
 
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
@@ -569,7 +499,6 @@ class Dense(_WeightedLayer):
         super().__init__(input_shape, name, dtype)
         self.units = _positive_int(units, "units", self.name)
         self._init_weights_args(activation, use_bias, kernel_initializer, bias_initializer)
-        self.kernel_grad_rows = None
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) < 1:
@@ -581,33 +510,31 @@ class Dense(_WeightedLayer):
         self._add_weights((input_shape[-1], self.units), (self.units,))
 
     def forward(self, x, training=False):
-        """x (N, in) -> y (N, units). Caches the input rows (for dW) and y (for the activation)."""
+        """x (N, in) -> y (N, units). Caches the input rows x (for dW) and y (for the activation)."""
         x = self._check_input(x)
-        self.x_rows = x.reshape(-1, x.shape[-1])                  # (N, in)
-        y = self._bias_and_activation(kernels.matmul(self.x_rows, self.kernel))   # (N, units)
-        self.output = y.reshape(x.shape[:-1] + (self.units,))
-        if self.outputs_softmax:
-            self.logits = self.logits.reshape(self.output.shape)
-        return self.output
+        self._x = x.reshape(-1, x.shape[-1])                        # (M, in), M = N (or N*...)
+        z = self._x @ self.kernel                                   # (M, units)
+        if self.use_bias:
+            z = z + self.bias
+        return self._activate(z, x.shape[:-1] + (self.units,))
 
-    def backward_linear(self, grad_z):
-        """grad_z = dL/dz (N, units), z = x @ kernel + bias -> dL/dx (N, in).
+    def backward(self, grad_out):
+        """dL/dy (N, units) -> dL/dx (N, in); fills grads [dL/dkernel, dL/dbias]."""
+        return self._backward_from_z(self._grad_z(self._check_grad(grad_out)))
+
+    def _backward_from_z(self, dz):
+        """dz = dL/dz (M, units), z = x @ kernel + bias -> dL/dx (N, ..., in).
 
             dL/dkernel = x^T @ dZ      (in, units)
-            dL/dbias   = sum over the batch of dZ
+            dL/dbias   = sum over the rows of dZ
             dL/dx      = dZ @ kernel^T
         """
-        dz = grad_z.reshape(-1, self.units)
-        if self.kernel_grad_rows is None:
-            kernels.matmul(self.x_rows.T, dz, out=self.grads[0])  # written into dL/dkernel
-        else:                                                     # the model multiplies them later
-            x_out, dz_out = self.kernel_grad_rows
-            x_out[...], dz_out[...] = self.x_rows, dz
+        self.grads[0][...] = self._x.T @ dz
         if self.use_bias:
-            self.grads[1][...] = kernels.column_sums(dz)       # sum over rows
+            self.grads[1][...] = dz.sum(axis=0)
         if not self.need_input_grad:
             return None
-        return kernels.matmul(dz, self.kernel.T).reshape(grad_z.shape[:-1] + (self.kernel.shape[0],))
+        return (dz @ self.kernel.T).reshape((-1,) + self.input_shape)
 
     def get_config(self):
         config = super().get_config()
@@ -629,15 +556,15 @@ class Activation(Layer):
         """x (N, ...) -> y = f(x), same shape; caches y (and the logits x for softmax)."""
         x = self._check_input(x)
         if self.outputs_softmax:
-            self.logits = x
-        self.output = self.activation.forward(x)
-        return self.output
+            self._logits = x
+        self._y = self.activation.forward(x)
+        return self._y
 
     def backward(self, grad_out):
         """dL/dx = f'(x) * dL/dy (for softmax, the Jacobian-vector product)."""
         if not self.need_input_grad:
             return None
-        return self.activation.backward(self._check_grad(grad_out), self.output)
+        return self.activation.backward(self._check_grad(grad_out), self._y)
 
     def backward_from_logits(self, grad_logits):
         """With a softmax, dL/dlogits is dL/dx itself: pass it through (a copy, never the caller's array)."""

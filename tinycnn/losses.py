@@ -19,8 +19,6 @@ Outputs of higher rank (N, ..., C) are treated as N*... samples, as Keras does.
 """
 import numpy as np
 
-from tinycnn import kernels
-
 EPSILON = 1e-7          # Keras's backend.epsilon(), used to clip probabilities
 
 
@@ -64,11 +62,13 @@ class _SoftmaxCrossEntropy:
         """Mean loss and dL/dlogits = (softmax(logits) - onehot) / M; logits (N, C) or (N, ..., C)."""
         logits = self._check_output(logits, f"{self.name}: logits")
         t = self._targets(y_true, logits.shape, logits.dtype)              # (M, C)
-        z = np.ascontiguousarray(logits.reshape(t.shape))
-        # per row: log p = (z - max z) - log sum exp(z - max z); loss = -sum t log p;
-        # dL/dz = (p * sum(t) - t) / M: one numba pass (kernels.softmax_cross_entropy_numpy
-        # is the same in NumPy, line by line)
-        loss, grad = kernels.softmax_cross_entropy(z, np.ascontiguousarray(t))
+        z = logits.reshape(t.shape)
+        m = z.shape[0]
+        shifted = z - z.max(axis=1, keepdims=True)                      # <= 0: exp cannot overflow
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))   # log softmax
+        loss = -(t * log_probs).sum(axis=1).mean()                      # mean over the M rows
+        # d/dz of -sum_k t_k log p_k is p * sum(t) - t: p - t for a one-hot row
+        grad = (np.exp(log_probs) * t.sum(axis=1, keepdims=True) - t) / z.dtype.type(m)
         return float(loss), grad.reshape(logits.shape)
 
     def from_probs(self, y_true, probs):

@@ -7,20 +7,20 @@
                   loss="categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(x_train, y_train, epochs=5, batch_size=32, validation_data=(x_test, y_test))
 
-Reading guide. One training step (`_train_step`) is the textbook loop:
+Reading guide. `fit` hands each batch to the model's engine (tinycnn/engines), which
+takes one step of gradient descent on it. The reference engine's step is the textbook loop
+(tinycnn/engines/reference.py):
 
-    probs = forward(x)                       each layer's forward, first to last
+    out = layer.forward(out)                 each layer's forward, first to last
     loss, dL/dlogits = loss.from_logits(y, last_layer.logits)
                                              softmax + cross-entropy fused, as Keras does:
                                              dL/dlogits = (softmax - onehot) / batch
-    backward(dL/dlogits)                     each layer's backward, last to first; each
+    grad = layer.backward(grad)              each layer's backward, last to first; each
                                              leaves dL/dparams in its `grads`
     optimizer.apply_gradients(zip(grads, params))
 
-Two shortcuts change how, not what: a Conv2D(relu) followed by MaxPooling2D(2) runs as one
-step (layers.conv_relu_pool_forward / _backward), and on two cores the batch runs in two
-halves side by side and the optimizer's step in two parts (_forward_backward_in_halves,
-_apply_gradients_in_halves; tinycnn.parallel).
+The fast engine computes the same step faster (tinycnn/engines/fast). compile(engine=...)
+chooses: "auto" (the fast one where numba is there), "reference" or "fast".
 
 `fit` wraps that in epochs and batches (shuffled with tinycnn.utils.get_rng()), keeps the
 running means Keras reports, evaluates the validation data after each epoch and calls the
@@ -30,30 +30,26 @@ callbacks (tinycnn.callbacks). Everything the user passes is checked once, up fr
 Shapes: x is NHWC (N, H, W, C) for images, (N, features) for dense inputs; the model's
 `input_shape` / `output_shape` have Keras's leading None for the batch axis.
 """
-import contextlib
 import math
 import os
 import signal
 import sys
 import threading
-import types
 import warnings
 
 import numpy as np
 
 from tinycnn import callbacks as callbacks_module
-from tinycnn import kernels as kernels_module
+from tinycnn import engines
 from tinycnn import layers as layers_module
 from tinycnn import losses as losses_module
 from tinycnn import optimizers as optimizers_module
-from tinycnn import parallel, saving, utils
-from tinycnn.layers import conv_relu_pool_backward, conv_relu_pool_forward, fuses_with_pool
+from tinycnn import saving, utils
 from tinycnn.saving import ModelFileError
 
 __all__ = ["Sequential", "load_model", "ModelFileError"]
 
 ACCURACY_NAMES = ("accuracy", "acc", "categorical_accuracy", "sparse_categorical_accuracy")
-TRAIN_JOB, FORWARD_JOB, UPDATE_JOB = 0, 1, 2   # what the worker process runs: its order in _worker_process
 
 _name_counts = {}
 
@@ -88,19 +84,6 @@ def _same_objects(a, b):
     return a is not None and b is not None and len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
-@contextlib.contextmanager
-def _kernel_grad_rows(layers, kernel_grads, start, stop):
-    """While inside: each Dense layer in kernel_grads (layer index -> (x rows, dL/dz rows) of
-    the batch) leaves rows start:stop of those there (Dense.kernel_grad_rows); then None again."""
-    for i, (x_rows, dz_rows) in kernel_grads.items():
-        layers[i].kernel_grad_rows = (x_rows[start:stop], dz_rows[start:stop])
-    try:
-        yield
-    finally:
-        for i in kernel_grads:
-            layers[i].kernel_grad_rows = None
-
-
 class Sequential:
     """A linear stack of layers (Keras's `Sequential`).
 
@@ -121,7 +104,7 @@ class Sequential:
         self.compiled = False
         self.stop_training = False
         self.history = None
-        self._session = None                  # the worker process of a long fit/evaluate/predict: _worker_process
+        self.engine = None                    # what runs the batches: compile(engine=...)
         if layers is not None:
             if not isinstance(layers, (list, tuple)):
                 raise ValueError(f"Sequential: layers must be a list of layers, got {type(layers).__name__}")
@@ -275,10 +258,14 @@ class Sequential:
     # ------------------------------------------------------------------------------------------
     # compile
     # ------------------------------------------------------------------------------------------
-    def compile(self, optimizer, loss, metrics=None):
+    def compile(self, optimizer, loss, metrics=None, engine="auto"):
         """Choose the optimizer ("sgd", "adam" or an instance), the loss
         ("categorical_crossentropy" for one-hot labels, "sparse_categorical_crossentropy" for
-        integer labels) and the metrics (["accuracy"] or None)."""
+        integer labels), the metrics (["accuracy"] or None) and the engine that runs the
+        batches: "auto" ($TINYCNN_ENGINE, else "fast" where numba is there), "reference"
+        (the layers' own textbook passes) or "fast" (tinycnn.engines)."""
+        self.engine = engines.get(engine)
+        self._engine_choice = engine if isinstance(engine, str) else self.engine.name
         self.optimizer = optimizers_module.get(optimizer)
         self.loss = losses_module.get(loss)
         if metrics is None:
@@ -304,11 +291,6 @@ class Sequential:
     @property
     def _accuracy_name(self):
         return self._metrics[0] if self._metrics else None
-
-    @property
-    def _fused_loss(self):
-        """True when the last layer is a softmax: the loss then works from its logits (as Keras)."""
-        return self._layers[-1].outputs_softmax
 
     # ------------------------------------------------------------------------------------------
     # Checking what the user passes (once, before any work)
@@ -404,335 +386,18 @@ class Sequential:
         return y.astype(self.dtype, copy=False), np.argmax(y, axis=1)
 
     # ------------------------------------------------------------------------------------------
-    # Forward, loss, backward: the heart of it
+    # One batch through the engine
     # ------------------------------------------------------------------------------------------
-    def _forward(self, x, training=False, layers=None):
-        """x (N, *input shape) -> the last layer's output (N, classes), layer by layer.
-
-        A Conv2D(relu) followed by MaxPooling2D(2) runs as one step (layers.fuses_with_pool).
-        """
-        layers = self._layers if layers is None else layers
-        i = 0
-        while i < len(layers):
-            if i + 2 < len(layers) and fuses_with_pool(layers[i], layers[i + 1]):   # (not the last layer)
-                x = conv_relu_pool_forward(layers[i], layers[i + 1], x)
-                i += 2
-            else:
-                x = layers[i].forward(x, training)
-                i += 1
-        return x
-
-    def _loss_and_grad(self, y, probs, last=None):
-        """Mean loss of the batch and its gradient with respect to the last layer's logits
-        (softmax output: (softmax - onehot) / batch) or, for other outputs, its probabilities."""
-        last = self._layers[-1] if last is None else last
-        if self._fused_loss:
-            return self.loss.from_logits(y, last.logits)
-        return self.loss.from_probs(y, probs)
-
-    def _backward(self, grad, layers=None):
-        """Backpropagate the loss's gradient through the layers, last to first (pairs as in _forward)."""
-        layers = self._layers if layers is None else layers
-        last = layers[-1]
-        grad = last.backward_from_logits(grad) if self._fused_loss else last.backward(grad)
-        i = len(layers) - 2
-        while i >= 0:
-            if i >= 1 and fuses_with_pool(layers[i - 1], layers[i]):
-                grad = conv_relu_pool_backward(layers[i - 1], layers[i], grad)
-                i -= 2
-            else:
-                grad = layers[i].backward(grad)
-                i -= 1
-
-    def _train_step(self, x, y):
-        """One step of gradient descent on a batch -> (mean loss before the step, probabilities).
-
-        The loss comes first: when it is NaN or infinite the step is not taken, so the
-        weights stay finite (fit's NaN guard then stops training). With two threads, for a
-        model where it pays (see _in_halves), the two halves of the batch run side by side.
-        """
-        if self._in_halves(len(x)):
-            loss, probs, halves = self._forward_backward_in_halves(x, y)     # two halves' gradients
-            if math.isfinite(loss):
-                self._apply_gradients_in_halves(halves)
-            return loss, probs
-        probs = self._forward(x, training=True)
-        loss, grad = self._loss_and_grad(y, probs)
-        if math.isfinite(loss):
-            self._backward(grad)
-            self.optimizer.apply_gradients(self._grads_and_params)
-        return loss, probs
-
-    def _forward_backward_in_halves(self, x, y):
-        """Forward and backward of the batch in two halves, one per thread (tinycnn.parallel).
-
-        The model's layers take the first half, their copies (same weights) the second. Each
-        half's loss gradient is scaled by its share of the batch, rows / N, so that each
-        half backpropagates its part of the batch's MEAN loss: the layers' gradients plus the
-        copies' are the batch's (_apply_gradients_in_halves adds them up). A big Dense layer's
-        dL/dkernel is left to _apply_gradients_in_halves (parallel.kernel_grads_later): its
-        halves leave their rows of x and dL/dz in shared buffers. Returns (the batch's mean
-        loss, its probabilities, what the optimizer's step needs: the worker process or None
-        for the worker thread, those buffers, n).
-        """
-        n, h = len(x), parallel.first_half_size(len(x))
-        copies = self._layer_copies()
-        first_half = lambda: self._train_half(self._layers, x[:h], y[:h], n)     # noqa: E731
-        worker, shared = self._worker_for(x[h:], y[h:])
-        later = self._kernel_grads_later(n, shared.kernel_grads if worker is not None else self._kernel_grad_buffers(n))
-        with _kernel_grad_rows(self._layers, later, 0, h):
-            if worker is not None:                          # the second half in the worker process
-                rows = n - h                                # (whose job sets its copies' rows)
-                shared.x[:rows], shared.y[:rows] = x[h:], y[h:]
-                loss_0, probs_0 = worker.run_both(first_half, TRAIN_JOB, rows, n)
-                loss_1, probs_1 = float(shared.loss[0]), shared.probs[:rows]
-            else:                                           # ... or in the worker thread
-                with _kernel_grad_rows(copies, later, h, n):
-                    (loss_0, probs_0), (loss_1, probs_1) = self._run_both(
-                        first_half, lambda: self._train_half(copies, x[h:], y[h:], n))
-        halves = types.SimpleNamespace(worker=worker, kernel_grads=later, n=n)
-        return (loss_0 + loss_1) / n, np.concatenate([probs_0, probs_1]), halves
-
-    def _kernel_grad_buffers(self, n):
-        """{layer index: (x rows (n, in), dL/dz rows (n, units))} in shared memory for the layers
-        whose dL/dkernel a step in halves computes later (parallel.kernel_grads_later); made
-        for at least n rows and kept (a worker process's are made before its fork)."""
-        key = [(i, layer.kernel) for i, layer in enumerate(self._layers) if parallel.kernel_grads_later(layer)]
-        cached = getattr(self, "_kernel_grad_cache", None)
-        if cached is None or not _same_objects([k for _, k in cached[0]], [k for _, k in key]) or cached[1] < n:
-            buffers = {i: (utils.shared_copy(np.zeros((n, kernel.shape[0]), kernel.dtype)),
-                           utils.shared_copy(np.zeros((n, kernel.shape[1]), kernel.dtype))) for i, kernel in key}
-            self._kernel_grad_cache = cached = (key, n, buffers)
-        return cached[2]
-
-    def _kernel_grads_later(self, n, buffers):
-        """The buffers to use for a batch of n in halves, or {} where its halves go in pieces
-        (each piece would overwrite the rows of the one before)."""
-        h = parallel.first_half_size(n)
-        return buffers if buffers and parallel.rows_per_piece(self._layers, h) >= h else {}
-
-    def _apply_gradients_in_halves(self, halves):
-        """The optimizer's step after _forward_backward_in_halves, shared by the two threads or
-        processes: each completes the batch's gradient for its part of every parameter
-        (parallel.part_of) and applies the rule to it, with this step's numbers
-        (optimizer.coefficients). Bit for bit what adding the halves' gradients up and one
-        apply_gradients give, except for a big Dense kernel, whose gradient is one product over
-        the batch instead of two added up (float rounding).
-        halves: from _forward_backward_in_halves (the worker, the Dense layers' rows, n).
-        """
-        optimizer, worker, pairs = self.optimizer, halves.worker, self._grads_and_params
-        optimizer._check_pairs(pairs)                           # checks shapes; makes the slots at the first step
-        numbers = optimizer.coefficients_for([param for _, param in pairs])
-        part = lambda number: self._update_part(number, numbers, halves.kernel_grads, halves.n)   # noqa: E731
-        if all(param.size < parallel.MIN_SPLIT_VALUES for _, param in pairs):
-            part(0)                                             # small parameters only: all here
-        elif worker is None:                                    # the worker thread takes the second part
-            self._run_both(lambda: part(0), lambda: part(1))
-        elif _same_objects(self._session.optimizer_arrays, self._optimizer_arrays()):   # the worker has them
-            self._session.shared.coefficients[:len(numbers), :len(numbers[0])] = numbers
-            worker.run_both(lambda: part(0), UPDATE_JOB, len(numbers[0]), halves.n)
-        else:                            # the optimizer or its slots changed since the fork: all here
-            part(0)
-            part(1)
-        optimizer.iterations += 1
-
-    def _update_part(self, part, numbers, kernel_grads, n):
-        """Part 0 or 1 of the optimizer's step: for each parameter, that part of its values
-        (parallel.part_of): the batch's gradient there, then the rule. The gradient is
-        grad += the copy's grad (the two halves'), or for a kernel in kernel_grads (layer index ->
-        the n rows of x and dL/dz) its rows of dL/dkernel = x^T @ dZ, all n rows at once."""
-        optimizer, copies = self.optimizer, self._layer_copies()
-        twin_grads = [g for twin in copies for g in twin.grads]
-        later = {id(self._layers[i].kernel): rows for i, rows in kernel_grads.items()}
-        for (grad, param), twin_grad, slots, coefficients in zip(self._grads_and_params, twin_grads,
-                                                                 optimizer.slots, numbers):
-            values = parallel.part_of(param.shape, part)
-            if values.start == values.stop:             # a small parameter: all in the other part
-                continue
-            grad_part = grad.reshape(-1)[values]
-            if id(param) in later:                      # this part's rows of dL/dkernel (grad_part's values)
-                x_rows, dz_rows = later[id(param)]
-                first, last = values.start // param.shape[1], values.stop // param.shape[1]
-                kernels_module.matmul(x_rows[:n, first:last].T, dz_rows[:n], out=grad[first:last])
-            else:
-                grad_part += twin_grad.reshape(-1)[values]      # the two halves' gradients
-            optimizer.update(grad_part, param.reshape(-1)[values], [s.reshape(-1)[values] for s in slots],
-                             coefficients)
-
-    def _optimizer_arrays(self):
-        """The optimizer and the arrays a worker process's part of its step writes to."""
-        arrays = [a for g, p in self._grads_and_params for a in (g, p)]
-        return [self.optimizer] + arrays + [s for slots in (self.optimizer.slots or []) for s in slots]
-
-    def _train_half(self, layers, x, y, n):
-        """Forward and backward of (x, y), part of a batch of n rows, through `layers`:
-        gradients of its share of the batch's MEAN loss -> (its loss * its rows, its outputs).
-
-        Where a convolution's scratch arrays (patches or Winograd tiles) are big, a few rows at
-        a time (parallel.rows_per_piece, as predict does), the pieces' gradients added (with
-        im2col patches: cnn_sparse 4.54 -> 4.31 ms a step).
-        """
-        piece = parallel.rows_per_piece(layers, len(x))
-        if piece >= len(x):
-            return self._train_piece(layers, x, y, n)
-        loss_sum, outputs, grad_sums = 0.0, [], None
-        for start in range(0, len(x), piece):
-            loss, probs = self._train_piece(layers, x[start:start + piece], y[start:start + piece], n)
-            loss_sum += loss
-            outputs.append(probs)
-            grads = [g for layer in layers for g in layer.grads]
-            if grad_sums is None:
-                grad_sums = [g.copy() for g in grads]
-            else:
-                for total, g in zip(grad_sums, grads):
-                    total += g
-        for total, g in zip(grad_sums, grads):
-            g[...] = total
-        return loss_sum, np.concatenate(outputs)
-
-    def _train_piece(self, layers, x, y, n):
-        """_train_half for rows that go through the layers at once."""
-        probs = self._forward(x, training=True, layers=layers)
-        loss, grad = self._loss_and_grad(y, probs, last=layers[-1])
-        grad *= grad.dtype.type(len(x) / n)              # d(mean over N)/dz = d(mean over rows)/dz * rows/N
-        self._backward(grad, layers=layers)
-        return loss * len(x), probs
-
-    def _forward_in_halves(self, x):
-        """(the last layer's output, its logits or None) for a batch, in two halves side by side
-        when there are two threads (evaluate, predict); the logits only for a softmax output."""
-        if not self._in_halves(len(x)):
-            return self._forward_in_pieces(x, self._layers)
-        h = parallel.first_half_size(len(x))
-        first_half = lambda: self._forward_in_pieces(x[:h], self._layers)      # noqa: E731
-        worker, shared = self._worker_for(x[h:])
-        if worker is not None:                              # the second half in the worker process
-            rows = len(x) - h
-            shared.x[:rows] = x[h:]
-            probs_0, logits_0 = worker.run_both(first_half, FORWARD_JOB, rows, len(x))
-            probs_1, logits_1 = shared.probs[:rows], shared.logits[:rows]
-        else:                                               # ... or in the worker thread
-            copies = self._layer_copies()
-            (probs_0, logits_0), (probs_1, logits_1) = self._run_both(
-                first_half, lambda: self._forward_in_pieces(x[h:], copies))
-        logits = np.concatenate([logits_0, logits_1]) if self._fused_loss else None
-        return np.concatenate([probs_0, probs_1]), logits
-
-    @contextlib.contextmanager
-    def _worker_process(self, batch_size, batches, x, y=None):
-        """During one fit/evaluate/predict call of `batches` batches, a worker process for the
-        batches' second halves, where it pays (see parallel.WorkerProcess); else nothing.
-
-        Made before the fork, in shared memory: the layer copies' gradients and buffers for
-        a half's inputs (x, y) and outputs (loss, probs, logits), the optimizer step's numbers
-        and the big Dense layers' rows (_kernel_grad_buffers). The jobs run in the worker:
-        a half's training, a half's forward pass, the second part of the optimizer's step.
-        The fork waits for the first batch, which this thread runs whole: by then this
-        process has loaded the kernels' machine code, and the worker shares it instead of
-        loading its own (40 MB more).
-        """
-        if (self._session is not None or not parallel.can_fork()
-                or batches < parallel.MIN_PROCESS_BATCHES or not self._in_halves(batch_size)
-                or not all(utils.is_shared(p) for p in self._params())):    # e.g. a deep copy's weights:
-            yield                                                          # the worker would not see
-            return                                                         # their updates
-        rows = batch_size - parallel.first_half_size(batch_size)
-        copies = self._layer_copies()
-        outputs = (rows,) + tuple(self._layers[-1].output_shape)
-        shared = types.SimpleNamespace(
-            x=utils.shared_copy(np.zeros((rows,) + x.shape[1:], x.dtype)),
-            y=None if y is None else utils.shared_copy(np.zeros((rows,) + y.shape[1:], y.dtype)),
-            loss=utils.shared_copy(np.zeros(1)),
-            probs=utils.shared_copy(np.zeros(outputs, self.dtype)),
-            logits=utils.shared_copy(np.zeros(outputs, self.dtype)),
-            coefficients=utils.shared_copy(np.zeros((len(self._grads_and_params), 8))),   # float64: exact for both
-            kernel_grads=self._kernel_grad_buffers(batch_size))
-
-        def train(rows, n):                                 # TRAIN_JOB
-            with _kernel_grad_rows(copies, self._kernel_grads_later(n, shared.kernel_grads), n - rows, n):
-                shared.loss[0], shared.probs[:rows] = self._train_half(copies, shared.x[:rows], shared.y[:rows], n)
-
-        def update(count, n):                               # UPDATE_JOB: count coefficients per parameter
-            by_dtype = {}                                   # (the same numbers for every parameter of a dtype)
-            for (_, param), row in zip(self._grads_and_params, shared.coefficients):
-                if param.dtype not in by_dtype:
-                    by_dtype[param.dtype] = tuple(param.dtype.type(c) for c in row[:count])
-            numbers = [by_dtype[param.dtype] for _, param in self._grads_and_params]
-            self._update_part(1, numbers, self._kernel_grads_later(n, shared.kernel_grads), n)
-
-        def forward(rows, n):                               # FORWARD_JOB
-            shared.probs[:rows], logits = self._forward_in_pieces(shared.x[:rows], copies)
-            if logits is not None:
-                shared.logits[:rows] = logits
-
-        self._session = types.SimpleNamespace(worker=None, shared=shared, jobs=[train, forward, update], batches_before_fork=1,
-                                              copies=copies, loss=self.loss, optimizer_arrays=None)
-        try:
-            yield
-        finally:
-            session, self._session = self._session, None
-            if session.worker is not None:
-                session.worker.close()
-
-    def _run_both(self, first, second):
-        """(first(), second()): side by side in the worker thread, or both in this thread while a
-        worker process is due (the batch before its fork): no second thread's memory then."""
-        if self._session is not None and self._session.worker is None:
-            return first(), second()
-        return parallel.run_both(first, second)
-
-    def _worker_for(self, x, y=None):
-        """(the worker process, its shared buffers) for this second half if this call has one,
-        the model is still the one it copied and the half fits its buffers, else (None, None):
-        then the worker thread takes it."""
-        session = self._session
-        if session is None or session.copies is not self._layer_copies() or session.loss is not self.loss:
-            return None, None                              # none, or the model changed since (a callback)
-        shared = session.shared
-        if len(x) > len(shared.x) or x.shape[1:] != shared.x.shape[1:] or x.dtype != shared.x.dtype:
-            return None, None
-        if y is not None and (shared.y is None or y.shape[1:] != shared.y.shape[1:] or y.dtype != shared.y.dtype):
-            return None, None
-        if session.worker is None:
-            if session.batches_before_fork > 0:            # this batch whole in this thread, the fork at the next
-                session.batches_before_fork -= 1
-                return None, None
-            arrays = self._optimizer_arrays()                # what the worker's optimizer steps will see,
-            if all(utils.is_shared(a) for a in arrays[1:]):     # if its changes are seen here
-                session.optimizer_arrays = arrays
-            session.worker = parallel.WorkerProcess(session.jobs)
-        return session.worker, shared
-
-    def _forward_in_pieces(self, x, layers):
-        """(output, logits or None) of the forward pass without training, a few rows at a time
-        (parallel.rows_per_piece: small pieces keep a big convolution's scratch arrays in the cache)."""
-        piece = parallel.rows_per_piece(layers, len(x))
-        if piece >= len(x):
-            probs = self._forward(x, layers=layers)
-            return probs, (layers[-1].logits if self._fused_loss else None)
-        pieces = [self._forward_in_pieces(x[start:start + piece], layers) for start in range(0, len(x), piece)]
-        probs = np.concatenate([p for p, _ in pieces])
-        return probs, (np.concatenate([g for _, g in pieces]) if self._fused_loss else None)
-
     def _mean_loss(self, y, probs, logits):
         """The batch's mean loss, from the logits where the output is a softmax (as training computes it)."""
         return self.loss.from_logits(y, logits)[0] if logits is not None else self.loss.from_probs(y, probs)[0]
 
-    def _in_halves(self, batch_size):
-        """Cut this batch in two halves? With two threads, where it pays (parallel.worth_halves)."""
-        return utils.get_num_threads() >= 2 and parallel.worth_halves(self._layers, batch_size)
-
-    def _layer_copies(self):
-        """parallel.layer_copies of the layers, made once and again whenever a layer or a weight array changes."""
-        key = [(id(layer), [id(p) for p in layer.params]) for layer in self._layers]
-        if getattr(self, "_copies_key", None) != key:
-            self._copies = parallel.layer_copies(self._layers)
-            self._copies_key = key
-        return self._copies
-
-    @property
-    def _grads_and_params(self):
-        return [(g, p) for layer in self._layers for g, p in zip(layer.grads, layer.params)]
+    def _engine_or_default(self):
+        """The compiled engine, or for an uncompiled model (predict) the default one."""
+        if self.engine is None:
+            self.engine = engines.get("auto")
+            self._engine_choice = "auto"
+        return self.engine
 
     @staticmethod
     def _count_correct(probs, labels):
@@ -792,8 +457,7 @@ class Sequential:
         epoch, step, stopped_by = initial_epoch, 0, None
         callback_list.on_train_begin()
         try:
-            # one BLAS thread: tinycnn's two halves share the work, the second in a worker process
-            with utils.blas_threads(), self._worker_process(batch_size, steps * (epochs - initial_epoch), x, y):
+            with self.engine.run(self, batch_size, steps * (epochs - initial_epoch), x, y):
                 for epoch in range(initial_epoch, epochs):
                     callback_list.on_epoch_begin(epoch)
                     # a copy of the weights, for the NaN guard's rare worst case (see _nan_stop)
@@ -869,7 +533,7 @@ class Sequential:
                 if callback_list.wants_batch_begin:
                     callback_list.on_train_batch_begin(step)
 
-                loss, probs = self._train_step(xb, yb)
+                loss, probs = self.engine.train_step(self, xb, yb)
                 if not math.isfinite(loss):
                     stopped_by = "nan"
                     break
@@ -952,7 +616,7 @@ class Sequential:
         loss_sum, correct = 0.0, 0
         for step, start in enumerate(range(0, len(x), batch_size)):
             stop = min(start + batch_size, len(x))
-            probs, logits = self._forward_in_halves(x[start:stop])
+            probs, logits = self.engine.predict_step(self, x[start:stop])
             loss = self._mean_loss(y[start:stop], probs, logits)
             loss_sum += loss * (stop - start)
             if self._metrics:
@@ -980,7 +644,7 @@ class Sequential:
         y, labels = self._check_y(y, len(x), "evaluate")
         steps = math.ceil(len(x) / batch_size)
         progbar = self._progbar(verbose, steps)
-        with utils.blas_threads(), self._worker_process(batch_size, steps, x):
+        with self.engine.run(self, batch_size, steps, x):
             loss, correct = self._evaluate_arrays(x, y, labels, batch_size, progbar)
         results = {"loss": float(loss)}
         if self._metrics:
@@ -999,9 +663,10 @@ class Sequential:
         outputs = np.empty((len(x),) + tuple(self._layers[-1].output_shape), dtype=self.dtype)
         steps = math.ceil(len(x) / batch_size)
         progbar = self._progbar(verbose, steps)
-        with utils.blas_threads(), self._worker_process(batch_size, steps, x):
+        engine = self._engine_or_default()
+        with engine.run(self, batch_size, steps, x):
             for step, start in enumerate(range(0, len(x), batch_size)):
-                outputs[start:start + batch_size] = self._forward_in_halves(x[start:start + batch_size])[0]
+                outputs[start:start + batch_size] = engine.predict_step(self, x[start:start + batch_size])[0]
                 if progbar is not None:
                     progbar.update(step + 1)
         if progbar is not None:
@@ -1011,26 +676,26 @@ class Sequential:
     def __call__(self, x, training=False):
         """The model's output for one batch x (Keras's model(x)), as a NumPy array."""
         x = self._check_x(x, "Sequential.__call__")
-        with utils.blas_threads():
-            return self._forward(x, training=training)
+        engine = self._engine_or_default()
+        with engine.run(self, len(x), 1, x):
+            return engine.predict_step(self, x)[0]
 
     def layer_outputs(self, x, batch_size=None):
         """Every layer's output for x, from one forward pass: a list, one array per layer.
 
         For the notebook's first CNN and one image x (1, 28, 28, 1): shapes (1, 26, 26, 32),
-        (1, 13, 13, 32), (1, 5408), (1, 100), (1, 10). The last equals predict(x) (exactly with
-        one thread; up to float rounding where predict cuts batches in halves for two threads).
-        batch_size splits large x into batches.
+        (1, 13, 13, 32), (1, 5408), (1, 100), (1, 10). These are the layers' own forward passes
+        (the reference engine's), so the last equals predict(x) on that engine exactly, and on
+        the fast one to float32 rounding. batch_size splits large x into batches.
         """
         x = self._check_x(x, "layer_outputs")
         batch_size = len(x) if batch_size is None else _check_batch_size(batch_size, "layer_outputs")
         outputs = [np.empty((len(x),) + tuple(layer.output_shape), dtype=self.dtype) for layer in self._layers]
-        with utils.blas_threads():
-            for start in range(0, len(x), batch_size):
-                batch = x[start:start + batch_size]
-                for layer, out in zip(self._layers, outputs):
-                    batch = layer.forward(batch, training=False)
-                    out[start:start + len(batch)] = batch
+        for start in range(0, len(x), batch_size):
+            batch = x[start:start + batch_size]
+            for layer, out in zip(self._layers, outputs):
+                batch = layer.forward(batch, training=False)
+                out[start:start + len(batch)] = batch
         return outputs
 
     # ------------------------------------------------------------------------------------------
@@ -1042,8 +707,8 @@ class Sequential:
         self._require_compiled("train_on_batch")
         x = self._check_x(x, "train_on_batch")
         y, labels = self._check_y(y, len(x), "train_on_batch")
-        with utils.blas_threads():
-            loss, probs = self._train_step(x, y)
+        with self.engine.run(self, len(x), 1, x, y):
+            loss, probs = self.engine.train_step(self, x, y)
         if not math.isfinite(loss):
             warnings.warn("train_on_batch: the loss is NaN or infinite; the step was not applied",
                           RuntimeWarning, stacklevel=2)
@@ -1054,9 +719,9 @@ class Sequential:
         self._require_compiled("test_on_batch")
         x = self._check_x(x, "test_on_batch")
         y, labels = self._check_y(y, len(x), "test_on_batch")
-        with utils.blas_threads():
-            probs = self._forward(x, training=False)
-        loss, _ = self._loss_and_grad(y, probs)
+        with self.engine.run(self, len(x), 1, x):
+            probs, logits = self.engine.predict_step(self, x)
+        loss = self._mean_loss(y, probs, logits)
         return self._batch_results(loss, probs, labels, return_dict)
 
     def _batch_results(self, loss, probs, labels, return_dict):
@@ -1122,7 +787,7 @@ class Sequential:
         return model
 
     def _compile_config(self):
-        return {"loss": self.loss.name, "metrics": list(self._metrics),
+        return {"loss": self.loss.name, "metrics": list(self._metrics), "engine": self._engine_choice,
                 "optimizer": {"class_name": type(self.optimizer).__name__,
                               "config": self.optimizer.get_config()}}
 
@@ -1216,7 +881,8 @@ def load_model(filepath, compile=True):
             if state:
                 optimizer.set_state(state)
             model.compile(optimizer=optimizer, loss=compile_config["loss"],
-                          metrics=compile_config.get("metrics") or None)
+                          metrics=compile_config.get("metrics") or None,
+                          engine=compile_config.get("engine", "auto"))
             if optimizer.slots is not None:
                 slot_shapes = [s.shape for slots in optimizer.slots for s in slots]
                 param_shapes = [p.shape for p in model._params() for _ in optimizer.slot_names]

@@ -21,14 +21,12 @@ float32 model follows Keras's float32 trajectory to rounding:
 Saving and resuming: get_state() returns [iterations, slot arrays...], set_state(list) puts
 them back, so training continues bit-identically after a save/load.
 
-A step in parts: `coefficients(dtype)` gives the step's numbers (learning rate, momentum;
-Adam's alpha...) and `update(grad, param, slots, coefficients)` applies the rule to arrays
-alone, so two processes can each update a part of every parameter (Sequential does, with its
-worker process: tinycnn.parallel). The slots live in shared memory for that.
+One step is two parts: `coefficients(dtype)` gives the step's numbers (learning rate,
+momentum; Adam's alpha...) and `update(grad, param, slots, coefficients)` applies the rule
+to one parameter. The fast engine (tinycnn.engines.fast) uses the same numbers with compiled
+versions of the same rules, and can apply them to a part of a parameter at a time.
 """
 import numpy as np
-
-from tinycnn import kernels, utils
 
 
 class Optimizer:
@@ -68,8 +66,8 @@ class Optimizer:
             if np.shape(grad) != param.shape:
                 raise ValueError(f"{type(self).__name__}: gradient {i} has shape {np.shape(grad)} "
                                  f"but its parameter has shape {param.shape}")
-        if self.slots is None:          # (in shared memory: a worker process may update part of them)
-            self.slots = [[utils.shared_copy(np.zeros_like(p)) for _ in self.slot_names] for _, p in pairs]
+        if self.slots is None:
+            self.build([param for _, param in pairs])
         expected = [s[0].shape if s else None for s in self.slots]
         if len(self.slots) != len(pairs) or any(
                 s and s[0].shape != p.shape for s, (_, p) in zip(self.slots, pairs)):
@@ -78,8 +76,12 @@ class Optimizer:
                              f"{[p.shape for _, p in pairs]}; use a new optimizer for a new model")
         for i, (_, param) in enumerate(pairs):          # restored state keeps the params' float type
             if any(s.dtype != param.dtype or not s.flags.c_contiguous for s in self.slots[i]):
-                self.slots[i] = [utils.shared_copy(s.astype(param.dtype)) for s in self.slots[i]]
+                self.slots[i] = [np.ascontiguousarray(s, dtype=param.dtype) for s in self.slots[i]]
         return pairs
+
+    def build(self, params):
+        """Make the slots for `params` (zeros of each one's shape), as before the first step."""
+        self.slots = [[np.zeros_like(p) for _ in self.slot_names] for p in params]
 
     def apply_gradients(self, grads_and_vars):
         """One step: update every param in place from its grad. grads_and_vars: (grad, param) pairs."""
@@ -106,13 +108,6 @@ class Optimizer:
         in place; coefficients from `coefficients`. Does not count the step (apply_gradients does)."""
         raise NotImplementedError
 
-    @staticmethod
-    def _flat(*arrays):
-        """1-D views of C-contiguous arrays for the fused numba kernels; None if one is not contiguous."""
-        if all(a.flags.c_contiguous for a in arrays):
-            return [a.reshape(-1) for a in arrays]
-        return None
-
     # -- saving -------------------------------------------------------------------------------
     def get_state(self):
         """[iterations (int64 array), then each parameter's slots in order], all copies."""
@@ -137,7 +132,7 @@ class Optimizer:
             if len(arrays) % k:
                 raise ValueError(f"{type(self).__name__}.set_state: expected {k} slot arrays per "
                                  f"parameter, got {len(arrays)} arrays")
-            self.slots = [[utils.shared_copy(a) for a in arrays[i:i + k]]
+            self.slots = [[np.array(a) for a in arrays[i:i + k]]
                           for i in range(0, len(arrays), k)] if arrays else None
         self.iterations = int(state[0])
 
@@ -176,11 +171,11 @@ class SGD(Optimizer):
             param -= grad * lr
             return
         velocity = slots[0]
-        # v = momentum * v - lr * g;  w = w + v   (Nesterov: w = w + (momentum * v - lr * g)),
-        # in one fused pass (kernels.sgd_momentum_update_numpy is the same in NumPy, bit for bit)
-        flat = self._flat(param, grad, velocity)
-        fused = kernels.sgd_momentum_update_ if flat else kernels.sgd_momentum_update_numpy
-        fused(*(flat or (param, grad, velocity)), lr, momentum, bool(nesterov))
+        velocity[...] = momentum * velocity - grad * lr           # v = momentum * v - lr * g
+        if nesterov:
+            param += momentum * velocity - grad * lr              # w = w + (momentum * v - lr * g)
+        else:
+            param += velocity                                     # w = w + v
 
     def get_config(self):
         config = super().get_config()
@@ -211,13 +206,10 @@ class Adam(Optimizer):
 
     def update(self, grad, param, slots, coefficients):
         m, v = slots
-        # m += (g - m) * (1 - beta_1)       i.e. m = beta_1 m + (1 - beta_1) g
-        # v += (g*g - v) * (1 - beta_2)     i.e. v = beta_2 v + (1 - beta_2) g^2
-        # w -= (m * alpha) / (sqrt(v) + epsilon)
-        # in one fused pass (kernels.adam_update_numpy is the same in NumPy, bit for bit)
-        flat = self._flat(param, grad, m, v)
-        fused = kernels.adam_update_ if flat else kernels.adam_update_numpy
-        fused(*(flat or (param, grad, m, v)), *coefficients)
+        alpha, one_minus_beta_1, one_minus_beta_2, epsilon = coefficients
+        m += (grad - m) * one_minus_beta_1                     # m = beta_1 m + (1 - beta_1) g
+        v += (grad * grad - v) * one_minus_beta_2              # v = beta_2 v + (1 - beta_2) g^2
+        param -= (m * alpha) / (np.sqrt(v) + epsilon)          # the bias-corrected step
 
     def get_config(self):
         config = super().get_config()

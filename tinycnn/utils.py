@@ -1,8 +1,6 @@
 """Small helpers shared by the whole library: labels to one-hot, the random seed, the float
-type, and how many threads tinycnn (and NumPy's matrix products) use while it trains."""
+type, how many threads the fast engine uses, and files written whole or not at all."""
 import contextlib
-import ctypes
-import mmap
 import os
 import tempfile
 
@@ -92,14 +90,13 @@ def to_categorical(y, num_classes=None, dtype="float32"):
 
 
 # ---------------------------------------------------------------------------
-# Threads: how many tinycnn uses, and NumPy's BLAS threads inside fit/evaluate/predict
+# Threads: how many the fast engine uses
 # ---------------------------------------------------------------------------
-# tinycnn uses up to two threads while it trains and predicts (see tinycnn.parallel): with
-# two, each batch is cut in two halves that run side by side (the second in a worker
-# thread, or in a worker process for a long run on Linux), and NumPy's matrix products
-# run one BLAS thread each inside fit/evaluate/predict (blas_threads below). The default is
-# two threads where the process may use two cores or more, else one; set_num_threads(n) or
-# the environment variable TINYCNN_NUM_THREADS chooses. More than two changes nothing yet.
+# The fast engine uses up to two threads while it trains and predicts
+# (tinycnn.engines.fast.parallel): with two, each batch is cut in two halves that run side
+# by side. The default is two threads where the process may use two cores or more, else
+# one; set_num_threads(n) or the environment variable TINYCNN_NUM_THREADS chooses. More
+# than two changes nothing yet. The reference engine always runs in the calling thread.
 _num_threads = None
 
 
@@ -132,80 +129,6 @@ def get_num_threads():
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"TINYCNN_NUM_THREADS must be a positive integer, got {value!r}")
     return int(value)
-
-
-_openblas = []          # [(set_threads, get_threads)] once looked up; [None] where there is none
-
-
-def _openblas_thread_functions():
-    """OpenBLAS's set/get_num_threads from the library NumPy loaded, or None (other BLAS, other OS)."""
-    if not _openblas:
-        _openblas.append(None)
-        try:
-            with open("/proc/self/maps") as maps:
-                paths = sorted({line.split()[-1] for line in maps
-                                if "openblas" in line.lower() and line.split()[-1].startswith("/")})
-        except OSError:
-            paths = []
-        for path in paths:
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""),
-                                   ("openblas", "64_"), ("openblas", "")):
-                setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                if setter is not None and getter is not None:
-                    _openblas[0] = (setter, getter)
-                    return _openblas[0]
-    return _openblas[0]
-
-
-@contextlib.contextmanager
-def blas_threads(n=1):
-    """Inside this block NumPy's OpenBLAS uses n threads (default 1); its setting is restored after.
-
-    fit/evaluate/predict run inside blas_threads(): tinycnn's own threads (tinycnn.parallel)
-    share the work, and a matrix product with threads of its own would only wait for them.
-    Does nothing where NumPy's BLAS is not OpenBLAS.
-    """
-    functions = _openblas_thread_functions()
-    if functions is None:
-        yield
-        return
-    set_threads, get_threads = functions
-    before = get_threads()
-    set_threads(int(n))
-    try:
-        yield
-    finally:
-        set_threads(before)
-
-
-# ---------------------------------------------------------------------------
-# Memory that a forked process shares
-# ---------------------------------------------------------------------------
-def shared_copy(array):
-    """A copy of `array` in an anonymous shared memory map: a process forked later sees every
-    change made to it in place, and its changes are seen here (an ordinary ndarray otherwise).
-
-    The layers keep their weights in such memory, so tinycnn.parallel's worker process works
-    with the weights the optimizer has just updated, without copying them at each step.
-    """
-    array = np.asarray(array)
-    shared = np.frombuffer(mmap.mmap(-1, max(array.nbytes, 1)), dtype=array.dtype, count=array.size)
-    shared = shared.reshape(array.shape)
-    shared[...] = array
-    return shared
-
-
-def is_shared(array):
-    """True if `array` lives in memory made by shared_copy (not, for instance, in a deep copy of it)."""
-    base = array
-    while isinstance(base, np.ndarray):
-        base = base.base
-    return isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
 
 
 # ---------------------------------------------------------------------------

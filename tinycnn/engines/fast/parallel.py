@@ -30,11 +30,13 @@ last bits from one thread's whole-batch step, because the batch's gradient is su
 two parts (and, where a convolution's patches are big, in pieces: `rows_per_piece`).
 """
 import builtins
+import contextlib
+import ctypes
 import contextvars
-import copy
 import gc
 import json
 import math
+import mmap
 import os
 import queue
 import select
@@ -48,7 +50,6 @@ import warnings
 
 import numpy as np
 
-from tinycnn import kernels, utils
 from tinycnn.layers import Conv2D, Dense
 
 
@@ -101,18 +102,9 @@ def worth_halves(layers, batch_size):
 PIECE_BYTES = 2_500_000
 
 
-def scratch_bytes_per_image(layer):
-    """Bytes of the biggest array a Conv2D makes per image: Winograd's tiles V, else im2col's patches."""
-    itemsize = layer.kernel.itemsize
-    if layer._winograd:
-        tiles_h, tiles_w = kernels.winograd_tiles(*layer.output_shape[:2])
-        return 16 * tiles_h * tiles_w * layer.kernel.shape[2] * itemsize
-    return math.prod(layer.output_shape[:-1]) * math.prod(layer.kernel.shape[:-1]) * itemsize
-
-
-def rows_per_piece(layers, rows):
-    """How many of `rows` images one forward pass should take at a time (>= 1)."""
-    biggest = max((scratch_bytes_per_image(layer) for layer in layers if isinstance(layer, Conv2D) and layer.built),
+def rows_per_piece(plan, rows):
+    """How many of `rows` images one forward pass through `plan` (its ops) should take at a time (>= 1)."""
+    biggest = max((op.scratch_bytes_per_image() for op in plan if hasattr(op, "scratch_bytes_per_image")),
                   default=0)
     if biggest == 0:
         return rows
@@ -154,16 +146,82 @@ def first_half_size(n):
     return (n + 1) // 2
 
 
-def layer_copies(layers):
-    """Shallow copies of `layers`: the same weight arrays (layer.params), their own gradient
-    arrays (zeros, same shapes, in shared memory for a worker process) and, once they run,
-    their own caches."""
-    copies = []
-    for layer in layers:
-        twin = copy.copy(layer)
-        twin.grads = [utils.shared_copy(np.zeros_like(g)) for g in layer.grads]
-        copies.append(twin)
-    return copies
+# ---------------------------------------------------------------------------
+# NumPy's BLAS threads, and memory that a forked process shares
+# ---------------------------------------------------------------------------
+_openblas = []          # [(set_threads, get_threads)] once looked up; [None] where there is none
+
+
+def _openblas_thread_functions():
+    """OpenBLAS's set/get_num_threads from the library NumPy loaded, or None (other BLAS, other OS)."""
+    if not _openblas:
+        _openblas.append(None)
+        try:
+            with open("/proc/self/maps") as maps:
+                paths = sorted({line.split()[-1] for line in maps
+                                if "openblas" in line.lower() and line.split()[-1].startswith("/")})
+        except OSError:
+            paths = []
+        for path in paths:
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""),
+                                   ("openblas", "64_"), ("openblas", "")):
+                setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                if setter is not None and getter is not None:
+                    _openblas[0] = (setter, getter)
+                    return _openblas[0]
+    return _openblas[0]
+
+
+@contextlib.contextmanager
+def blas_threads(n=1):
+    """Inside this block NumPy's OpenBLAS uses n threads (default 1); its setting is restored after.
+
+    The fast engine runs each fit/evaluate/predict call inside blas_threads(): its own two
+    halves share the work, and a matrix product with threads of its own would only wait for them.
+    Does nothing where NumPy's BLAS is not OpenBLAS.
+    """
+    functions = _openblas_thread_functions()
+    if functions is None:
+        yield
+        return
+    set_threads, get_threads = functions
+    before = get_threads()
+    set_threads(int(n))
+    try:
+        yield
+    finally:
+        set_threads(before)
+
+
+# ---------------------------------------------------------------------------
+# Memory that a forked process shares
+# ---------------------------------------------------------------------------
+def shared_copy(array):
+    """A copy of `array` in an anonymous shared memory map: a process forked later sees every
+    change made to it in place, and its changes are seen here (an ordinary ndarray otherwise).
+
+    The fast engine keeps the weights, gradients and optimizer slots in such memory while a
+    worker process runs, so the worker works with the weights the optimizer has just
+    updated, without copying them at each step.
+    """
+    array = np.asarray(array)
+    shared = np.frombuffer(mmap.mmap(-1, max(array.nbytes, 1)), dtype=array.dtype, count=array.size)
+    shared = shared.reshape(array.shape)
+    shared[...] = array
+    return shared
+
+
+def is_shared(array):
+    """True if `array` lives in memory made by shared_copy (not, for instance, in a deep copy of it)."""
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
 
 
 class _Job:
@@ -309,7 +367,7 @@ class WorkerProcess:
         import multiprocessing                             # (its Lock works in both processes after fork)
         self.jobs = list(jobs)
         # who runs job number self._claim[0]: self._claim[1] = 0 nobody yet, 1 the worker, 2 this process
-        self._claim = utils.shared_copy(np.zeros(2, np.int64))
+        self._claim = shared_copy(np.zeros(2, np.int64))
         self._claim_lock = multiprocessing.get_context("fork").Lock()
         self._started = 0                                  # jobs started so far; the last one's number
         self._job = None

@@ -1,0 +1,343 @@
+"""The fast engine's versions of the layers' passes: the same maths as tinycnn/layers.py,
+through numba kernels, Winograd's convolution and matrix products cut to OpenBLAS's liking.
+
+An op wraps one layer (two, for a conv and its pooling) and reads the layer's weights and
+settings, but keeps its caches on itself, so the layer objects are never touched by a fast
+pass, and two ops of the same layer can run two halves of a batch side by side:
+
+    op = make_plan(layers, grads)[i]    ops in the order of the layers
+    y = op.forward(x, training)         x (N, ...) -> the layer's output, caches what backward needs
+    dx = op.backward(dy)                fills op.grads (a list like layer.grads), returns dL/dx
+
+`grads` is the layer's own list for the first half of a batch (and a whole batch), a list
+of arrays of the same shapes for the second half. Any other layer (a user's own, say)
+runs its own textbook passes through `LayerOp`.
+"""
+import copy
+
+import numpy as np
+
+from tinycnn.engines.fast import kernels
+from tinycnn.layers import Activation, Conv2D, Dense, Flatten, MaxPooling2D
+
+
+class Op:
+    """One layer's passes, caches on the op. `layers`: how many layers of the model it runs."""
+    layers = 1
+
+    def __init__(self, layer, grads):
+        self.layer, self.grads = layer, grads
+        self.logits = None
+
+    @property
+    def outputs_softmax(self):
+        return self.layer.outputs_softmax
+
+    def forward(self, x, training=False):
+        raise NotImplementedError
+
+    def backward(self, grad_out):
+        raise NotImplementedError
+
+    def backward_from_logits(self, grad_logits):
+        raise NotImplementedError
+
+
+class _WeightedOp(Op):
+    """Conv2D and Dense: bias + activation after the product (z = product + bias), and back."""
+
+    def _bias_and_activation(self, z):
+        """z (M, F), the product -> activation(z + bias); caches y (and the logits for a softmax)."""
+        layer = self.layer
+        if layer.activation.name == "relu" and layer.use_bias:
+            y = kernels.bias_relu_(z, layer.bias)           # y = max(z + b, 0) in one pass, in place
+        else:
+            if layer.use_bias:
+                z += layer.bias
+            if self.outputs_softmax:
+                self.logits = z
+            y = layer.activation.forward(z)
+        self.y = y
+        return y
+
+    def backward(self, grad_out):
+        """dL/dy -> dL/dx: through the activation (dL/dz = f'(z) * dL/dy), then the linear part."""
+        grad_out = np.ascontiguousarray(grad_out, dtype=self.y.dtype).reshape(self.y.shape)
+        if self.layer.activation.name == "relu":
+            grad_z = kernels.relu_backward(grad_out, self.y)
+        else:
+            grad_z = self.layer.activation.backward(grad_out, self.y)
+        return self.backward_linear(grad_z)
+
+    def backward_from_logits(self, grad_logits):
+        """dL/dx from dL/dz, z the softmax's input."""
+        return self.backward_linear(np.ascontiguousarray(grad_logits).reshape(self.y.shape))
+
+
+class ConvOp(_WeightedOp):
+    """Conv2D: im2col and one product (kernels.im2col, kernels.matmul), or Winograd's way for a
+    3x3, stride-1 convolution on 16 channels or more (kernels.winograd_*)."""
+
+    def __init__(self, layer, grads):
+        super().__init__(layer, grads)
+        self.out_h, self.out_w, self.pad_top, self.pad_left = layer.geometry()
+        self.winograd = kernels.winograd_fits(layer.kernel_size, layer.strides, layer.input_shape[2])
+        self.v = self.u = self.cols = None
+
+    def forward(self, x, training=False):
+        """x (N, H, W, C) -> y (N, OH, OW, F)."""
+        y = self._bias_and_activation(self.forward_linear(x))
+        out_shape = (x.shape[0], self.out_h, self.out_w, self.layer.filters)
+        if self.logits is not None:
+            self.logits = self.logits.reshape(out_shape)
+        return y.reshape(out_shape)
+
+    def forward_linear(self, x, out_h=None, out_w=None):
+        """x (N, H, W, C) -> z (N*OH*OW, F), the convolution before bias and activation.
+
+        out_h, out_w: only the top-left out_h x out_w outputs (default all OH x OW): a
+        MaxPooling2D(2) after an 11x11 output uses 10x10 of it (ConvReluPoolOp).
+        Caches what backward_linear needs: cols, or Winograd's V and U, and that size.
+        """
+        layer = self.layer
+        (kh, kw), (sh, sw), f = layer.kernel_size, layer.strides, layer.filters
+        oh, ow = self.linear_size = (self.out_h if out_h is None else out_h, self.out_w if out_w is None else out_w)
+        self.batch = x.shape[0]
+        x = np.ascontiguousarray(x)
+        if self.winograd:
+            tiles_h, tiles_w = kernels.winograd_tiles(oh, ow)
+            self.v = kernels.winograd_input(x, self.pad_top, self.pad_left, tiles_h, tiles_w)   # (16, T, C)
+            self.u = kernels.winograd_kernel(layer.kernel)                                     # (16, C, F)
+            m = np.matmul(self.v, self.u)                            # (16, T, F): 16 products over C
+            return kernels.winograd_output(m, x.shape[0], oh, ow, tiles_h, tiles_w).reshape(-1, f)
+        self.cols = kernels.im2col(x, kh, kw, sh, sw, self.pad_top, self.pad_left, oh, ow)
+        return kernels.matmul(self.cols, layer.kernel.reshape(kh * kw * x.shape[3], f))      # (N*OH*OW, F)
+
+    def backward_linear(self, grad_z, bias_grad=None):
+        """grad_z = dL/dz (N*OH*OW, F) or (N, OH, OW, F) -> dL/dx (N, H, W, C); fills grads.
+        bias_grad: dL/dbias (F,) where the caller has added it up already (ConvReluPoolOp).
+
+            dL/dW2 = cols^T @ dZ;  dL/db = sum of dZ;  dL/dx = col2im(dZ @ W2^T)
+        Winograd's way (z = output(V @ U), three linear steps), each step's transpose in reverse:
+            dM = output^T(dZ);  dU = V^T @ dM -> dL/dkernel = kernel^T(dU);  dV = dM @ U^T -> dL/dx = input^T(dV)
+        """
+        layer = self.layer
+        (kh, kw), (sh, sw), f = layer.kernel_size, layer.strides, layer.filters
+        h, w, c = layer.input_shape
+        oh, ow = self.linear_size
+        grad_z = grad_z.reshape(self.batch, oh, ow, f)
+        if self.winograd:
+            if self.v is None:
+                raise RuntimeError(f"{layer.name}: each forward pass serves one backward pass "
+                                   f"(dL/dx reuses the cached tiles' memory)")
+            tiles_h, tiles_w = kernels.winograd_tiles(oh, ow)
+            dm = kernels.winograd_output_backward(grad_z, tiles_h, tiles_w)        # (16, T, F)
+            du = kernels.matmul(self.v.transpose(0, 2, 1), dm)                      # (16, C, F), summed over tiles
+            self.grads[0][...] = kernels.winograd_kernel_backward(du)
+        else:
+            dz = grad_z.reshape(-1, f)                                             # (N*OH*OW, F)
+            kernels.matmul(self.cols.T, dz, out=self.grads[0].reshape(-1, f))      # written into dL/dkernel
+        if layer.use_bias:                                                         # sum over rows
+            self.grads[1][...] = kernels.column_sums(grad_z.reshape(-1, f)) if bias_grad is None else bias_grad
+        if not layer.need_input_grad:
+            return None
+        if self.winograd:      # dV, (16, T, C) like V, goes into V's memory: dU was V's last use
+            dv = np.matmul(dm, self.u.transpose(0, 2, 1), out=self.v)
+            self.v = None
+            return kernels.winograd_input_backward(dv, self.batch, h, w, self.pad_top, self.pad_left,
+                                                   tiles_h, tiles_w)
+        dcols = kernels.matmul(dz, layer.kernel.reshape(-1, f).T)               # (N*OH*OW, KH*KW*C)
+        return kernels.col2im(dcols, self.batch, h, w, c, kh, kw, sh, sw,
+                              self.pad_top, self.pad_left, oh, ow)
+
+    def scratch_bytes_per_image(self):
+        """Bytes of the biggest array this conv makes per image: Winograd's tiles V, else im2col's patches."""
+        kernel = self.layer.kernel
+        if self.winograd:
+            tiles_h, tiles_w = kernels.winograd_tiles(self.out_h, self.out_w)
+            return 16 * tiles_h * tiles_w * kernel.shape[2] * kernel.itemsize
+        return self.out_h * self.out_w * kernel[..., 0].size * kernel.itemsize
+
+
+class PoolOp(Op):
+    """MaxPooling2D through kernels.maxpool_forward / maxpool_backward."""
+
+    def __init__(self, layer, grads):
+        super().__init__(layer, grads)
+        self.out_h, self.out_w, self.pad_top, self.pad_left = layer.geometry()
+        # 2x2 windows, stride 2, every window inside the image: windows that neither overlap
+        # nor touch padding, so backward can write each pixel once (and ConvReluPoolOp fits)
+        h, w, _ = layer.input_shape
+        self.windows_2x2 = (layer.pool_size == (2, 2) and layer.strides == (2, 2)
+                            and 2 * self.out_h <= h and 2 * self.out_w <= w)
+
+    def forward(self, x, training=False):
+        """x (N, H, W, C) -> y (N, OH, OW, C); caches argmax (N, OH, OW, C), each winner's y*W + x."""
+        (ph, pw), (sh, sw) = self.layer.pool_size, self.layer.strides
+        y, self.argmax = kernels.maxpool_forward(np.ascontiguousarray(x), ph, pw, sh, sw, self.pad_top,
+                                                 self.pad_left, self.out_h, self.out_w)
+        return y
+
+    def backward(self, grad_out):
+        if not self.layer.need_input_grad:
+            return None
+        h, w, _ = self.layer.input_shape
+        return kernels.maxpool_backward(np.ascontiguousarray(grad_out), self.argmax, h, w,
+                                        windows_2x2=self.windows_2x2)
+
+
+def fuses_with_pool(conv, pool):
+    """True for a Conv2D with a bias and ReLU followed by MaxPooling2D(2) on whole windows:
+    the notebook's conv -> pool, which ConvReluPoolOp runs as one step."""
+    return (isinstance(conv, Conv2D) and isinstance(pool, MaxPooling2D) and conv.built and pool.built
+            and conv.activation.name == "relu" and conv.use_bias
+            and PoolOp(pool, []).windows_2x2)     # 2x2, stride 2, every window inside: OH = conv's OH // 2
+
+
+class ConvReluPoolOp(Op):
+    """Conv2D(relu) -> MaxPooling2D(2) as one step: the same numbers as the two layers' passes,
+    but the conv's (N, OH, OW, F) output is never written, nor dL/dy of it and its ReLU mask.
+
+    Forward: the conv's product z, then y = max over each 2x2 window of ReLU(z + bias) in one
+    pass (kernels.bias_relu_maxpool_2x2). An odd last row or column of the conv's output is
+    in no window, so it is not computed. Backward: dL/dz = dL/dy at each window's winner
+    where y > 0, else 0, with dL/dbias on the way (kernels.maxpool_relu_backward_2x2); then
+    the conv's own backward_linear.
+    """
+    layers = 2
+
+    def __init__(self, conv, pool, grads):
+        super().__init__(conv, grads)
+        self.conv, self.pool = ConvOp(conv, grads), pool
+
+    def forward(self, x, training=False):
+        """x (N, H, W, C) -> pool(conv(x)) (N, OH // 2, OW // 2, F)."""
+        conv = self.conv
+        out_h, out_w = conv.out_h // 2 * 2, conv.out_w // 2 * 2           # the outputs the windows cover
+        z = conv.forward_linear(x, out_h, out_w).reshape(x.shape[0], out_h, out_w, self.layer.filters)
+        self.y, self.argmax = kernels.bias_relu_maxpool_2x2(z, self.layer.bias)
+        return self.y
+
+    def backward(self, grad_out):
+        grad_z, bias_grad = kernels.maxpool_relu_backward_2x2(np.ascontiguousarray(grad_out), self.argmax,
+                                                              self.y, *self.conv.linear_size)
+        return self.conv.backward_linear(grad_z, bias_grad)
+
+    def scratch_bytes_per_image(self):
+        return self.conv.scratch_bytes_per_image()
+
+
+class FlattenOp(Op):
+    """Flatten: a reshape, and back."""
+
+    def forward(self, x, training=False):
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, grad_out):
+        if not self.layer.need_input_grad:
+            return None
+        return grad_out.reshape((grad_out.shape[0],) + self.layer.input_shape)
+
+
+class DenseOp(_WeightedOp):
+    """Dense through kernels.matmul.
+
+    kernel_grad_rows: None, or a pair of arrays (N, in) and (N, units) that the engine sets
+    for a step in halves (parallel.kernel_grads_later): backward_linear then copies x and
+    dL/dz there and leaves dL/dkernel = x^T @ dZ to the optimizer's step, for the whole batch.
+    """
+
+    def __init__(self, layer, grads):
+        super().__init__(layer, grads)
+        self.kernel_grad_rows = None
+
+    def forward(self, x, training=False):
+        """x (N, in) -> y (N, units). Caches the input rows (for dW) and y (for the activation)."""
+        layer = self.layer
+        self.x_rows = x.reshape(-1, x.shape[-1])                  # (N, in)
+        y = self._bias_and_activation(kernels.matmul(self.x_rows, layer.kernel))   # (N, units)
+        out_shape = x.shape[:-1] + (layer.units,)
+        if self.logits is not None:
+            self.logits = self.logits.reshape(out_shape)
+        return y.reshape(out_shape)
+
+    def backward_linear(self, grad_z):
+        """grad_z = dL/dz (N, units) -> dL/dx (N, in): dW = x^T dZ, db = sum dZ, dx = dZ W^T."""
+        layer = self.layer
+        dz = grad_z.reshape(-1, layer.units)
+        if self.kernel_grad_rows is None:
+            kernels.matmul(self.x_rows.T, dz, out=self.grads[0])  # written into dL/dkernel
+        else:                                                     # the optimizer's step multiplies them
+            x_out, dz_out = self.kernel_grad_rows
+            x_out[...], dz_out[...] = self.x_rows, dz
+        if layer.use_bias:
+            self.grads[1][...] = kernels.column_sums(dz)       # sum over rows
+        if not layer.need_input_grad:
+            return None
+        return kernels.matmul(dz, layer.kernel.T).reshape((-1,) + layer.input_shape)
+
+
+class ActivationOp(Op):
+    """Activation, ReLU, Softmax layers."""
+
+    def forward(self, x, training=False):
+        x = np.ascontiguousarray(x)
+        if self.outputs_softmax:
+            self.logits = x
+        self.y = self.layer.activation.forward(x)
+        return self.y
+
+    def backward(self, grad_out):
+        if not self.layer.need_input_grad:
+            return None
+        grad_out = np.ascontiguousarray(grad_out, dtype=self.y.dtype)
+        if self.layer.activation.name == "relu":
+            return kernels.relu_backward(grad_out, self.y)
+        return self.layer.activation.backward(grad_out, self.y)
+
+    def backward_from_logits(self, grad_logits):
+        return np.array(grad_logits) if self.layer.need_input_grad else None
+
+
+class LayerOp(Op):
+    """Any other layer: its own textbook passes. For a second half, on a shallow copy of the
+    layer (the same weights, its own caches and `grads`)."""
+
+    def __init__(self, layer, grads):
+        super().__init__(layer if grads is layer.grads else copy.copy(layer), grads)
+        self.layer.grads = grads
+
+    def forward(self, x, training=False):
+        y = self.layer.forward(x, training)
+        self.logits = self.layer.logits if self.outputs_softmax else None
+        return y
+
+    def backward(self, grad_out):
+        return self.layer.backward(grad_out)
+
+    def backward_from_logits(self, grad_logits):
+        return self.layer.backward_from_logits(grad_logits)
+
+
+_OPS = {Conv2D: ConvOp, MaxPooling2D: PoolOp, Flatten: FlattenOp, Dense: DenseOp}
+
+
+def make_plan(layers, grads):
+    """The ops that run `layers` (built), with each layer's gradients in grads[i] (a list
+    like layers[i].grads). A Conv2D(relu) -> MaxPooling2D(2) pair, unless it ends the model,
+    becomes one ConvReluPoolOp."""
+    plan, i = [], 0
+    while i < len(layers):
+        layer = layers[i]
+        if i + 2 < len(layers) and fuses_with_pool(layer, layers[i + 1]):
+            plan.append(ConvReluPoolOp(layer, layers[i + 1], grads[i]))
+            i += 2
+            continue
+        if type(layer) in _OPS:
+            plan.append(_OPS[type(layer)](layer, grads[i]))
+        elif isinstance(layer, Activation) and type(layer).forward is Activation.forward:
+            plan.append(ActivationOp(layer, grads[i]))
+        else:
+            plan.append(LayerOp(layer, grads[i]))
+        i += 1
+    return plan
