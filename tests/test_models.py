@@ -2,6 +2,9 @@
 summary, layer outputs, save/load round trips, reproducibility, the NaN guard, Ctrl-C and
 the checks on what the user passes."""
 import os
+import subprocess
+import sys
+import warnings
 import signal
 
 import numpy as np
@@ -385,21 +388,42 @@ def test_nan_guard_stops_without_applying_the_bad_step(data):
     snapshot = {}
 
     class Sabotage(callbacks.Callback):
-        """After epoch 2's third step, blow up the last kernel so that the next loss overflows."""
+        """After epoch 2's third step, set the last bias so that the next loss overflows while the
+        outputs stay finite: logits 3e38 for class 0 and -3e38 for the others."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            snapshot[epoch] = self.model.get_weights()
 
         def on_train_batch_end(self, batch, logs=None):
             if self.model.history.epoch == [0] and batch == 2:
                 last = self.model.layers[-1]
-                last.params[0][...] = np.where(last.params[0] >= 0, 3e38, -3e38).astype(np.float32)
+                last.params[1][...] = -3e38
+                last.params[1][0] = 3e38                # -log p of classes 1-9 is 6e38: inf in float32
                 snapshot["weights"] = self.model.get_weights()
 
-    with pytest.warns(RuntimeWarning, match=r"NaN or infinite in epoch 2/3 at step 4/10.*last finite weights"), \
-            np.errstate(over="ignore", invalid="ignore"):               # NumPy's own overflow notes
+    with pytest.warns(RuntimeWarning, match=r"NaN or infinite in epoch 2/3 at step 4/10.*keeps the last weights "
+                                            r"that gave a finite loss"), np.errstate(over="ignore", invalid="ignore"):
         history = model.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[Sabotage()])
     assert history.epoch == [0]                                    # the broken epoch is not recorded
     assert same_weights(model.get_weights(), snapshot["weights"])  # the NaN step was not applied
-    assert all(np.isfinite(w).all() for w in model.get_weights())
+    with np.errstate(over="ignore"):                               # logits 6e38 apart: exp(-inf) = 0
+        assert np.isfinite(model.predict(x, verbose=0)).all()
     assert model.optimizer.iterations == 10 + 3
+
+
+def test_nan_guard_restores_weights_whose_outputs_are_nan(data):
+    # A huge learning rate: one step makes the weights finite but so large that the outputs are
+    # NaN. The model must not keep those: it goes back to the epoch's start, and predicts.
+    x, y = data[0][:96], data[1][:96]
+    utils.set_random_seed(6)
+    model = dense_model(optimizer=SGD(learning_rate=1e30), units=8)
+    start = model.get_weights()
+    with pytest.warns(RuntimeWarning, match=r"outputs were NaN, so the model was put back to its weights at the "
+                                            r"start of epoch 1\."), np.errstate(all="ignore"):
+        history = model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    assert history.epoch == []
+    assert same_weights(model.get_weights(), start)
+    assert np.isfinite(model.predict(x, verbose=0)).all()
 
 
 def test_nan_guard_goes_back_to_the_epoch_start_if_the_weights_overflowed(data):
@@ -574,3 +598,101 @@ def test_notebook_cnn_one_full_epoch():
     history = model.fit(prep(x_train), utils.to_categorical(y_train, 10), epochs=1, batch_size=32, verbose=0)
     loss, accuracy = model.evaluate(prep(x_test), utils.to_categorical(y_test, 10), verbose=0)
     assert history.history["accuracy"][0] > 0.8 and accuracy > 0.85 and loss < 0.45
+
+
+# ---------------------------------------------------------------------------
+# Impatient users and odd arguments
+# ---------------------------------------------------------------------------
+def test_a_batch_larger_than_the_data_is_the_whole_data_as_one_batch(data, monkeypatch):
+    # Keras's rule. The fast engine sizes its worker's buffers by the batch actually used, so
+    # 32 epochs of one batch (enough for a worker process) allocate nothing like 10**9 rows.
+    from tinycnn.engines.fast import parallel
+    monkeypatch.setattr(parallel, "MIN_MULTIPLY_ADDS", 0)
+    x, y = data[0][:40], utils.to_categorical(data[1][:40], 10)
+    results = []
+    for batch_size in (10 ** 9, 40):
+        utils.set_random_seed(4)
+        model = small_cnn()
+        history = model.fit(x, y, batch_size=batch_size, epochs=32, verbose=0)
+        results.append((model.get_weights(), history.history["loss"],
+                        model.evaluate(x, y, batch_size=batch_size, verbose=0),
+                        model.predict(x, batch_size=batch_size, verbose=0)))
+    assert results[0][1] == results[1][1] and results[0][2] == results[1][2]
+    assert same_weights(results[0][0], results[1][0]) and np.array_equal(results[0][3], results[1][3])
+
+
+def test_one_callback_without_a_list_is_accepted(data):
+    x, y = data[0][:64], data[1][:64]
+    seen = []
+
+    class Count(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(epoch)
+
+    dense_model(units=8).fit(x, y, epochs=2, verbose=0, callbacks=Count())
+    assert seen == [0, 1]
+    with pytest.raises(ValueError, match="callbacks must be tinycnn.callbacks.Callback objects"):
+        dense_model(units=8).fit(x, y, verbose=0, callbacks=[print])
+
+
+def test_a_ragged_list_of_images_gets_a_clear_message(data):
+    model = dense_model(units=8)
+    ragged = [np.zeros((28, 28, 1)), np.zeros((27, 28, 1))]
+    with pytest.raises(ValueError, match=r"x must be one rectangular array.*samples have different shapes"):
+        model.fit(ragged, [0, 1], verbose=0)
+
+
+def test_float_pixels_in_0_255_warn_as_integer_pixels_do(data):
+    raw = (data[0][:64] * 255).astype(np.float32)          # astype('float32') without the / 255
+    model = dense_model(units=8)
+    with pytest.warns(UserWarning, match=r"raw pixel values \(floats from 0 to 255\).*divide by 255"):
+        model.fit(raw, data[1][:64], verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.fit(data[0][:64], data[1][:64], verbose=0)    # normalised pixels: no warning
+
+
+CTRL_C_SCRIPT = """
+import os, signal, sys, threading, time
+import numpy as np
+from tinycnn import utils, zoo
+from tinycnn.datasets import fashion_mnist
+from tinycnn.engines.fast import parallel
+parallel.MIN_PROCESS_BATCHES = 1                      # a worker process, as in a long run
+(x, y), _ = fashion_mnist.load_data(download=False)
+x = (x[:3200].reshape(-1, 28, 28, 1) / np.float32(255)).astype(np.float32)
+y = utils.to_categorical(y[:3200], 10)
+utils.set_random_seed(1)
+model = zoo.cnn_categorical_model()
+
+def press_ctrl_c_again_and_again():
+    time.sleep(float(sys.argv[1]))
+    for _ in range(int(sys.argv[2])):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.0007)
+
+outside_fit = []                                      # presses that come after fit has returned
+signal.signal(signal.SIGINT, lambda signum, frame: outside_fit.append(1))
+presser = threading.Thread(target=press_ctrl_c_again_and_again)
+presser.start()
+history = model.fit(x, y, epochs=3, batch_size=32, verbose=0)
+presser.join()
+assert all(np.isfinite(w).all() for w in model.get_weights())
+model.save(sys.argv[3])
+try:
+    os.waitpid(-1, os.WNOHANG)
+    print("a child process is left")
+except ChildProcessError:
+    print("no child left,", len(history.epoch), "epochs,", model.optimizer.iterations, "steps")
+"""
+
+
+@pytest.mark.parametrize("presses", [1, 2, 25])
+def test_ctrl_c_any_number_of_times_stops_cleanly(tmp_path, presses):
+    from tinycnn.models import load_model
+    done = subprocess.run([sys.executable, "-c", CTRL_C_SCRIPT, "1.5", str(presses), str(tmp_path / "m.npz")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "no child left" in done.stdout and "Training interrupted (Ctrl-C)" in done.stderr
+    assert "Traceback" not in done.stderr and "SystemError" not in done.stderr
+    assert load_model(tmp_path / "m.npz").count_params() == 542230

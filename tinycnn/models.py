@@ -25,7 +25,7 @@ chooses: "auto" (the fast one where numba is there), "reference" or "fast".
 `fit` wraps that in epochs and batches (shuffled with tinycnn.utils.get_rng()), keeps the
 running means Keras reports, evaluates the validation data after each epoch and calls the
 callbacks (tinycnn.callbacks). Everything the user passes is checked once, up front
-(`_check_x`, `_check_y`), so the loop itself does no checking.
+(tinycnn/checks.py), so the loop itself does no checking.
 
 Shapes: x is NHWC (N, H, W, C) for images, (N, features) for dense inputs; the model's
 `input_shape` / `output_shape` have Keras's leading None for the batch axis.
@@ -40,6 +40,7 @@ import warnings
 import numpy as np
 
 from tinycnn import callbacks as callbacks_module
+from tinycnn import checks
 from tinycnn import engines
 from tinycnn import layers as layers_module
 from tinycnn import losses as losses_module
@@ -59,29 +60,6 @@ def _unique_name(base):
     count = _name_counts.get(base, 0)
     _name_counts[base] = count + 1
     return base if count == 0 else f"{base}_{count}"
-
-
-def _resolve_verbose(verbose, where):
-    """verbose 'auto' -> 1 (a bar on a terminal, one line per epoch elsewhere); checks 0/1/2."""
-    if verbose == "auto":
-        return 1
-    if isinstance(verbose, bool) or verbose not in (0, 1, 2):
-        raise ValueError(f"{where}: verbose must be 0 (silent), 1 (progress bar), 2 (one line per "
-                         f"epoch) or 'auto', got {verbose!r}")
-    return int(verbose)
-
-
-def _check_batch_size(batch_size, where):
-    if batch_size is None:
-        return 32
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
-
-
-def _same_objects(a, b):
-    """True if lists a and b hold the very same objects (is, not ==); False if either is None."""
-    return a is not None and b is not None and len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
 class Sequential:
@@ -293,99 +271,6 @@ class Sequential:
         return self._metrics[0] if self._metrics else None
 
     # ------------------------------------------------------------------------------------------
-    # Checking what the user passes (once, before any work)
-    # ------------------------------------------------------------------------------------------
-    def _check_x(self, x, where, what="x"):
-        """x -> a float array of the model's dtype, (N, *input shape); builds the model if needed."""
-        x = np.asarray(x)
-        if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-            raise ValueError(f"{where}: {what} must be an array of numbers, got dtype {x.dtype}")
-        if x.ndim < 2:
-            raise ValueError(f"{where}: {what} must have a batch axis, shape (samples, ...), got shape {x.shape}")
-        if len(x) == 0:
-            raise ValueError(f"{where}: {what} is empty (shape {x.shape}); give at least one sample")
-        if not self.built:
-            self.build(x.shape[1:])
-        expected = self._input_shape
-        if x.shape[1:] != expected:
-            raise ValueError(f"{where}: {self._shape_hint(x.shape, expected, what)}")
-        if np.issubdtype(x.dtype, np.integer):
-            if x.max() > 1:
-                warnings.warn(f"{where}: {what} holds integers ({x.dtype}, up to {x.max()}): pixels that are "
-                              f"not normalized. Networks train badly on raw 0-255 values, and a model "
-                              f"trained on one scale scores at chance on the other; scale them first, "
-                              f"e.g. {what} = {what}.astype('float32') / 255", UserWarning, stacklevel=3)
-        elif not (math.isfinite(x.min()) and math.isfinite(x.max())):   # min/max see NaN and inf
-            bad = np.argwhere(~np.isfinite(x))[0]
-            raise ValueError(f"{where}: {what} holds NaN or infinite values (first at index "
-                             f"{tuple(int(i) for i in bad)}); clean the data first")
-        return x.astype(self.dtype, copy=False)
-
-    @staticmethod
-    def _shape_hint(shape, expected, what):
-        """Explain a shape mismatch and say how to fix the common ones."""
-        want = (None,) + expected
-        message = f"{what} has shape {shape} but the model expects ({', '.join(map(str, want))})"
-        if shape[1:] + (1,) == expected:
-            return (f"{message}: images need a channel axis (NHWC); use "
-                    f"{what}.reshape(-1, {', '.join(map(str, expected))}) or {what}[..., None]")
-        if tuple(shape) == expected:
-            return f"{message}: this is one sample without the batch axis; use {what}[None]"
-        if len(shape) == 4 and len(expected) == 3 and (shape[2], shape[3], shape[1]) == expected:
-            return (f"{message}: it looks channels-first (NCHW); tinycnn uses NHWC: "
-                    f"np.transpose({what}, (0, 2, 3, 1))")
-        if math.prod(shape[1:]) == math.prod(expected):
-            return f"{message}; reshape it: {what}.reshape(-1, {', '.join(map(str, expected))})"
-        return message
-
-    def _check_y(self, y, n, where, what="y"):
-        """y -> (targets for the loss, integer labels (N,) for accuracy), checked against the output."""
-        y = np.asarray(y)
-        if y.dtype == np.bool_ or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
-            raise ValueError(f"{where}: {what} must be an array of numbers, got dtype {y.dtype}")
-        if y.ndim == 0 or len(y) != n:
-            raise ValueError(f"{where}: x has {n} samples but {what} has "
-                             f"{'a scalar' if y.ndim == 0 else len(y)}; give one target per sample")
-        if np.issubdtype(y.dtype, np.floating) and not (math.isfinite(y.min()) and math.isfinite(y.max())):
-            raise ValueError(f"{where}: {what} holds NaN or infinite values")
-        classes = self._layers[-1].output_shape[-1]
-        if len(self._layers[-1].output_shape) != 1:
-            raise ValueError(f"{where}: the model's output has shape {self.output_shape}; a classifier "
-                             f"needs (None, classes) (add Flatten() before the last Dense)")
-        if self.loss.sparse:
-            if y.ndim == 2 and y.shape[1] == 1:
-                y = y[:, 0]
-            if y.ndim == 2 and y.shape[1] == classes:
-                raise ValueError(f"{where}: {what} looks one-hot (shape {y.shape}) but the loss is "
-                                 f"'sparse_categorical_crossentropy', which wants integer labels (N,); "
-                                 f"compile with loss='categorical_crossentropy', or pass "
-                                 f"{what}.argmax(axis=1)")
-            if y.ndim != 1:
-                raise ValueError(f"{where}: {what} must be integer labels of shape ({n},) for "
-                                 f"'sparse_categorical_crossentropy', got shape {y.shape}")
-            if not np.issubdtype(y.dtype, np.integer) and np.any(y != np.round(y)):
-                raise ValueError(f"{where}: {what} must hold whole-number class labels, found "
-                                 f"{y[y != np.round(y)][0]!r}")
-            labels = y.astype(np.int64)
-            if labels.min() < 0 or labels.max() >= classes:
-                bad = labels[(labels < 0) | (labels >= classes)][0]
-                raise ValueError(f"{where}: label {bad} in {what} is out of range: the model has "
-                                 f"{classes} outputs, so labels must lie in [0, {classes - 1}]")
-            return labels, labels
-        if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1 and classes > 1):
-            raise ValueError(f"{where}: {what} holds integer labels (shape {y.shape}) but the loss is "
-                             f"'categorical_crossentropy', which wants one-hot rows ({n}, {classes}); "
-                             f"use {what} = tinycnn.utils.to_categorical({what}, {classes}), or compile "
-                             f"with loss='sparse_categorical_crossentropy'")
-        if y.ndim != 2 or y.shape[1] != classes:
-            raise ValueError(f"{where}: {what} must be one-hot rows of shape ({n}, {classes}) for a "
-                             f"{classes}-output model, got shape {y.shape}")
-        if y.min() < 0:
-            raise ValueError(f"{where}: {what} must be one-hot rows (or class probabilities), "
-                             f"found a negative value {y.min()}")
-        return y.astype(self.dtype, copy=False), np.argmax(y, axis=1)
-
-    # ------------------------------------------------------------------------------------------
     # One batch through the engine
     # ------------------------------------------------------------------------------------------
     def _mean_loss(self, y, probs, logits):
@@ -423,8 +308,8 @@ class Sequential:
         step; the History of the completed epochs is returned).
         """
         self._require_compiled("fit")
-        batch_size = _check_batch_size(batch_size, "fit")
-        verbose = _resolve_verbose(verbose, "fit")
+        batch_size = checks.batch_size_of(batch_size, "fit")
+        verbose = checks.verbose_level(verbose, "fit")
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
         if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) \
@@ -437,8 +322,11 @@ class Sequential:
 
         x, y, labels, validation = self._fit_data(x, y, validation_data, validation_split)
 
+        batch_size = min(batch_size, len(x))         # a batch larger than the data: the data is one batch
         n, steps = len(x), math.ceil(len(x) / batch_size)
         history = callbacks_module.History()
+        if isinstance(callbacks, callbacks_module.Callback):
+            callbacks = [callbacks]                  # one callback, as many Keras users pass it
         user_callbacks = list(callbacks or [])
         for callback in user_callbacks:
             if not isinstance(callback, callbacks_module.Callback):
@@ -485,7 +373,8 @@ class Sequential:
 
         callback_list.on_train_end()
         if stopped_by in ("nan", "nan weights"):
-            self._nan_stop(epoch, step, epochs, steps, epoch_start, loss_was_nan=stopped_by == "nan")
+            self._nan_stop(epoch, step, epochs, steps, epoch_start, loss_was_nan=stopped_by == "nan",
+                           probe=x[:batch_size])
         elif stopped_by == "interrupt":
             print(f"Training interrupted (Ctrl-C) in epoch {epoch + 1}/{epochs} at step {step + 1}/{steps}; "
                   f"the model keeps its current weights, and the returned History holds the "
@@ -494,13 +383,13 @@ class Sequential:
 
     def _fit_data(self, x, y, validation_data, validation_split):
         """Check fit's data -> (x, y, labels, validation), validation = (x_val, y_val, labels_val) or None."""
-        x = self._check_x(x, "fit")
-        y, labels = self._check_y(y, len(x), "fit")
+        x = checks.inputs(self, x, "fit")
+        y, labels = checks.targets(self, y, len(x), "fit")
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
-            x_val = self._check_x(validation_data[0], "fit", "validation_data[0]")
-            y_val, labels_val = self._check_y(validation_data[1], len(x_val), "fit", "validation_data[1]")
+            x_val = checks.inputs(self, validation_data[0], "fit", "validation_data[0]")
+            y_val, labels_val = checks.targets(self, validation_data[1], len(x_val), "fit", "validation_data[1]")
             return x, y, labels, (x_val, y_val, labels_val)
         if validation_split > 0:
             split_at = int(math.floor(len(x) * (1.0 - validation_split)))   # Keras's rule: the last part
@@ -552,7 +441,7 @@ class Sequential:
                     break
                 if self.stop_training:
                     break
-        except KeyboardInterrupt:         # raised by a callback, a second Ctrl-C, or outside the main thread
+        except KeyboardInterrupt:         # raised by a callback, or Ctrl-C outside the main thread
             stopped_by = "interrupt"
         logs = {"loss": loss_sum / seen} if seen else {}
         if accuracy_name and seen:
@@ -562,12 +451,17 @@ class Sequential:
     def _weights_are_finite(self):
         return all(np.isfinite(p).all() for p in self._params())
 
-    def _nan_stop(self, epoch, step, epochs, steps, epoch_start, loss_was_nan):
-        """After a NaN/inf loss (or weights): say where, and make sure the model keeps finite weights.
+    def _predicts_finite(self, probe):
+        """True if the weights are finite and so are the model's outputs for the probe batch."""
+        return self._weights_are_finite() and bool(np.isfinite(self.engine.predict_step(self, probe)[0]).all())
+
+    def _nan_stop(self, epoch, step, epochs, steps, epoch_start, loss_was_nan, probe):
+        """After a NaN/inf loss (or weights): say where, and make sure the model keeps usable weights.
 
         The step with the bad loss was not applied, so the weights are normally those of the
-        step before. Only if an earlier step already overflowed them (finite loss, infinite
-        gradient) are they put back to the copy taken at the start of the epoch.
+        step before. If those are no use (infinite, or so large that the outputs for a few
+        training samples, `probe`, are NaN), the model goes back to its weights at the start
+        of the epoch.
         """
         if loss_was_nan:
             message = (f"Training stopped: the loss became NaN or infinite in epoch {epoch + 1}/{epochs} "
@@ -575,20 +469,27 @@ class Sequential:
         else:
             message = (f"Training stopped: the weights became NaN or infinite during epoch "
                        f"{epoch + 1}/{epochs} while the loss stayed finite")
-        if self._weights_are_finite():
-            message += ", so the model keeps the last finite weights."
+        if self._predicts_finite(probe):
+            message += ", so the model keeps the last weights that gave a finite loss."
         else:
             weights, optimizer_state = epoch_start
             self.set_weights(weights)
             self.optimizer.set_state(optimizer_state)
-            message += (f". A step had made the weights infinite, so the model was put back to "
-                        f"its weights at the start of epoch {epoch + 1}.")
+            message += (f". The steps before it had made the weights so large that the model's outputs "
+                        f"were NaN, so the model was put back to its weights at the start of epoch "
+                        f"{epoch + 1}")
+            message += "." if self._predicts_finite(probe) else ", whose outputs are not finite either."
         message += " Try a smaller learning rate, or check the scale of the inputs."
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def _catch_ctrl_c(self):
-        """During fit, the first Ctrl-C only asks the loop to stop after the current step
-        (a second one interrupts at once). Returns the previous handler to put back."""
+        """During fit, Ctrl-C (once or many times) asks the loop to stop after the current step.
+
+        The handler only sets a flag: an exception raised in the middle of a step, inside a
+        compiled kernel or the worker's hand-over, could leave half-updated weights behind.
+        A step takes milliseconds, so the stop is as good as immediate. Returns the previous
+        handler to put back.
+        """
         if threading.current_thread() is not threading.main_thread():
             return None
         previous = signal.getsignal(signal.SIGINT)
@@ -596,8 +497,6 @@ class Sequential:
             return None
 
         def request_stop(signum, frame):
-            if self._interrupt_requested:
-                raise KeyboardInterrupt
             self._interrupt_requested = True
 
         signal.signal(signal.SIGINT, request_stop)
@@ -636,12 +535,13 @@ class Sequential:
         loss alone when compiled without metrics, or {"loss": ..., "accuracy": ...} with
         return_dict=True."""
         self._require_compiled("evaluate")
-        batch_size = _check_batch_size(batch_size, "evaluate")
-        verbose = _resolve_verbose(verbose, "evaluate")
+        batch_size = checks.batch_size_of(batch_size, "evaluate")
+        verbose = checks.verbose_level(verbose, "evaluate")
         if x is None or y is None:
             raise ValueError("evaluate: give both the inputs x and the targets y")
-        x = self._check_x(x, "evaluate")
-        y, labels = self._check_y(y, len(x), "evaluate")
+        x = checks.inputs(self, x, "evaluate")
+        y, labels = checks.targets(self, y, len(x), "evaluate")
+        batch_size = min(batch_size, len(x))
         steps = math.ceil(len(x) / batch_size)
         progbar = self._progbar(verbose, steps)
         with self.engine.run(self, batch_size, steps, x):
@@ -657,10 +557,11 @@ class Sequential:
 
     def predict(self, x, batch_size=None, verbose="auto"):
         """The last layer's outputs for x, in batches: (N, classes) probabilities for a classifier."""
-        batch_size = _check_batch_size(batch_size, "predict")
-        verbose = _resolve_verbose(verbose, "predict")
-        x = self._check_x(x, "predict")
+        batch_size = checks.batch_size_of(batch_size, "predict")
+        verbose = checks.verbose_level(verbose, "predict")
+        x = checks.inputs(self, x, "predict")
         outputs = np.empty((len(x),) + tuple(self._layers[-1].output_shape), dtype=self.dtype)
+        batch_size = min(batch_size, len(x))
         steps = math.ceil(len(x) / batch_size)
         progbar = self._progbar(verbose, steps)
         engine = self._engine_or_default()
@@ -675,7 +576,7 @@ class Sequential:
 
     def __call__(self, x, training=False):
         """The model's output for one batch x (Keras's model(x)), as a NumPy array."""
-        x = self._check_x(x, "Sequential.__call__")
+        x = checks.inputs(self, x, "Sequential.__call__")
         engine = self._engine_or_default()
         with engine.run(self, len(x), 1, x):
             return engine.predict_step(self, x)[0]
@@ -688,8 +589,8 @@ class Sequential:
         (the reference engine's), so the last equals predict(x) on that engine exactly, and on
         the fast one to float32 rounding. batch_size splits large x into batches.
         """
-        x = self._check_x(x, "layer_outputs")
-        batch_size = len(x) if batch_size is None else _check_batch_size(batch_size, "layer_outputs")
+        x = checks.inputs(self, x, "layer_outputs")
+        batch_size = len(x) if batch_size is None else checks.batch_size_of(batch_size, "layer_outputs")
         outputs = [np.empty((len(x),) + tuple(layer.output_shape), dtype=self.dtype) for layer in self._layers]
         for start in range(0, len(x), batch_size):
             batch = x[start:start + batch_size]
@@ -705,8 +606,8 @@ class Sequential:
         """One optimizer step on the batch (x, y) -> [loss, accuracy] of that batch before the step
         (the loss alone without metrics). A NaN/inf loss skips the step and warns."""
         self._require_compiled("train_on_batch")
-        x = self._check_x(x, "train_on_batch")
-        y, labels = self._check_y(y, len(x), "train_on_batch")
+        x = checks.inputs(self, x, "train_on_batch")
+        y, labels = checks.targets(self, y, len(x), "train_on_batch")
         with self.engine.run(self, len(x), 1, x, y):
             loss, probs = self.engine.train_step(self, x, y)
         if not math.isfinite(loss):
@@ -717,8 +618,8 @@ class Sequential:
     def test_on_batch(self, x, y, return_dict=False):
         """[loss, accuracy] on the batch (x, y), without training (the loss alone without metrics)."""
         self._require_compiled("test_on_batch")
-        x = self._check_x(x, "test_on_batch")
-        y, labels = self._check_y(y, len(x), "test_on_batch")
+        x = checks.inputs(self, x, "test_on_batch")
+        y, labels = checks.targets(self, y, len(x), "test_on_batch")
         with self.engine.run(self, len(x), 1, x):
             probs, logits = self.engine.predict_step(self, x)
         loss = self._mean_loss(y, probs, logits)
