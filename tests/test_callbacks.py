@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tinycnn import callbacks, utils
-from tinycnn.callbacks import (Callback, CallbackList, EarlyStopping, History, LearningRateScheduler,
-                               ModelCheckpoint, Progbar)
+from tinycnn.callbacks import (Callback, CallbackList, EarlyStopping, GradientNorms, History,
+                               LearningRateScheduler, ModelCheckpoint, Progbar)
 from tinycnn.layers import Dense, Flatten
 from tinycnn.models import Sequential, load_model
 from tinycnn.optimizers import SGD
@@ -185,6 +185,47 @@ def test_stop_training_set_in_a_batch_hook_ends_the_epoch_there(xy):
     model = tiny_model()
     history = model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[StopAtBatch()])
     assert history.epoch == [0] and model.optimizer.iterations == 2
+
+
+# ---------------------------------------------------------------------------
+# GradientNorms
+# ---------------------------------------------------------------------------
+def test_gradient_norms_are_each_batchs_gradient_computed_by_hand(xy):
+    x, y = xy
+    utils.set_random_seed(2)
+    model = Sequential([Flatten(input_shape=(4, 4, 1)), Dense(2, activation="softmax")])
+    model.compile(SGD(learning_rate=0.0), "sparse_categorical_crossentropy")
+    recorder = GradientNorms()
+    model.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0, callbacks=[recorder])
+    dense = model.layers[1]
+    assert list(recorder.norms) == [dense.name]             # Flatten has no weights
+    assert recorder.steps == [1, 2, 3, 4, 5, 6]              # batches of 16, 16, 8; two epochs
+    # Learning rate 0: the weights never move, so every batch's gradient follows by hand:
+    # dL/dz = (softmax - onehot) / batch, dL/dkernel = x^T dL/dz, dL/dbias = dL/dz summed over rows.
+    expected = []
+    for start in (0, 16, 32, 0, 16, 32):
+        xb, yb = x[start:start + 16], y[start:start + 16]
+        probs = model.predict(xb, verbose=0).astype(np.float64)
+        dz = (probs - np.eye(2)[yb]) / len(xb)
+        rows = xb.reshape(len(xb), -1).astype(np.float64)
+        expected.append(np.sqrt(np.sum((rows.T @ dz) ** 2) + np.sum(dz.sum(axis=0) ** 2)))
+    np.testing.assert_allclose(recorder.norms[dense.name], expected, rtol=1e-4)
+    assert len(set(np.round(expected, 6))) == 3              # the three batches differ
+
+
+def test_gradient_norms_every_few_batches_and_fresh_for_each_fit(xy):
+    x, y = xy
+    model = tiny_model()
+    recorder = GradientNorms(every=3)
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[recorder])   # 5 batches an epoch
+    assert recorder.steps == [1, 4, 7, 10]
+    assert list(recorder.norms) == [model.layers[1].name, model.layers[2].name]
+    assert all(len(values) == 4 and min(values) > 0 for values in recorder.norms.values())
+    model.fit(x, y, epochs=1, batch_size=20, verbose=0, callbacks=[recorder])
+    assert recorder.steps == [1] and all(len(v) == 1 for v in recorder.norms.values())
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="every must be a whole number >= 1"):
+            GradientNorms(every=bad)
 
 
 # ---------------------------------------------------------------------------

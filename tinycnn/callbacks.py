@@ -13,9 +13,10 @@ The protocol is Keras's. `fit` calls, in this order:
 the run's settings through `self.params` ({"epochs", "steps", "verbose"}); it stops
 training by setting `self.model.stop_training = True` (checked after every batch).
 
-Here: History (always added by fit), ProgbarLogger (the progress display, added when
-verbose != 0), EarlyStopping, ModelCheckpoint, LearningRateScheduler, and Progbar, the
-bar itself (also used by evaluate and predict).
+Here: History (always added by fit), GradientNorms (each layer's gradient norm per batch),
+ProgbarLogger (the progress display, added when verbose != 0), EarlyStopping,
+ModelCheckpoint, LearningRateScheduler, and Progbar, the bar itself (also used by evaluate
+and predict).
 """
 import inspect
 import math
@@ -138,6 +139,56 @@ class History(Callback):
 
     def __repr__(self):
         return f"<History epochs={len(self.epoch)} keys={list(self.history)}>"
+
+
+# ---------------------------------------------------------------------------
+# GradientNorms
+# ---------------------------------------------------------------------------
+class GradientNorms(Callback):
+    """Records how big each layer's gradient is after every training batch.
+
+    A layer's norm is the L2 norm of all its gradients together (kernel and bias):
+    sqrt(sum of every dL/dw squared), read from `layer.grads` after the batch's step.
+    Norms that shrink layer after layer toward the input mean the first layers learn slowly
+    (vanishing gradients); huge or growing ones mean the steps are too big.
+
+    every: record one batch in `every` (1: every batch; a larger number costs less).
+    After fit:
+    norms: {layer name: [norm, ...]}, one entry per recorded batch, for every layer with
+           weights (Conv2D, Dense), in the model's order.
+    steps: [1, 2, ...] the training step (batch, counting from 1 over all epochs) of each entry.
+    tinycnn.plot.gradient_norms(recorder) draws them.
+    """
+
+    def __init__(self, every=1):
+        super().__init__()
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+            raise ValueError(f"GradientNorms: every must be a whole number >= 1 (record one batch "
+                             f"in `every`), got {every!r}")
+        self.every = int(every)
+        self.norms = {}
+        self.steps = []
+        self._step = 0
+
+    def on_train_begin(self, logs=None):
+        weighted = [layer for layer in self.model.layers if layer.grads]
+        self.norms = {layer.name: [] for layer in weighted}
+        self.steps = []
+        self._step = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if (self._step - 1) % self.every:
+            return
+        self.steps.append(self._step)
+        for layer in self.model.layers:
+            if layer.name in self.norms:
+                self.norms[layer.name].append(gradient_norm(layer.grads))
+
+
+def gradient_norm(grads):
+    """The L2 norm of several arrays taken as one vector: sqrt(sum of every value squared)."""
+    return math.sqrt(sum(float(np.vdot(g, g)) for g in grads))   # vdot: one pass, no temporary
 
 
 # ---------------------------------------------------------------------------
