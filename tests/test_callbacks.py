@@ -283,11 +283,91 @@ def test_progbar_draws_keras_bars():
     last = sink.text.split("\r")[-1]
     assert re.fullmatch(r"1875/1875 \[={30}\] - \d+s \d+(us|ms|s)/step - loss: 0\.2846 - accuracy: 4\.0000e-05 *\n", last)
     quiet = Sink()
-    bar = Progbar(10, dynamic=False, stream=quiet)
+    bar = Progbar(10, dynamic=False, stream=quiet, title="Epoch 1/1")
     bar.update(5, [("loss", 1.0)])
     assert quiet.text == ""
-    bar.finish([("loss", 1.0)], prefix="Epoch 1/1 - ")
+    bar.finish([("loss", 1.0)])
     assert re.fullmatch(r"Epoch 1/1 - 10/10 - \d+s - \d+(us|ms|s)/step - loss: 1\.0000\n", quiet.text)
+
+
+class FakeDisplay:
+    """IPython.display.display with display_id=True, recorded: each call makes a handle,
+    each handle records its updates; `shown` holds every handle's current text."""
+
+    def __init__(self):
+        self.handles = []
+
+    def __call__(self, bundle, raw=False, display_id=False):
+        assert raw and display_id is True
+        handle = FakeHandle(bundle["text/plain"])
+        self.handles.append(handle)
+        return handle
+
+    @property
+    def shown(self):
+        return [handle.text for handle in self.handles]
+
+
+class FakeHandle:
+    def __init__(self, text):
+        self.text, self.updates = text, 0
+
+    def update(self, bundle, raw=False):
+        assert raw
+        self.text, self.updates = bundle["text/plain"], self.updates + 1
+
+
+@pytest.fixture
+def jupyter_cell(monkeypatch):
+    """As inside a Jupyter kernel: stdout is a cell, and IPython's display is a FakeDisplay."""
+    fake = FakeDisplay()
+    monkeypatch.setattr(callbacks, "is_interactive", lambda stream=None: True)
+    monkeypatch.setattr(callbacks, "jupyter_display", lambda stream=None: fake)
+    return fake
+
+
+def test_in_jupyter_a_bar_is_one_display_updated_in_place(jupyter_cell, capsys):
+    bar = Progbar(10, dynamic=True, interval=0.0, title="Epoch 1/3")
+    for step in range(1, 11):
+        bar.update(step, [("loss", 0.5)])
+    bar.finish([("loss", 0.25)])
+    (handle,) = jupyter_cell.handles                   # one display call ...
+    assert handle.updates == 9                         # ... steps 2..9 and the final line update it
+    assert re.fullmatch(r"Epoch 1/3 - 10/10 \[={30}\] - \d+s \d+(us|ms|s)/step - loss: 0\.2500",
+                        handle.text)
+    assert capsys.readouterr().out == ""                # nothing written to the cell's stream
+
+
+def test_in_jupyter_fit_shows_one_line_per_epoch(jupyter_cell, xy, capsys):
+    x, y = xy
+    model = tiny_model()
+    model.fit(x, y, epochs=3, batch_size=4, validation_split=0.25)
+    assert len(jupyter_cell.handles) == 3               # one display per epoch, not one per step
+    assert all(handle.updates >= 1 for handle in jupyter_cell.handles)   # the last line replaces the bar
+    for epoch, text in enumerate(jupyter_cell.shown):
+        assert re.fullmatch(rf"Epoch {epoch + 1}/3 - 8/8 \[={{30}}\] - \d+s \d+(us|ms|s)/step - "
+                            r"loss: \d\.\d{4} - accuracy: \d\.\d{4} - val_loss: \d\.\d{4} - "
+                            r"val_accuracy: \d\.\d{4}", text), text
+    model.evaluate(x, y)
+    assert len(jupyter_cell.handles) == 4
+    assert re.match(r"2/2 \[={30}\] - ", jupyter_cell.shown[-1])
+    assert capsys.readouterr().out == ""
+
+
+def test_jupyter_display_needs_a_kernel_and_imports_nothing_without_one(monkeypatch):
+    import io
+    import sys as sys_module
+
+    class OutStream(io.StringIO):            # the class name ipykernel gives a cell's stdout
+        pass
+
+    monkeypatch.delitem(sys_module.modules, "ipykernel", raising=False)
+    monkeypatch.delitem(sys_module.modules, "IPython", raising=False)
+    monkeypatch.delitem(sys_module.modules, "IPython.display", raising=False)
+    assert callbacks.jupyter_display(OutStream()) is None
+    assert "IPython" not in sys_module.modules            # no kernel: IPython is never imported
+    bar = Progbar(5, dynamic=True, stream=OutStream())
+    assert isinstance(bar.line, callbacks._TerminalLine)
 
 
 def test_is_interactive_knows_terminals_jupyter_cells_and_files(monkeypatch, tmp_path):
