@@ -443,7 +443,8 @@ def feature_maps(model, image, layer=None, cols=8, save=None):
     if layer is None:
         conv = [i for i, l in enumerate(model.layers) if type(l).__name__ == "Conv2D"]
         if not conv:
-            raise ValueError("feature_maps: the model has no Conv2D layer; pass layer= a conv or pool layer")
+            raise ValueError("feature_maps: the model has no Conv2D layer, so it makes no feature "
+                             "maps to draw; use a convolutional model (cnn_categorical, cnn_sparse)")
         layer = conv[0]
     layer_index = _feature_map_layers(model, [layer], owner="feature_maps")[0]
     maps = _feature_maps_of(model.layer_outputs(image), model, layer_index, "feature_maps")[0]
