@@ -228,6 +228,11 @@ def test_feature_maps_one_panel_per_channel_on_one_scale(tmp_path):
         plot.feature_maps(model, np.stack([image, image]))
     with pytest.raises(ValueError, match="feature_maps: no layer named 'conv9'"):
         plot.feature_maps(model, image, layer="conv9")
+    from tinycnn.layers import Dense, Flatten
+    from tinycnn.models import Sequential
+    dense_only = Sequential([Flatten(input_shape=(12, 12, 1)), Dense(10, activation="softmax")])
+    with pytest.raises(ValueError, match="has no Conv2D layer"):
+        plot.feature_maps(dense_only, image)
 
 
 def test_filters_one_panel_per_first_layer_filter_on_a_scale_centred_on_zero():
@@ -327,6 +332,8 @@ def test_im2col_picture_frames_the_patch_and_its_row():
         plot.im2col_picture(np.zeros((28, 28)))
     with pytest.raises(ValueError, match=r"patch \(3, 0\) does not fit.*rows 0..2"):
         plot.im2col_picture(image, patch=(3, 0))
+    with pytest.raises(ValueError, match=r"patch must be \(row, column\)"):
+        plot.im2col_picture(image, patch=(1, 1, 1))
 
 
 def test_gradient_norms_one_line_per_layer_on_a_log_scale():
@@ -338,8 +345,27 @@ def test_gradient_norms_one_line_per_layer_on_a_log_scale():
     assert ax.get_yscale() == "log"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["conv2d", "dense"]
     assert ax.get_xlabel() == "training step (batch)"
+    assert ax.get_title() == "Gradient norm per layer (log scale)"
     with pytest.raises(ValueError, match="nothing recorded"):
         plot.gradient_norms({"dense": []})
+    with pytest.raises(ValueError, match="window must be a whole number"):
+        plot.gradient_norms(norms, window=0)
+
+
+def test_gradient_norms_of_many_steps_draw_a_running_mean_over_the_faint_steps():
+    rng = np.random.default_rng(7)
+    norms = {"conv2d": list(rng.uniform(0.1, 1.0, 500)), "dense": list(rng.uniform(1, 10, 500))}
+    (ax,) = plot.gradient_norms(norms).axes                  # 500 steps: windows of 10
+    lines = ax.get_lines()
+    assert len(lines) == 4                                   # each layer: faint steps, bold mean
+    faint, bold = lines[0], lines[1]
+    assert list(faint.get_ydata()) == norms["conv2d"] and faint.get_alpha() < 1
+    expected = [np.mean(norms["conv2d"][i:i + 10]) for i in range(491)]
+    np.testing.assert_allclose(bold.get_ydata(), expected)
+    assert list(bold.get_xdata()) == list(range(10, 501))   # each mean drawn at its window's last step
+    assert faint.get_color() == bold.get_color()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["conv2d", "dense"]
+    assert "mean of 10 steps" in ax.get_title()
     with pytest.raises(ValueError, match="expected a GradientNorms"):
         plot.gradient_norms([1.0, 2.0])
 

@@ -225,11 +225,14 @@ def performance(scores, save=None):
     return _finish(fig, save)
 
 
-def gradient_norms(norms, save=None):
-    """Each layer's gradient norm over the training steps, one line per layer, log scale.
+def gradient_norms(norms, window=None, save=None):
+    """Each layer's gradient norm over the training steps, one colour per layer, log scale.
 
     norms: a tinycnn.callbacks.GradientNorms that watched fit, or a dict
         {layer name: [norm at each recorded step]} (steps then count 1, 2, 3, ...).
+    window: average this many recorded steps for the bold line; default 1 for up to 100
+        steps and about a fiftieth of them beyond (one batch's norm is noisy: the trend
+        hides in the noise). With window > 1 every step's norm is drawn faintly behind.
     Returns the Figure: one axis, x the training step (batch), y the L2 norm of the layer's
     gradient (all its weights together) on a log scale, a legend of layer names.
     """
@@ -243,15 +246,27 @@ def gradient_norms(norms, save=None):
     if not norms or not any(len(values) for values in norms.values()):
         raise ValueError("gradient_norms: nothing recorded; pass the GradientNorms callback to "
                          "fit(..., callbacks=[recorder]) and train at least one batch")
+    longest = max(len(values) for values in norms.values())
+    if window is None:
+        window = 1 if longest <= 100 else longest // 50
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+        raise ValueError(f"gradient_norms: window must be a whole number of steps >= 1, got {window!r}")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, values in norms.items():
-        x = steps if steps is not None else np.arange(1, len(values) + 1)
-        ax.plot(x, values, label=name, linewidth=1.2)
+        values = np.asarray(values, dtype=float)
+        x = np.asarray(steps) if steps is not None else np.arange(1, len(values) + 1)
+        if window == 1 or len(values) < window:
+            ax.plot(x, values, label=name, linewidth=1.2)
+            continue
+        faint, = ax.plot(x, values, linewidth=0.5, alpha=0.25)
+        means = np.convolve(values, np.ones(window) / window, mode="valid")    # mean of each window
+        ax.plot(x[window - 1:], means, color=faint.get_color(), linewidth=1.8, label=name)
     ax.set_yscale("log")                                     # layers differ by orders of magnitude
     ax.set_xlabel("training step (batch)")
     ax.set_ylabel("L2 norm of the layer's gradient")
-    ax.set_title("Gradient norm per layer (log scale)")
+    smoothed = f"; bold: mean of {window} steps, faint: each step" if window > 1 else ""
+    ax.set_title(f"Gradient norm per layer (log scale{smoothed})", fontsize=11)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=9)
     return _finish(fig, save)
@@ -291,6 +306,8 @@ def im2col_picture(image=None, patch=(1, 1), save=None):
                          f"so that every value can be written (e.g. a crop image[10:16, 10:16]); "
                          f"got shape {image.shape}")
     out_h, out_w = image.shape[0] - 2, image.shape[1] - 2
+    if len(patch) != 2:
+        raise ValueError(f"im2col_picture: patch must be (row, column), got {patch!r}")
     top, left = (int(v) for v in patch)
     if not (0 <= top < out_h and 0 <= left < out_w):
         raise ValueError(f"im2col_picture: patch {tuple(patch)} does not fit: its top-left pixel "
