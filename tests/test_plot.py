@@ -276,6 +276,11 @@ def test_most_confident_mistakes_surest_first_with_probabilities():
         plot.most_confident_mistakes(x[:4], y_true, probabilities)
 
 
+def test_percentages_never_round_to_a_certainty_the_softmax_did_not_give():
+    assert [plot._percent(p) for p in (0.972, 0.99996, 0.9995, 1.0, 0.00004, 0.0, 0.0006)] == \
+        ["97.2%", ">99.9%", ">99.9%", "100.0%", "<0.1%", "0.0%", "0.1%"]
+
+
 def test_prediction_bars_one_bar_per_class_with_names():
     probabilities = np.array([0.05, 0.0, 0.1, 0.0, 0.0, 0.0, 0.7, 0.0, 0.15, 0.0], np.float32)
     fig = plot.prediction_bars(probabilities, true_label=0)

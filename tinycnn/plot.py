@@ -629,6 +629,16 @@ def _as_probabilities(probabilities, name="probabilities"):
     return probabilities
 
 
+def _percent(probability):
+    """0.972 -> '97.2%'; a softmax never gives exactly 0 or 1, so 0.99996 -> '>99.9%' and
+    0.00004 -> '<0.1%' rather than a rounded '100.0%' or '0.0%'."""
+    if 0.999 < probability < 1:
+        return ">99.9%"
+    if 0 < probability < 0.0005:
+        return "<0.1%"
+    return f"{probability:.1%}"
+
+
 def most_confident_mistakes(x, y_true, probabilities, class_names=CLASS_NAMES, max_images=16,
                             cols=4, save=None):
     """The mistakes the model was surest of, surest first, with their probabilities.
@@ -666,8 +676,8 @@ def most_confident_mistakes(x, y_true, probabilities, class_names=CLASS_NAMES, m
     for ax, index in zip(axes.flat, surest):
         ax.imshow(x[index], cmap="gray")
         true, guess = y_true[index], predicted[index]
-        ax.set_title(f"#{index}\npred: {class_names[guess]} {probabilities[index, guess]:.1%}\n"
-                     f"true: {class_names[true]} {probabilities[index, true]:.1%}", fontsize=8)
+        ax.set_title(f"#{index}\npred: {class_names[guess]} {_percent(probabilities[index, guess])}\n"
+                     f"true: {class_names[true]} {_percent(probabilities[index, true])}", fontsize=8)
     fig.suptitle(f"The {len(surest)} most confident of {len(wrong)} mistakes", fontsize=11)
     return _finish(fig, save)
 
@@ -706,8 +716,8 @@ def prediction_bars(probabilities, class_names=CLASS_NAMES, image=None, true_lab
     bar_ax.set_xlim(0, 1.15)                                 # room for the labels past a full bar
     bar_ax.set_xlabel("probability (softmax output)")
     for position, p in zip(positions, probabilities):
-        bar_ax.text(p + 0.01, position, f"{p:.1%}", va="center", fontsize=8)
-    title = f"predicted: {class_names[predicted]} ({probabilities[predicted]:.1%})"
+        bar_ax.text(p + 0.01, position, _percent(p), va="center", fontsize=8)
+    title = f"predicted: {class_names[predicted]} ({_percent(probabilities[predicted])})"
     if true_label is not None:
         title += f", true: {class_names[int(true_label)]}"
     bar_ax.set_title(title, fontsize=11)
