@@ -14,7 +14,7 @@ epochs) but stays well below the same model on pixels scaled to [0, 1] (prep_pix
 Try it: `python examples/03_simple_dense.py --raw-pixels`.
 
     python examples/03_simple_dense.py          # under a minute
-    python examples/03_simple_dense.py --quick  # 3,000 images, 1 epoch
+    python examples/03_simple_dense.py --quick  # 3,000 images, 2 epochs
 """
 import argparse
 import os
@@ -26,13 +26,13 @@ from tinycnn.zoo import simple_dense_model
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--out", default="out/03_simple_dense", help="folder for the pictures")
-parser.add_argument("--quick", action="store_true", help="3,000 images and 1 epoch")
+parser.add_argument("--quick", action="store_true", help="3,000 images and 2 epochs")
 parser.add_argument("--epochs", type=int, default=5)
 parser.add_argument("--raw-pixels", action="store_true",
                     help="train on 0..255 pixels as the notebook did (to see it fail)")
 args = parser.parse_args()
 os.makedirs(args.out, exist_ok=True)
-limit, epochs = (3000, 1) if args.quick else (None, args.epochs)
+limit, epochs = (3000, 2) if args.quick else (None, args.epochs)     # 2 epochs: curves are lines
 
 # 1. Data: images (N, 28, 28) with no channel axis (Flatten doesn't need one), integer labels.
 train_images, train_labels, test_images, test_labels = load_dataset(

@@ -5,7 +5,7 @@ Conv2D(64, 3x3, relu) -> MaxPooling2D(2) -> Conv2D(64, 3x3, relu) -> MaxPooling2
 5 epochs. The notebook reached 0.9081 test accuracy with its 243,786 parameters.
 
     python examples/04_cnn_sparse.py          # a few minutes on 2 cores
-    python examples/04_cnn_sparse.py --quick  # 3,000 images, 1 epoch
+    python examples/04_cnn_sparse.py --quick  # 3,000 images, 2 epochs
 """
 import argparse
 import os
@@ -18,11 +18,11 @@ from tinycnn.zoo import cnn_sparse_categorical_model
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--out", default="out/04_cnn_sparse", help="folder for the pictures")
-parser.add_argument("--quick", action="store_true", help="3,000 images and 1 epoch")
+parser.add_argument("--quick", action="store_true", help="3,000 images and 2 epochs")
 parser.add_argument("--epochs", type=int, default=5)
 args = parser.parse_args()
 os.makedirs(args.out, exist_ok=True)
-limit, epochs = (3000, 1) if args.quick else (None, args.epochs)
+limit, epochs = (3000, 2) if args.quick else (None, args.epochs)     # 2 epochs: curves are lines
 
 # 1. Data: images (N, 28, 28, 1) in [0, 1]; labels stay integers 0..9 (sparse).
 train_images, train_labels, test_images, test_labels = load_dataset(one_hot_encode=False, limit=limit)
@@ -40,8 +40,9 @@ test_loss, test_accuracy = model.evaluate(test_images, test_labels, verbose=0)
 print(f"test loss {test_loss:.4f}, test accuracy {test_accuracy:.4f}  (notebook: 0.9081)")
 plot.learning_curves(history, save=os.path.join(args.out, "learning_curves.png"))
 
-# 4. The notebook's 3x4 grid: for test images 0, 7 and 26 (rows), filter 1 of each of the
-#    four feature-map layers (columns: conv 26x26, pool 13x13, conv 11x11, pool 5x5).
+# 4. The notebook's 3x4 grid: for test images 0, 7 and 26 (rows), filter index 1 (the
+#    second filter, counting from 0) of each of the four feature-map layers (columns:
+#    conv 26x26, pool 13x13, conv 11x11, pool 5x5).
 #    Deeper layers keep less of where things are and more of what is there.
 rows = [0, 7, 26]
 labels = [f"test {i}: {CLASS_NAMES[test_labels[i]]}" for i in rows]

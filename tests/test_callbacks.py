@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tinycnn import callbacks, utils
-from tinycnn.callbacks import (Callback, CallbackList, EarlyStopping, History, LearningRateScheduler,
-                               ModelCheckpoint, Progbar)
+from tinycnn.callbacks import (Callback, CallbackList, EarlyStopping, GradientNorms, History,
+                               LearningRateScheduler, ModelCheckpoint, Progbar)
 from tinycnn.layers import Dense, Flatten
 from tinycnn.models import Sequential, load_model
 from tinycnn.optimizers import SGD
@@ -188,6 +188,47 @@ def test_stop_training_set_in_a_batch_hook_ends_the_epoch_there(xy):
 
 
 # ---------------------------------------------------------------------------
+# GradientNorms
+# ---------------------------------------------------------------------------
+def test_gradient_norms_are_each_batchs_gradient_computed_by_hand(xy):
+    x, y = xy
+    utils.set_random_seed(2)
+    model = Sequential([Flatten(input_shape=(4, 4, 1)), Dense(2, activation="softmax")])
+    model.compile(SGD(learning_rate=0.0), "sparse_categorical_crossentropy")
+    recorder = GradientNorms()
+    model.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0, callbacks=[recorder])
+    dense = model.layers[1]
+    assert list(recorder.norms) == [dense.name]             # Flatten has no weights
+    assert recorder.steps == [1, 2, 3, 4, 5, 6]              # batches of 16, 16, 8; two epochs
+    # Learning rate 0: the weights never move, so every batch's gradient follows by hand:
+    # dL/dz = (softmax - onehot) / batch, dL/dkernel = x^T dL/dz, dL/dbias = dL/dz summed over rows.
+    expected = []
+    for start in (0, 16, 32, 0, 16, 32):
+        xb, yb = x[start:start + 16], y[start:start + 16]
+        probs = model.predict(xb, verbose=0).astype(np.float64)
+        dz = (probs - np.eye(2)[yb]) / len(xb)
+        rows = xb.reshape(len(xb), -1).astype(np.float64)
+        expected.append(np.sqrt(np.sum((rows.T @ dz) ** 2) + np.sum(dz.sum(axis=0) ** 2)))
+    np.testing.assert_allclose(recorder.norms[dense.name], expected, rtol=1e-4)
+    assert len(set(np.round(expected, 6))) == 3              # the three batches differ
+
+
+def test_gradient_norms_every_few_batches_and_fresh_for_each_fit(xy):
+    x, y = xy
+    model = tiny_model()
+    recorder = GradientNorms(every=3)
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[recorder])   # 5 batches an epoch
+    assert recorder.steps == [1, 4, 7, 10]
+    assert list(recorder.norms) == [model.layers[1].name, model.layers[2].name]
+    assert all(len(values) == 4 and min(values) > 0 for values in recorder.norms.values())
+    model.fit(x, y, epochs=1, batch_size=20, verbose=0, callbacks=[recorder])
+    assert recorder.steps == [1] and all(len(v) == 1 for v in recorder.norms.values())
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="every must be a whole number >= 1"):
+            GradientNorms(every=bad)
+
+
+# ---------------------------------------------------------------------------
 # Progress output
 # ---------------------------------------------------------------------------
 def test_not_a_terminal_gives_one_line_per_epoch(xy, capsys):
@@ -242,11 +283,91 @@ def test_progbar_draws_keras_bars():
     last = sink.text.split("\r")[-1]
     assert re.fullmatch(r"1875/1875 \[={30}\] - \d+s \d+(us|ms|s)/step - loss: 0\.2846 - accuracy: 4\.0000e-05 *\n", last)
     quiet = Sink()
-    bar = Progbar(10, dynamic=False, stream=quiet)
+    bar = Progbar(10, dynamic=False, stream=quiet, title="Epoch 1/1")
     bar.update(5, [("loss", 1.0)])
     assert quiet.text == ""
-    bar.finish([("loss", 1.0)], prefix="Epoch 1/1 - ")
+    bar.finish([("loss", 1.0)])
     assert re.fullmatch(r"Epoch 1/1 - 10/10 - \d+s - \d+(us|ms|s)/step - loss: 1\.0000\n", quiet.text)
+
+
+class FakeDisplay:
+    """IPython.display.display with display_id=True, recorded: each call makes a handle,
+    each handle records its updates; `shown` holds every handle's current text."""
+
+    def __init__(self):
+        self.handles = []
+
+    def __call__(self, bundle, raw=False, display_id=False):
+        assert raw and display_id is True
+        handle = FakeHandle(bundle["text/plain"])
+        self.handles.append(handle)
+        return handle
+
+    @property
+    def shown(self):
+        return [handle.text for handle in self.handles]
+
+
+class FakeHandle:
+    def __init__(self, text):
+        self.text, self.updates = text, 0
+
+    def update(self, bundle, raw=False):
+        assert raw
+        self.text, self.updates = bundle["text/plain"], self.updates + 1
+
+
+@pytest.fixture
+def jupyter_cell(monkeypatch):
+    """As inside a Jupyter kernel: stdout is a cell, and IPython's display is a FakeDisplay."""
+    fake = FakeDisplay()
+    monkeypatch.setattr(callbacks, "is_interactive", lambda stream=None: True)
+    monkeypatch.setattr(callbacks, "jupyter_display", lambda stream=None: fake)
+    return fake
+
+
+def test_in_jupyter_a_bar_is_one_display_updated_in_place(jupyter_cell, capsys):
+    bar = Progbar(10, dynamic=True, interval=0.0, title="Epoch 1/3")
+    for step in range(1, 11):
+        bar.update(step, [("loss", 0.5)])
+    bar.finish([("loss", 0.25)])
+    (handle,) = jupyter_cell.handles                   # one display call ...
+    assert handle.updates == 9                         # ... steps 2..9 and the final line update it
+    assert re.fullmatch(r"Epoch 1/3 - 10/10 \[={30}\] - \d+s \d+(us|ms|s)/step - loss: 0\.2500",
+                        handle.text)
+    assert capsys.readouterr().out == ""                # nothing written to the cell's stream
+
+
+def test_in_jupyter_fit_shows_one_line_per_epoch(jupyter_cell, xy, capsys):
+    x, y = xy
+    model = tiny_model()
+    model.fit(x, y, epochs=3, batch_size=4, validation_split=0.25)
+    assert len(jupyter_cell.handles) == 3               # one display per epoch, not one per step
+    assert all(handle.updates >= 1 for handle in jupyter_cell.handles)   # the last line replaces the bar
+    for epoch, text in enumerate(jupyter_cell.shown):
+        assert re.fullmatch(rf"Epoch {epoch + 1}/3 - 8/8 \[={{30}}\] - \d+s \d+(us|ms|s)/step - "
+                            r"loss: \d\.\d{4} - accuracy: \d\.\d{4} - val_loss: \d\.\d{4} - "
+                            r"val_accuracy: \d\.\d{4}", text), text
+    model.evaluate(x, y)
+    assert len(jupyter_cell.handles) == 4
+    assert re.match(r"2/2 \[={30}\] - ", jupyter_cell.shown[-1])
+    assert capsys.readouterr().out == ""
+
+
+def test_jupyter_display_needs_a_kernel_and_imports_nothing_without_one(monkeypatch):
+    import io
+    import sys as sys_module
+
+    class OutStream(io.StringIO):            # the class name ipykernel gives a cell's stdout
+        pass
+
+    monkeypatch.delitem(sys_module.modules, "ipykernel", raising=False)
+    monkeypatch.delitem(sys_module.modules, "IPython", raising=False)
+    monkeypatch.delitem(sys_module.modules, "IPython.display", raising=False)
+    assert callbacks.jupyter_display(OutStream()) is None
+    assert "IPython" not in sys_module.modules            # no kernel: IPython is never imported
+    bar = Progbar(5, dynamic=True, stream=OutStream())
+    assert isinstance(bar.line, callbacks._TerminalLine)
 
 
 def test_is_interactive_knows_terminals_jupyter_cells_and_files(monkeypatch, tmp_path):

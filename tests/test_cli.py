@@ -28,7 +28,8 @@ def headless_env(**extra):
 @pytest.mark.parametrize("argv", [
     [], ["data"], ["summary"], ["train"], ["evaluate"], ["cv"], ["plot"],
     ["plot", "activations"], ["plot", "filters"], ["plot", "confusion"], ["plot", "mistakes"],
-    ["plot", "images"],
+    ["plot", "images"], ["plot", "feature-maps"], ["plot", "confident-mistakes"],
+    ["plot", "prediction"], ["plot", "im2col"],
 ])
 def test_help_everywhere(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -185,6 +186,29 @@ def test_plot_commands_write_pngs(trained_run, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_the_learners_plot_commands_write_pngs(trained_run, tmp_path, capsys):
+    out, _ = trained_run
+    model_file = str(out / "model.npz")
+    for argv in (["feature-maps", model_file, "--image", "7", "--layer", "conv2d"],
+                 ["feature-maps", model_file, "--layer", "1"],             # the pool, by index
+                 ["confusion", model_file, "--normalize"],
+                 ["confident-mistakes", model_file, "--max-images", "8"],
+                 ["prediction", model_file, "--image", "26"],
+                 ["im2col", "--patch", "2", "0"]):
+        picture = tmp_path / (argv[0] + "-".join(argv[2:]) + ".png")
+        assert main(["plot"] + argv + ["--out", str(picture)]) == 0, argv
+        assert picture.read_bytes()[:8] == PNG_MAGIC, argv
+        assert f"saved {picture}" in capsys.readouterr().out
+    for argv, message in (
+            (["feature-maps", model_file, "--layer", "dense"], "not feature maps"),
+            (["feature-maps", model_file, "--layer", "conv9"], "no layer named 'conv9'"),
+            (["prediction", model_file, "--image", "10000"], "--image: index 10000 is out of range"),
+            (["im2col", "--patch", "3", "0"], "patch (3, 0) does not fit")):
+        assert main(["plot"] + argv + ["--out", str(tmp_path / "x.png")]) == 1, argv
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_cv_command_quick(tmp_path, capsys):
     assert main(["cv", "--limit", "400", "--folds", "2", "--epochs", "1", "--out",
                  str(tmp_path)]) == 0
@@ -202,10 +226,10 @@ def test_cv_command_quick(tmp_path, capsys):
 def test_dense_model_run_has_no_conv_pictures_and_refuses_activation_maps(tmp_path, capsys):
     out = tmp_path / "dense"
     assert main(["train", "--model", "simple_dense", "--limit", "300", "--epochs", "1",
-                 "--no-validation", "--verbose", "0", "--out", str(out)]) == 0
+                 "--no-validation", "--verbose", "0", "--gradient-norms", "--out", str(out)]) == 0
     written = sorted(p.name for p in out.iterdir())
-    assert written == ["confusion_matrix.png", "history.json", "learning_curves.png",
-                       "misclassified.png", "model.npz", "results.json"]
+    assert written == ["confusion_matrix.png", "gradient_norms.png", "history.json",
+                       "learning_curves.png", "misclassified.png", "model.npz", "results.json"]
     history = json.loads((out / "history.json").read_text())
     assert set(history) == {"loss", "accuracy"}                # --no-validation
     capsys.readouterr()

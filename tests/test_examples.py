@@ -11,13 +11,21 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # script -> (the PNGs it must write, a line its output must contain)
 EXPECTED = {
     "01_look_at_the_data.py": (["images.png"], "train images: (60000, 28, 28) uint8"),
-    "02_cnn_categorical.py": (["learning_curves.png", "activations.png"], "test accuracy"),
+    "02_cnn_categorical.py": (["learning_curves.png", "gradient_norms.png", "im2col.png",
+                               "feature_maps.png", "activations.png"], "test accuracy"),
     "03_simple_dense.py": (["learning_curves.png"], "test accuracy"),
     "04_cnn_sparse.py": (["learning_curves.png", "activations.png"], "test accuracy"),
     "05_cross_validation.py": (["learning_curves.png", "performance.png"], "Accuracy: mean="),
     "06_filters_confusion_mistakes.py": (["filters.png", "confusion_matrix.png",
-                                          "misclassified.png"], "test accuracy"),
+                                          "confusion_matrix_normalized.png", "misclassified.png",
+                                          "confident_mistakes.png", "prediction.png"],
+                                         "test accuracy"),
 }
+
+
+# the scripts that print fit's one line per epoch (05 prints one score per fold instead)
+TRAINING_SCRIPTS = ("02_cnn_categorical.py", "03_simple_dense.py", "04_cnn_sparse.py",
+                    "06_filters_confusion_mistakes.py")
 
 
 def test_every_example_script_is_covered():
@@ -39,6 +47,8 @@ def test_example_runs_in_quick_mode(script, tmp_path):
         png = tmp_path / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{script} did not write {name}"
         assert png.stat().st_size > 5000                  # a real picture, not an empty canvas
+    if script in TRAINING_SCRIPTS:                        # two epochs: the curves are lines, not dots
+        assert "Epoch 2/2 - " in done.stdout and "Epoch 3/" not in done.stdout
     if script == "05_cross_validation.py":
         fold_lines = [line for line in done.stdout.splitlines() if line.startswith("> ")]
         assert len(fold_lines) == 5

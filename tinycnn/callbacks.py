@@ -13,9 +13,10 @@ The protocol is Keras's. `fit` calls, in this order:
 the run's settings through `self.params` ({"epochs", "steps", "verbose"}); it stops
 training by setting `self.model.stop_training = True` (checked after every batch).
 
-Here: History (always added by fit), ProgbarLogger (the progress display, added when
-verbose != 0), EarlyStopping, ModelCheckpoint, LearningRateScheduler, and Progbar, the
-bar itself (also used by evaluate and predict).
+Here: History (always added by fit), GradientNorms (each layer's gradient norm per batch),
+ProgbarLogger (the progress display, added when verbose != 0), EarlyStopping,
+ModelCheckpoint, LearningRateScheduler, and Progbar, the bar itself (also used by evaluate
+and predict).
 """
 import inspect
 import math
@@ -141,18 +142,132 @@ class History(Callback):
 
 
 # ---------------------------------------------------------------------------
+# GradientNorms
+# ---------------------------------------------------------------------------
+class GradientNorms(Callback):
+    """Records how big each layer's gradient is after every training batch.
+
+    A layer's norm is the L2 norm of all its gradients together (kernel and bias):
+    sqrt(sum of every dL/dw squared), read from `layer.grads` after the batch's step.
+    Norms that shrink layer after layer toward the input mean the first layers learn slowly
+    (vanishing gradients); huge or growing ones mean the steps are too big.
+
+    every: record one batch in `every` (1: every batch; a larger number costs less).
+    After fit:
+    norms: {layer name: [norm, ...]}, one entry per recorded batch, for every layer with
+           weights (Conv2D, Dense), in the model's order.
+    steps: [1, 2, ...] the training step (batch, counting from 1 over all epochs) of each entry.
+    tinycnn.plot.gradient_norms(recorder) draws them.
+    """
+
+    def __init__(self, every=1):
+        super().__init__()
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+            raise ValueError(f"GradientNorms: every must be a whole number >= 1 (record one batch "
+                             f"in `every`), got {every!r}")
+        self.every = int(every)
+        self.norms = {}
+        self.steps = []
+        self._step = 0
+
+    def on_train_begin(self, logs=None):
+        weighted = [layer for layer in self.model.layers if layer.grads]
+        self.norms = {layer.name: [] for layer in weighted}
+        self.steps = []
+        self._step = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if (self._step - 1) % self.every:
+            return
+        self.steps.append(self._step)
+        for layer in self.model.layers:
+            if layer.name in self.norms:
+                self.norms[layer.name].append(gradient_norm(layer.grads))
+
+
+def gradient_norm(grads):
+    """The L2 norm of several arrays taken as one vector: sqrt(sum of every value squared)."""
+    return math.sqrt(sum(float(np.vdot(g, g)) for g in grads))   # vdot: one pass, no temporary
+
+
+# ---------------------------------------------------------------------------
 # The progress bar
 # ---------------------------------------------------------------------------
 def is_interactive(stream=None):
     """True when `stream` (default sys.stdout) is a terminal or a Jupyter cell: there a bar
-    can redraw itself in place with '\\r'. Anywhere else (a log file, a pipe, CI) it cannot."""
+    can redraw itself in place. Anywhere else (a log file, a pipe, CI) it cannot."""
     stream = sys.stdout if stream is None else stream
     try:
         if stream.isatty():
             return True
     except (AttributeError, ValueError):            # no isatty, or a closed stream
         return False
-    return "ipykernel" in sys.modules and type(stream).__name__ == "OutStream"   # a Jupyter cell
+    return _is_jupyter_cell(stream)
+
+
+def _is_jupyter_cell(stream):
+    """True when `stream` is a Jupyter cell's output: ipykernel's OutStream, in a running kernel.
+    Looks at sys.modules only, so nothing is imported where no kernel runs."""
+    return "ipykernel" in sys.modules and type(stream).__name__ == "OutStream"
+
+
+def jupyter_display(stream=None):
+    """IPython's `display` function when `stream` (default sys.stdout) is a Jupyter cell's
+    output, else None. IPython is optional: it is imported only inside a running kernel,
+    which always has it."""
+    if not _is_jupyter_cell(sys.stdout if stream is None else stream):
+        return None
+    try:
+        from IPython.display import display
+    except ImportError:
+        return None
+    return display
+
+
+class _TerminalLine:
+    """One line of a terminal, redrawn in place: '\\r' returns to its start."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.width = 0                      # length of the text on screen
+        self.open = False                   # a partial line is on screen (no newline yet)
+
+    def draw(self, text):
+        padding = " " * max(self.width - len(text), 0)       # wipe a longer previous text
+        self.stream.write("\r" + text + padding)
+        self.stream.flush()
+        self.width = len(text)
+        self.open = True
+
+    def end(self):
+        if self.open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.open = False
+
+
+class _NotebookLine:
+    """One output of a Jupyter cell, replaced in place through an IPython display handle.
+
+    A cell keeps every '\\r' redraw of a stream as more text, so there the bar is a display
+    instead: display(..., display_id=True) makes it, handle.update(...) replaces its text.
+    """
+
+    def __init__(self, display):
+        self.display = display
+        self.handle = None
+        self.open = False                   # nothing is left half-written on a stream
+
+    def draw(self, text):
+        bundle = {"text/plain": text}       # raw=True: show this text as it is, no repr quotes
+        if self.handle is None:
+            self.handle = self.display(bundle, raw=True, display_id=True)
+        else:
+            self.handle.update(bundle, raw=True)
+
+    def end(self):
+        self.handle = None                  # a later draw makes a new output
 
 
 def _format_value(name, value):
@@ -181,41 +296,46 @@ def _format_eta(seconds):
 
 
 class Progbar:
-    """Keras's progress bar for `target` steps.
+    """Keras's progress bar for `target` steps, under an optional `title` ("Epoch 1/5").
 
-    On a terminal (dynamic=True) `update` redraws one line in place, at most every
-    `interval` seconds, with an ETA:
+    On a terminal (dynamic=True) the title has a line of its own and `update` redraws the
+    next line in place, at most every `interval` seconds, with an ETA:
         " 412/1875 [=====>........................] - ETA: 3s - loss: 0.5123 - accuracy: 0.8123"
     and `finish` draws the final line with the total time and time per step:
         "1875/1875 [==============================] - 4s 2ms/step - loss: 0.2846 - accuracy: 0.8972"
+    In a Jupyter cell (dynamic=True there too) the same bar is one display, updated in place,
+    after the title: "Epoch 1/5 - 1875/1875 [=====...] - 4s 2ms/step - loss: 0.2846 - ...".
     Elsewhere (dynamic=False) nothing is written until `finish`, which writes one line:
-        "1875/1875 - 4s - 2ms/step - loss: 0.2846 - accuracy: 0.8972"  (after `prefix`, if any)
+        "Epoch 1/5 - 1875/1875 - 4s - 2ms/step - loss: 0.2846 - accuracy: 0.8972"
     """
 
     width = 30                          # characters between the brackets
 
-    def __init__(self, target, dynamic, interval=0.1, stream=None):
+    def __init__(self, target, dynamic, interval=0.1, stream=None, title=None):
         self.target = int(target)
         self.dynamic = bool(dynamic)
         self.interval = interval
         self.stream = sys.stdout if stream is None else stream
         self.start = time.perf_counter()
         self._last_draw = 0.0               # perf_counter of the last redraw
-        self._drawn_width = 0               # length of the line currently on screen
-        self.line_open = False              # a partial line is on screen (no newline yet)
+        display = jupyter_display(self.stream) if self.dynamic else None
+        self.line = _TerminalLine(self.stream) if display is None else _NotebookLine(display)
+        self.prefix = ""                    # what starts every line drawn
+        if title and self.dynamic and display is None:
+            self.stream.write(title + "\n")            # a terminal: Keras's header line
+        elif title:
+            self.prefix = title + " - "                 # one line per epoch: a notebook, a log
+
+    @property
+    def line_open(self):
+        """True while a partial line is on a terminal (no newline yet)."""
+        return self.line.open
 
     def _bar(self, current):
         digits = len(str(self.target))
         done = int(self.width * current / self.target) if self.target else self.width
         bar = "=" * max(done - 1, 0) + ((">" if current < self.target else "=") if done > 0 else "")
         return f"{current:{digits}d}/{self.target} [{bar}{'.' * (self.width - len(bar))}]"
-
-    def _write_in_place(self, text):
-        padding = " " * max(self._drawn_width - len(text), 0)     # wipe a longer previous line
-        self.stream.write("\r" + text + padding)
-        self.stream.flush()
-        self._drawn_width = len(text)
-        self.line_open = True
 
     def update(self, current, values=()):
         """Show `current` steps done with `values` [(name, value), ...]; throttled to `interval`."""
@@ -227,29 +347,26 @@ class Progbar:
         self._last_draw = now
         elapsed = now - self.start
         eta = elapsed / current * (self.target - current) if current else 0.0
-        text = self._bar(current) + f" - ETA: {_format_eta(eta)}"
+        text = self.prefix + self._bar(current) + f" - ETA: {_format_eta(eta)}"
         text += "".join(_format_value(name, value) for name, value in values)
-        self._write_in_place(text)
+        self.line.draw(text)
 
-    def finish(self, values=(), prefix=""):
+    def finish(self, values=()):
         """Write the final line (total time, time per step, `values`) and end it."""
         elapsed = time.perf_counter() - self.start
         per_step = _format_time_per_step(elapsed / max(self.target, 1))
         metrics = "".join(_format_value(name, value) for name, value in values)
         if self.dynamic:
-            self._write_in_place(f"{self._bar(self.target)} - {elapsed:.0f}s {per_step}{metrics}")
+            self.line.draw(f"{self.prefix}{self._bar(self.target)} - {elapsed:.0f}s {per_step}{metrics}")
+            self.line.end()
         else:
-            self.stream.write(f"{prefix}{self.target}/{self.target} - {elapsed:.0f}s - {per_step}{metrics}")
-        self.stream.write("\n")
-        self.stream.flush()
-        self.line_open = False
+            self.stream.write(f"{self.prefix}{self.target}/{self.target} - {elapsed:.0f}s - "
+                              f"{per_step}{metrics}\n")
+            self.stream.flush()
 
     def close(self):
         """End a partial line (after an interruption) so later messages start on a fresh line."""
-        if self.line_open:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.line_open = False
+        self.line.end()
 
 
 class ProgbarLogger(Callback):
@@ -257,7 +374,9 @@ class ProgbarLogger(Callback):
 
     verbose=1 on a terminal: "Epoch 1/5", then Keras's bar updated in place (at most 10 times
     a second, so it costs almost nothing per step), ending with the epoch's validation metrics.
-    verbose=2, or output that is not a terminal (a log file, CI, a captured cell): one line
+    verbose=1 in a Jupyter cell: the same bar, one display per epoch updated in place, which
+    ends as the epoch's one line "Epoch 1/5 - 1875/1875 [=====...] - 4s 2ms/step - loss: ...".
+    verbose=2, or output that is neither (a log file, CI, a captured cell): one line
     per epoch and nothing per step:
         "Epoch 1/5 - 1875/1875 - 4s - 2ms/step - loss: 0.2846 - accuracy: 0.8972 - val_loss: ..."
     """
@@ -277,13 +396,11 @@ class ProgbarLogger(Callback):
             self.progbar.update(batch + 1, (logs or {}).items())
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self.dynamic:
-            sys.stdout.write(f"Epoch {epoch + 1}/{self.params.get('epochs')}\n")
-        self.progbar = Progbar(self.params.get("steps", 1), self.dynamic)
+        self.progbar = Progbar(self.params.get("steps", 1), self.dynamic,
+                               title=f"Epoch {epoch + 1}/{self.params.get('epochs')}")
 
     def on_epoch_end(self, epoch, logs=None):
-        prefix = "" if self.dynamic else f"Epoch {epoch + 1}/{self.params.get('epochs')} - "
-        self.progbar.finish((logs or {}).items(), prefix=prefix)
+        self.progbar.finish((logs or {}).items())
 
     def on_train_end(self, logs=None):
         if self.progbar is not None:

@@ -4,11 +4,17 @@
     tinycnn summary --model cnn_sparse               a zoo model's layers and parameter counts
     tinycnn train --model cnn_categorical --epochs 5 --out runs/cat
                                                      train on the real data, test, save model + plots
+                                                     (--gradient-norms: also each layer's gradient norms)
     tinycnn evaluate runs/cat/model.npz              a saved model's test loss and accuracy
     tinycnn cv --model cnn_categorical --folds 5 --epochs 10 [--jobs 2]
                                                      k-fold cross-validation, curves and box plot
     tinycnn plot activations runs/cat/model.npz --images 0 7 26 --filter 1 --out act.png
-    tinycnn plot filters|confusion|mistakes MODEL_FILE --out FILE.png
+    tinycnn plot feature-maps MODEL_FILE --image 0 --layer conv2d
+                                                     every feature map of one layer, one image
+    tinycnn plot filters|confusion|mistakes|confident-mistakes MODEL_FILE --out FILE.png
+                                                     (confusion --normalize: rows sum to 1)
+    tinycnn plot prediction MODEL_FILE --image 0     one image's probabilities as bars
+    tinycnn plot im2col --patch 1 1                  how a 3x3 patch becomes one matrix row
     tinycnn plot images --out grid.png               the 3x3 grid of training images
 
 Every command has --help. Mistakes (a bad argument, missing data, a bad model file) end
@@ -54,6 +60,11 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
+def _layer_name_or_index(text):
+    """A layer given by its index (a whole number) or its name."""
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
 def _jobs(text):
     value = int(text) if text.lstrip("-").isdigit() else None
     if value is None or value == 0 or value < -1:
@@ -96,6 +107,9 @@ def build_parser():
     train.add_argument("--no-validation", action="store_true",
                        help="don't score the test set after each epoch (the curves then show "
                             "training only)")
+    train.add_argument("--gradient-norms", action="store_true",
+                       help="record each layer's gradient norm after every batch and save "
+                            "gradient_norms.png (a little slower)")
     train.set_defaults(func=command_train)
 
     # tinycnn evaluate
@@ -135,19 +149,56 @@ def build_parser():
     activations.add_argument("--images", type=_non_negative_int, nargs="+", default=[0, 7, 26],
                              help="test image indices, one row each (default: 0 7 26)")
     activations.add_argument("--filter", type=_non_negative_int, default=1, dest="filter_index",
-                             help="which filter (channel) to show (default: 1)")
+                             help="which filter (channel) to show, counting from 0 "
+                                  "(default: 1, the second)")
     activations.add_argument("--out", default="activations.png", help="default: activations.png")
     activations.set_defaults(func=command_plot_activations)
 
+    maps = pictures.add_parser(
+        "feature-maps", help="every feature map of one layer for one test image",
+        description="One panel per channel of a conv or pool layer's output for one test image, "
+                    "on one colour scale, beside the image.")
+    maps.add_argument("model_file", metavar="MODEL_FILE")
+    maps.add_argument("--image", type=_non_negative_int, default=0,
+                      help="test image index (default: 0)")
+    maps.add_argument("--layer", type=_layer_name_or_index,
+                      help="the layer, by name (conv2d) or index from 0 (default: the first Conv2D)")
+    maps.add_argument("--out", default="feature_maps.png", help="default: feature_maps.png")
+    maps.set_defaults(func=command_plot_feature_maps)
+
+    pictures_of_a_model = {}
     for name, helptext, func in (
             ("filters", "the first convolution's learned filters", command_plot_filters),
             ("confusion", "the confusion matrix on the test set", command_plot_confusion),
             ("mistakes", "misclassified test images with true and predicted labels",
-             command_plot_mistakes)):
+             command_plot_mistakes),
+            ("confident-mistakes", "the test images the model got wrong most confidently, with "
+                                   "their probabilities", command_plot_confident_mistakes),
+            ("prediction", "one test image's predicted probabilities as bars, one per class",
+             command_plot_prediction)):
         picture = pictures.add_parser(name, help=helptext, description=f"Draw {helptext}.")
         picture.add_argument("model_file", metavar="MODEL_FILE")
-        picture.add_argument("--out", default=f"{name}.png", help=f"default: {name}.png")
+        out_name = name.replace("-", "_")
+        picture.add_argument("--out", default=f"{out_name}.png", help=f"default: {out_name}.png")
         picture.set_defaults(func=func)
+        pictures_of_a_model[name] = picture
+    pictures_of_a_model["confusion"].add_argument(
+        "--normalize", action="store_true",
+        help="divide each row by its total: fractions of each true class (rows sum to 1)")
+    pictures_of_a_model["confident-mistakes"].add_argument(
+        "--max-images", type=_positive_int, default=16, help="how many to show (default: 16)")
+    pictures_of_a_model["prediction"].add_argument(
+        "--image", type=_non_negative_int, default=0, help="test image index (default: 0)")
+
+    im2col = pictures.add_parser(
+        "im2col", help="how im2col turns a 3x3 patch into one row of the patch matrix",
+        description="A 5x5 example image holding 0..24, one 3x3 patch framed, and the patch "
+                    "matrix im2col makes of it with that patch's row framed.")
+    im2col.add_argument("--patch", type=_non_negative_int, nargs=2, default=[1, 1],
+                        metavar=("ROW", "COLUMN"),
+                        help="the patch's top-left pixel, 0..2 each (default: 1 1)")
+    im2col.add_argument("--out", default="im2col.png", help="default: im2col.png")
+    im2col.set_defaults(func=command_plot_im2col)
 
     images = pictures.add_parser("images", help="the 3x3 grid of training images with class names",
                                  description="The notebook's first picture: 9 training images "
@@ -206,6 +257,7 @@ def command_summary(args):
 
 
 def command_train(args):
+    from tinycnn.callbacks import GradientNorms
     from tinycnn.data import load_for_model
     from tinycnn.utils import set_random_seed
     from tinycnn.zoo import get_spec
@@ -224,9 +276,11 @@ def command_train(args):
     if args.verbose:
         model.summary()
     validation = None if args.no_validation else (x_test, y_test)
+    recorder = GradientNorms() if args.gradient_norms else None
     start = time.perf_counter()
     history = model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                        validation_data=validation, verbose=args.verbose)
+                        validation_data=validation, verbose=args.verbose,
+                        callbacks=[recorder] if recorder else None)
     train_seconds = time.perf_counter() - start
     test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0)
     print(f"test loss {test_loss:.4f} - test accuracy {test_accuracy:.4f} "
@@ -242,12 +296,12 @@ def command_train(args):
         "train_seconds": round(train_seconds, 2),
     })
 
-    saved = _save_model_pictures(model, x_test, y_test, out, history=history)
+    saved = _save_model_pictures(model, x_test, y_test, out, history=history, gradient_norms=recorder)
     print(f"saved {model_path}, history.json, results.json and {', '.join(saved)} in {out}")
     return 0
 
 
-def _save_model_pictures(model, x_test, y_test, out, history=None):
+def _save_model_pictures(model, x_test, y_test, out, history=None, gradient_norms=None):
     """The pictures of a trained model, saved into `out`; returns their file names."""
     from tinycnn import plot
     import matplotlib.pyplot as plt
@@ -261,6 +315,8 @@ def _save_model_pictures(model, x_test, y_test, out, history=None):
 
     if history is not None:
         keep(plot.learning_curves(history), "learning_curves.png")
+    if gradient_norms is not None:
+        keep(plot.gradient_norms(gradient_norms), "gradient_norms.png")
     predicted = model.predict(x_test, verbose=0).argmax(axis=1)
     true = y_test.argmax(axis=1) if y_test.ndim == 2 else y_test
     keep(plot.confusion_matrix(true, predicted), "confusion_matrix.png")
@@ -323,13 +379,28 @@ def command_plot_activations(args):
         raise ValueError(f"{args.model_file} has no Conv2D layer; activation maps need a "
                          f"convolutional model (cnn_categorical or cnn_sparse)")
     for index in args.images:
-        if index >= len(x_test):
-            raise ValueError(f"--images: index {index} is out of range; the test set has "
-                             f"{len(x_test)} images (0..{len(x_test) - 1})")
+        _test_image_index(index, x_test, "--images")
     true = y_test.argmax(axis=1) if y_test.ndim == 2 else y_test
     labels = [f"test {i}: {plot.CLASS_NAMES[true[i]]}" for i in args.images]
     plot.activation_grid(model, x_test[args.images], filter_index=args.filter_index,
                          row_labels=labels, save=args.out)
+    print(f"saved {args.out}")
+    return 0
+
+
+def _test_image_index(index, x_test, option="--image"):
+    """index, checked to be one of the test set's images."""
+    if index >= len(x_test):
+        raise ValueError(f"{option}: index {index} is out of range; the test set has "
+                         f"{len(x_test)} images (0..{len(x_test) - 1})")
+    return index
+
+
+def command_plot_feature_maps(args):
+    from tinycnn import plot
+    model, x_test, _ = _load_model_and_test_data(args.model_file)
+    index = _test_image_index(args.image, x_test)
+    plot.feature_maps(model, x_test[index], layer=args.layer, save=args.out)
     print(f"saved {args.out}")
     return 0
 
@@ -346,7 +417,8 @@ def command_plot_confusion(args):
     from tinycnn import plot
     model, x_test, y_test = _load_model_and_test_data(args.model_file)
     true = y_test.argmax(axis=1) if y_test.ndim == 2 else y_test
-    plot.confusion_matrix(true, model.predict(x_test, verbose=0).argmax(axis=1), save=args.out)
+    plot.confusion_matrix(true, model.predict(x_test, verbose=0).argmax(axis=1),
+                          normalize=args.normalize, save=args.out)
     print(f"saved {args.out}")
     return 0
 
@@ -356,6 +428,34 @@ def command_plot_mistakes(args):
     model, x_test, y_test = _load_model_and_test_data(args.model_file)
     true = y_test.argmax(axis=1) if y_test.ndim == 2 else y_test
     plot.misclassified(x_test, true, model.predict(x_test, verbose=0).argmax(axis=1), save=args.out)
+    print(f"saved {args.out}")
+    return 0
+
+
+def command_plot_confident_mistakes(args):
+    from tinycnn import plot
+    model, x_test, y_test = _load_model_and_test_data(args.model_file)
+    plot.most_confident_mistakes(x_test, y_test, model.predict(x_test, verbose=0),
+                                 max_images=args.max_images, save=args.out)
+    print(f"saved {args.out}")
+    return 0
+
+
+def command_plot_prediction(args):
+    from tinycnn import plot
+    model, x_test, y_test = _load_model_and_test_data(args.model_file)
+    index = _test_image_index(args.image, x_test)
+    true = y_test.argmax(axis=1) if y_test.ndim == 2 else y_test
+    probabilities = model.predict(x_test[index:index + 1], verbose=0)[0]      # (10,)
+    plot.prediction_bars(probabilities, image=x_test[index], true_label=int(true[index]),
+                         save=args.out)
+    print(f"saved {args.out}")
+    return 0
+
+
+def command_plot_im2col(args):
+    from tinycnn import plot
+    plot.im2col_picture(patch=tuple(args.patch), save=args.out)
     print(f"saved {args.out}")
     return 0
 
