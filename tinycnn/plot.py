@@ -279,13 +279,13 @@ def im2col_rows(image, size=3):
     """The patch matrix of a small grey image: every size x size patch as one row.
 
     image: (H, W). Returns (out_h * out_w, size * size), out_h = H - size + 1 (stride 1, no
-    padding): row r is the patch at (r // out_w, r % out_w), read row by row, the order
-    tinycnn.kernels.im2col uses for one channel.
+    padding): row r is the patch at (r // out_w, r % out_w), read row by row, as Conv2D's
+    im2col (tinycnn.im2col) makes it for one image of one channel.
     """
+    from tinycnn.im2col import im2col
     image = np.asarray(image)
     out_h, out_w = image.shape[0] - size + 1, image.shape[1] - size + 1
-    return np.array([image[i:i + size, j:j + size].ravel()
-                     for i in range(out_h) for j in range(out_w)])
+    return im2col(image[None, :, :, None], size, size, 1, 1, 0, 0, out_h, out_w)
 
 
 def im2col_picture(image=None, patch=(1, 1), save=None):
