@@ -221,3 +221,29 @@ def test_the_textbook_modules_import_neither_numba_nor_the_fast_engine():
               "print(sorted(n for n in sys.modules if n.startswith(('numba', 'tinycnn.engines.fast'))))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_after_each_fast_step_the_layers_grads_hold_the_whole_batchs_gradient(monkeypatch):
+    # The fast engine runs a batch in two halves and completes the gradient in the optimizer's
+    # two parts; what a callback reads from layer.grads is still the whole batch's gradient,
+    # as on the reference engine (GradientNorms relies on it).
+    from tinycnn.callbacks import GradientNorms
+    from tinycnn.engines.fast import parallel
+    monkeypatch.setattr(parallel, "MIN_SPLIT_VALUES", 16)        # every parameter in two parts
+    monkeypatch.setattr(parallel, "MIN_MULTIPLY_ADDS", 0)        # and every batch in two halves
+    utils.set_num_threads(2)
+    try:
+        models = twins(zoo.cnn_categorical_model)
+        x, y = data_for(models["fast"], 64, seed=4)
+        recorders = {}
+        for name, model in models.items():
+            recorders[name] = GradientNorms()
+            utils.set_random_seed(12)
+            model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[recorders[name]])
+    finally:
+        utils.set_num_threads(None)
+    fast, reference = (list(recorders[name].norms.values()) for name in ("fast", "reference"))
+    assert len(fast) == len(reference) == 3                      # conv2d, dense, dense (in the models' order)
+    for fast_norms, reference_norms in zip(fast, reference):
+        assert len(fast_norms) == 4
+        np.testing.assert_allclose(fast_norms, reference_norms, rtol=1e-4)
