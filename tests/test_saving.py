@@ -214,3 +214,66 @@ def test_saved_file_has_the_usual_permissions(saved):
     mask = os.umask(0)
     os.umask(mask)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask
+
+
+# ---------------------------------------------------------------------------
+# An interrupted save: the temporary file it leaves is cleared by the next save or load
+# ---------------------------------------------------------------------------
+SAVE_UNTIL_KILLED = """
+import sys, time
+import numpy as np
+from tinycnn import utils
+from tinycnn.layers import Dense
+from tinycnn.models import Sequential
+
+def savez_that_hangs(file, **arrays):
+    file.write(b"PK half a model")
+    file.flush()
+    print("writing", flush=True)
+    time.sleep(60)                      # killed here, in the middle of the save
+
+np.savez = savez_that_hangs
+utils.set_random_seed(0)
+Sequential([Dense(3, input_shape=(4,))]).save(sys.argv[1])
+"""
+
+
+def kill_while_saving(path):
+    """Run a save of `path` in another process and SIGKILL it mid-write; returns what it left."""
+    import select
+    import signal
+    import subprocess
+    import sys
+    child = subprocess.Popen([sys.executable, "-c", SAVE_UNTIL_KILLED, str(path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([child.stdout], [], [], 60)
+        assert ready and child.stdout.readline() == "writing\n", child.stderr.read()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        child.stdout.close()
+        child.stderr.close()
+    return sorted(name for name in os.listdir(path.parent) if name != path.name)
+
+
+def make_old(path, seconds=3600):
+    """Set a file's modification time `seconds` back, as if it had been left there long ago."""
+    then = os.stat(path).st_mtime - seconds
+    os.utime(path, (then, then))
+
+
+def test_a_killed_save_leaves_the_old_file_and_its_temporary_file_is_cleared_later(saved):
+    model, path = saved
+    before = path.read_bytes()
+    left = kill_while_saving(path)
+    assert len(left) == 1 and left[0].startswith(".model.npz.") and left[0].endswith(".tmp")
+    assert path.read_bytes() == before                       # the target was never touched
+    stale = path.parent / left[0]
+    make_old(stale)
+    load_model(path)                                         # the next load clears it...
+    assert sorted(os.listdir(path.parent)) == ["model.npz"]
+    stale.write_bytes(b"PK half a model")
+    make_old(stale)
+    model.save(path)                                         # ...and so does the next save
+    assert sorted(os.listdir(path.parent)) == ["model.npz"]

@@ -26,7 +26,7 @@ import zipfile
 
 import numpy as np
 
-from tinycnn.utils import atomic_write
+from tinycnn.utils import atomic_write, remove_interrupted_writes
 
 FORMAT_NAME = "tinycnn-model"
 FORMAT_VERSION = 1
@@ -113,6 +113,7 @@ def read_model_file(path, kinds=("model", "weights")):
     wrong with it: never returns a partly read file.
     """
     path = os.fspath(path)
+    remove_interrupted_writes(path)                  # what a save killed mid-write left beside it
     if not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, "No such file (no model file there)", path)
     if os.path.isdir(path):
