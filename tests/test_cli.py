@@ -96,6 +96,22 @@ def test_bad_model_file_is_one_clear_line(tmp_path, capsys, content):
     assert str(path) in err and len(err.strip().splitlines()) == 1     # names the file
 
 
+@pytest.mark.parametrize("kind", ["encrypted member", "unknown compression", "raw header member",
+                                  "header nested 200,000 deep"])
+def test_hostile_model_files_are_one_clear_line(tmp_path, capsys, kind):
+    from test_saving import hostile_file
+    from tinycnn.layers import Dense, Flatten
+    from tinycnn.models import Sequential
+    model = Sequential([Flatten(input_shape=(28, 28)), Dense(10, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy", ["accuracy"])
+    model.save(tmp_path / "model.npz")
+    hostile = hostile_file(kind, tmp_path / "model.npz", tmp_path)
+    assert main(["evaluate", str(hostile)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tinycnn evaluate: error: cannot load {str(hostile)!r}: ")
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_errors_through_the_installed_command_have_no_traceback(tmp_path):
     bad = tmp_path / "broken.npz"
     bad.write_bytes(b"\x00" * 100)
