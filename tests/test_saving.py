@@ -93,7 +93,7 @@ def test_edited_header_is_caught(saved, tmp_path):
     members = members_of(path)
     with np.load(path) as archive:
         header = json.loads(archive["header"].tobytes())
-    header["model"]["layers"][1]["config"]["units"] = 6
+    header["model"]["layers"][1]["config"]["activation"] = "linear"   # same shapes, other model
     members["header.npy"] = npy_bytes(np.frombuffer(json.dumps(header).encode(), np.uint8))
     edited = tmp_path / "edited.npz"
     write_zip(edited, members)
@@ -285,7 +285,7 @@ def test_a_killed_save_leaves_the_old_file_and_its_temporary_file_is_cleared_lat
 # ---------------------------------------------------------------------------
 def central_entry(data, member):
     """The offset of `member`'s entry in the archive's central directory."""
-    start = data.find(b"PK\x01\x02" + b"\x00" * 0)
+    start = data.find(b"PK\x01\x02")
     while start != -1:
         name_length = int.from_bytes(data[start + 28:start + 30], "little")
         if data[start + 46:start + 46 + name_length] == member.encode():
@@ -426,6 +426,23 @@ def test_a_recompressed_model_file_still_loads(saved, tmp_path):
     assert copy.optimizer.get_config() == model.optimizer.get_config()
 
 
+def test_an_edited_architecture_is_refused_before_the_model_is_built(saved, tmp_path, monkeypatch):
+    """A header whose architecture does not fit its arrays, with a valid checksum (recomputed, as
+    anyone can): refused from the shapes alone, before any layer creates its weights."""
+    _, path = saved
+    header, arrays = saving.read_model_file(path)
+    header["model"]["layers"][1]["config"]["units"] = 6
+    edited = tmp_path / "edited.npz"
+    saving.write_model_file(edited, header, arrays)
+    from tinycnn import layers
+    monkeypatch.setattr(layers.Dense, "_create_params",
+                        lambda self, shape: pytest.fail("a Dense layer was built"))
+    with pytest.raises(ModelFileError) as caught:
+        load_model(edited)
+    message = str(caught.value)
+    assert str(edited) in message and "(16, 6)" in message and "(16, 5)" in message
+
+
 LOAD_WITH_LITTLE_MEMORY = """
 import resource, sys
 from tinycnn.models import ModelFileError, load_model
@@ -473,6 +490,7 @@ def write_zip_with_bomb(path, members, bomb_name, inflated_bytes):
 @pytest.mark.parametrize("kind, words", [
     ("a 200-byte member claiming 4 TiB", "declares a float32 array of shape (1099511627776,)"),
     ("a zip bomb", "zip bomb"),
+    ("a Dense of 10,000,000 units over small arrays", "implies weight 0 of shape (16, 10000000)"),
 ])
 def test_sizes_are_checked_before_any_memory_is_spent(saved, tmp_path, kind, words):
     """Each file would make a loader that trusts it allocate far more than the 64 MiB the
@@ -483,10 +501,38 @@ def test_sizes_are_checked_before_any_memory_is_spent(saved, tmp_path, kind, wor
     if kind == "a 200-byte member claiming 4 TiB":
         members["weight_0000.npy"] = npy_header_only((2**40,)) + bytes(72)
         write_zip(hostile, members)
-    else:
+    elif kind == "a zip bomb":
         write_zip_with_bomb(hostile, members, "weight_0000.npy", 128 * 2**20)
         assert hostile.stat().st_size < 2**20
+    else:                                    # with a valid checksum, recomputed as anyone can
+        header, arrays = saving.read_model_file(path)
+        header["model"]["layers"][1]["config"]["units"] = 10_000_000
+        saving.write_model_file(hostile, header, arrays)
     outcome = load_with_little_memory(hostile)
     assert outcome.startswith(f"ModelFileError: cannot load {str(hostile)!r}"), outcome
     assert words in outcome
 
+
+def every_layer_model():
+    """A built model with every layer class tinycnn has, with and without biases."""
+    from tinycnn import layers
+    model = Sequential([
+        layers.Conv2D(4, (3, 2), strides=(2, 1), padding="same", use_bias=False, input_shape=(9, 8, 3)),
+        layers.ReLU(), layers.Conv2D(5, 2, activation="relu"), layers.MaxPooling2D(2, strides=1),
+        layers.Flatten(), layers.Dense(7, use_bias=False), layers.Activation("relu"),
+        layers.Dense(3), layers.Softmax()])
+    assert {type(layer) for layer in model.layers} == set(layers.LAYER_CLASSES.values())
+    return model
+
+
+@pytest.mark.parametrize("name", ["every layer", "cnn_categorical", "simple_dense", "cnn_sparse"])
+def test_expected_weight_shapes_are_those_a_built_model_has(name):
+    from tinycnn import zoo
+    if name == "every layer":
+        model = every_layer_model()
+    else:
+        spec = zoo.get_spec(name)
+        model = spec.build()
+        if not model.built:
+            model.build((None,) + spec.input_shape)
+    assert saving.expected_weight_shapes(model.get_config()) == [w.shape for w in model.get_weights()]

@@ -24,7 +24,9 @@ make it run code:
        to at most MAX_INFLATION_RATIO times their compressed size (no zip bomb)
     3. each member's .npy header alone: a numeric dtype (no pickled objects), and exactly as
        many bytes in the member as its shape needs
-    4. the JSON header (at most MAX_HEADER_BYTES): format name and version, the list of arrays
+    4. the JSON header (at most MAX_HEADER_BYTES): format name and version, the list of arrays,
+       and the weight shapes its architecture implies (expected_weight_shapes), all without
+       building a model
     5. only then the arrays, in pieces of READ_PIECE_BYTES, and the checksum over everything.
 So the memory a file can make tinycnn allocate is bounded by the file's own size (its arrays,
 inflated by at most MAX_INFLATION_RATIO), and by nothing a header merely claims.
@@ -201,6 +203,7 @@ def _read_archive(archive, file_size, kinds, fail):
     header_bytes = _read_header_bytes(archive, members, layouts, fail)
     header = _parse_header(header_bytes, fail)
     _check_array_list(header, layouts, fail)
+    _check_architecture(header, layouts, fail)
 
     arrays = {name: _read_array(archive, members[name], layouts[name])
               for name in layouts if name not in (HEADER, CHECKSUM)}
@@ -346,3 +349,79 @@ def _check_array_list(header, layouts, fail):
         if not isinstance(spec, dict) or spec.get("dtype") != dtype.name \
                 or spec.get("shape") != list(shape):
             raise fail(f"array {name!r} is {dtype} {shape}, the header says {spec!r}")
+
+
+# ---------------------------------------------------------------------------
+# The weight shapes an architecture implies, without building it
+# ---------------------------------------------------------------------------
+def expected_weight_shapes(model_config):
+    """The shapes of the weights a Sequential built from `model_config` (its get_config()) has,
+    in get_weights's order, computed without building it: no weight is allocated.
+
+    Each layer is created from its config (a constructor allocates nothing) and asked for its
+    output shape (compute_output_shape), starting from the model's input shape. Only Conv2D
+    (kernel (kh, kw, in, filters), bias (filters,)) and Dense (kernel (in, units), bias
+    (units,)) have weights. Raises ValueError (or whatever a layer's constructor raises for a
+    bad config) if the architecture cannot be built.
+    """
+    from tinycnn import layers as layers_module       # here: saving is imported by models
+    if not isinstance(model_config, dict) or not isinstance(model_config.get("layers"), list) \
+            or not model_config["layers"]:
+        raise ValueError("it has no model architecture")
+    input_shape = model_config.get("build_input_shape")
+    if input_shape is None:
+        raise ValueError("the saved model was never built (no input shape)")
+    if not isinstance(input_shape, list) or len(input_shape) < 2 or input_shape[0] is not None \
+            or not all(_is_positive_int(size) for size in input_shape[1:]):
+        raise ValueError(f"its input shape {input_shape!r} is not a list such as [null, 28, 28, 1]")
+    shape = tuple(input_shape[1:])
+    shapes = []
+    for entry in model_config["layers"]:
+        if not isinstance(entry, dict) or entry.get("class_name") not in layers_module.LAYER_CLASSES \
+                or not isinstance(entry.get("config"), dict):
+            raise ValueError(f"unknown layer {str(entry)[:200]}; tinycnn has "
+                             f"{sorted(layers_module.LAYER_CLASSES)}")
+        layer = layers_module.LAYER_CLASSES[entry["class_name"]].from_config(dict(entry["config"]))
+        if layer.input_shape is not None and layer.input_shape != shape:
+            raise ValueError(f"layer {layer.name!r} was given input_shape={layer.input_shape}, "
+                             f"but its input has shape {shape}")
+        output_shape = layer.compute_output_shape(shape)
+        shapes.extend(_weight_shapes(layer, shape, layers_module))
+        shape = tuple(output_shape)
+    return shapes
+
+
+def _weight_shapes(layer, input_shape, layers_module):
+    """The shapes of `layer`'s weights for inputs of `input_shape` (as its build would make them)."""
+    if isinstance(layer, layers_module.Conv2D):
+        kernel, bias = tuple(layer.kernel_size) + (input_shape[-1], layer.filters), (layer.filters,)
+    elif isinstance(layer, layers_module.Dense):
+        kernel, bias = (input_shape[-1], layer.units), (layer.units,)
+    else:
+        return []                      # tinycnn's other layers have no weights
+    return [kernel, bias] if layer.use_bias else [kernel]
+
+
+def _is_positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_architecture(header, layouts, fail):
+    """The weight arrays have exactly the shapes the header's architecture implies."""
+    try:
+        expected = expected_weight_shapes(header.get("model"))
+    except Exception as error:         # a crafted config can make a layer's constructor raise anything
+        raise fail(f"its architecture is invalid: {error}") from None
+    count = sum(1 for name in layouts if name.startswith("weight_"))
+    names = [f"weight_{i:04d}" for i in range(count)]
+    if any(name not in layouts for name in names):
+        raise fail(f"its weights are not numbered 0..{count - 1}")
+    found = [layouts[name][0] for name in names]
+    if len(found) != len(expected):
+        raise fail(f"its architecture has {len(expected)} weight arrays, but the file holds "
+                   f"{len(found)}: the file was damaged or edited after it was written")
+    for index, (want, have) in enumerate(zip(expected, found)):
+        if tuple(want) != tuple(have):
+            raise fail(f"its architecture implies weight {index} of shape {tuple(want)}, but the "
+                       f"file's weight {index} has shape {tuple(have)}: the file was damaged or "
+                       f"edited after it was written")
