@@ -6,6 +6,9 @@ and counting requests. Each test gets its own, shut down afterwards.
 """
 import gzip
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -275,3 +278,41 @@ def test_bad_download_limits_are_refused_before_any_download(mirror, monkeypatch
     with pytest.raises(DatasetError, match=f"{variable} must be .*got '{value}'"):
         fm.load_data()
     assert mirror.requests == []
+
+
+# ---------------------------------------------------------------------------
+# A download killed midway: its partial file is cleared by a later download
+# ---------------------------------------------------------------------------
+DOWNLOAD_UNTIL_KILLED = """
+import sys
+from pathlib import Path
+from tinycnn.datasets import fashion_mnist as fm
+fm.DEBIAN_DIR = Path(sys.argv[1])
+fm.load_data()
+"""
+
+
+def test_the_partial_file_of_a_killed_download_is_removed_by_a_later_download(mirror):
+    route = "/fm/train-labels-idx1-ubyte.gz"
+    good = mirror.routes[route][1]
+    mirror.routes[route] = ("drip", good)
+    child = subprocess.Popen([sys.executable, "-c", DOWNLOAD_UNTIL_KILLED, str(fm.DEBIAN_DIR)],
+                             env=dict(os.environ), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        give_up = time.monotonic() + 60
+        while not (mirror.cache.is_dir() and os.listdir(mirror.cache)):
+            assert child.poll() is None and time.monotonic() < give_up, child.stderr.read()
+            time.sleep(0.02)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        child.stderr.close()
+    left = os.listdir(mirror.cache)
+    assert len(left) == 1 and left[0].startswith(".partial-")           # what the kill left
+    then = time.time() - 3600                                           # as if long ago
+    os.utime(mirror.cache / left[0], (then, then))
+
+    mirror.routes[route] = ("file", good)
+    fm.load_data()
+    assert sorted(os.listdir(mirror.cache)) == sorted(name + ".gz" for name in NAMES)

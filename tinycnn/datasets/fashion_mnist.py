@@ -34,7 +34,10 @@ Which place is used, and what happens when something is wrong there:
 
 A download goes to a temporary file in the cache folder; all missing files are fetched
 and verified first, and only then renamed into place (`os.replace`, atomic). After any
-failure the temporary files are removed, so the cache only ever holds verified files.
+failure the temporary files are removed, so the cache only ever holds verified files. A
+download killed outright (SIGKILL, a power cut) cannot remove its temporary file
+`.partial-PID.XXXX.gz`; the next download removes it once its process is gone and it has
+been untouched for 10 minutes (tinycnn.utils.STALE_AFTER_S).
 
 A download gives up, with a DatasetError, on a mirror that is too slow: each connection
 attempt and each read may wait DOWNLOAD_TIMEOUT_S (30 s), the whole download (all missing
@@ -58,7 +61,6 @@ import gzip
 import hashlib
 import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -67,6 +69,8 @@ from http.client import HTTPException
 from pathlib import Path
 
 import numpy as np
+
+from tinycnn.utils import remove_stale_temporaries, temporary_file
 
 CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -103,6 +107,7 @@ DOWNLOAD_DEADLINE_S = 30 * 60           # the whole download, all files ($TINYCN
 DOWNLOAD_MIN_RATE = 20_000              # bytes/s per file on average ($TINYCNN_DOWNLOAD_MIN_RATE) ...
 RATE_CHECK_AFTER_S = 30                 # ... once the file has been downloading this long
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024   # the largest .gz is 26 MB: stop a runaway server
+PARTIAL_PREFIX, PARTIAL_SUFFIX = ".partial-", ".gz"     # a download's temporary files
 
 INSTALL_HINT = "install the Debian/Ubuntu package: sudo apt-get install dataset-fashion-mnist"
 ENV_HINT = "set TINYCNN_DATA to a folder holding the four files (.gz or not)"
@@ -495,7 +500,8 @@ def _download(names, cache_dir, mirror):
 
     Each file goes to a temporary file in cache_dir and is verified there; only when every
     file has passed are they renamed into place. On any failure (or Ctrl-C) the temporary
-    files are removed and a DatasetError says what went wrong.
+    files are removed and a DatasetError says what went wrong. Stale temporary files of
+    earlier, killed downloads are removed first.
     """
     limits = _DownloadLimits()
     try:
@@ -504,6 +510,7 @@ def _download(names, cache_dir, mirror):
         raise DatasetError(f"Cannot create tinycnn's cache folder {cache_dir} ({error.strerror or error}).\n"
                            f"To fix it: set XDG_CACHE_HOME to a writable folder, {INSTALL_HINT}, "
                            f"or {ENV_HINT}.", path=cache_dir, reason=error) from None
+    remove_stale_temporaries(cache_dir, PARTIAL_PREFIX, PARTIAL_SUFFIX)
     fix = (f"Nothing was written to {cache_dir}. To fix it: check your connection and the mirror "
            f"address (TINYCNN_MIRROR, now {mirror}), or {INSTALL_HINT}, or {ENV_HINT}.")
     downloaded = {}                       # name -> temporary file, all removed unless renamed
@@ -521,14 +528,14 @@ def _download(names, cache_dir, mirror):
 
 
 def _fetch(url, directory, fix, limits):
-    """Download `url` to a new temporary file `directory/.partial-XXXX.gz`; returns its path.
+    """Download `url` to a new temporary file `directory/.partial-PID.XXXX.gz`; returns its path.
 
     Raises DatasetError, leaving no file behind, on an HTTP error, a timeout, a broken
     connection, a body shorter than its Content-Length, a disk that cannot take it, or a
     download slower than `limits` (a _DownloadLimits) allow.
     """
     print(f"tinycnn: downloading {url} ...", file=sys.stderr, flush=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=".partial-", suffix=".gz", dir=directory)
+    descriptor, temporary = temporary_file(directory, PARTIAL_PREFIX, PARTIAL_SUFFIX)
     received = 0
     started = time.monotonic()
     try:
