@@ -112,6 +112,19 @@ def test_hostile_model_files_are_one_clear_line(tmp_path, capsys, kind):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_evaluate_says_which_input_shape_the_model_wants_and_what_the_data_has(tmp_path, capsys):
+    from tinycnn.layers import Dense
+    from tinycnn.models import Sequential
+    model = Sequential([Dense(10, activation="softmax", input_shape=(10,))])
+    model.compile("sgd", "categorical_crossentropy", ["accuracy"])
+    model.save(tmp_path / "model.npz")
+    assert main(["evaluate", str(tmp_path / "model.npz"), "--limit", "32"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tinycnn evaluate: error: {tmp_path / 'model.npz'} ")
+    assert "inputs of shape (None, 10)" in err and "28 x 28" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_errors_through_the_installed_command_have_no_traceback(tmp_path):
     bad = tmp_path / "broken.npz"
     bad.write_bytes(b"\x00" * 100)

@@ -24,6 +24,7 @@ and matplotlib load when a command needs them.
 """
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -382,10 +383,23 @@ def _load_model_and_test_data(model_file, limit=None):
     from tinycnn.models import load_model
 
     model = load_model(model_file)
+    input_shape = _input_shape(model)
+    _require_image_input(model_file, input_shape)
     _, _, x_test, y_test = load_dataset(one_hot_encode=_wants_one_hot(model), limit=limit,
                                         add_channel_axis=False)
-    x_test = to_model_input(x_test, _input_shape(model))
+    x_test = to_model_input(x_test, input_shape)
     return model, x_test, y_test
+
+
+def _require_image_input(model_file, input_shape):
+    """The test images (28 x 28 pixels each) are reshaped to the model's input shape: that
+    shape must hold 784 values, such as (28, 28, 1) or (28, 28)."""
+    values = math.prod(input_shape)
+    if values != 28 * 28:
+        raise ValueError(f"{model_file} holds a model that takes inputs of shape "
+                         f"{(None,) + input_shape} ({values} values each), but the Fashion-MNIST "
+                         f"test images are 28 x 28 pixels (784 values each): use a model built for "
+                         f"them, with input shape (None, 28, 28, 1) or (None, 28, 28)")
 
 
 def _input_shape(model):
