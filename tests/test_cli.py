@@ -125,6 +125,23 @@ def test_evaluate_says_which_input_shape_the_model_wants_and_what_the_data_has(t
     assert len(err.strip().splitlines()) == 1
 
 
+def test_train_refuses_an_output_folder_that_holds_files_unless_told_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    argv = ["train", "--model", "simple_dense", "--limit", "300", "--epochs", "1",
+            "--no-validation", "--verbose", "0", "--out", str(out)]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"tinycnn train: error: the output folder {str(out)!r} already "
+                                   f"holds files (notes.txt)")
+    assert "--overwrite" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert "training on" not in captured.out                        # refused before any work
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert main(argv + ["--overwrite"]) == 0
+    assert (out / "model.npz").is_file() and (out / "notes.txt").read_text() == "my notes"
+
+
 def test_errors_through_the_installed_command_have_no_traceback(tmp_path):
     bad = tmp_path / "broken.npz"
     bad.write_bytes(b"\x00" * 100)
@@ -158,7 +175,8 @@ def test_summary_shows_the_notebooks_parameter_counts(name, total, capsys):
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    """One quick `tinycnn train` through the installed command: 2,000 images, 1 epoch."""
+    """One quick `tinycnn train` through the installed command: 2,000 images, 1 epoch, into
+    an existing, empty folder (which train may use without --overwrite)."""
     out = tmp_path_factory.mktemp("run")
     done = subprocess.run(installed_command() + ["train", "--model", "cnn_categorical", "--epochs", "1",
                            "--limit", "2000", "--out", str(out), "--verbose", "0"],

@@ -91,7 +91,11 @@ def build_parser():
                     "it on the 10,000 test images, and save into --out: the model "
                     f"({MODEL_FILE_NAME}), history.json, results.json and the pictures.")
     _add_model_options(train, epochs=5)
-    train.add_argument("--out", help="output folder (default: runs/MODEL)")
+    train.add_argument("--out", help="output folder (default: runs/MODEL); it must be new or "
+                                     "empty, unless --overwrite is given")
+    train.add_argument("--overwrite", action="store_true",
+                       help="write into an --out folder that already holds files, replacing the "
+                            "files of the same names (others are left as they are)")
     train.add_argument("--no-validation", action="store_true",
                        help="don't score the test set after each epoch (the curves then show "
                             "training only)")
@@ -201,8 +205,11 @@ def command_train(args):
     from tinycnn.zoo import get_spec
 
     spec = get_spec(args.model)
+    out = args.out or os.path.join("runs", args.model)
+    if not args.overwrite:
+        _refuse_earlier_results(out)                 # before the data is even loaded
     (x_train, y_train), (x_test, y_test) = load_for_model(args.model, limit=args.limit)
-    out = _make_output_folder(args.out or os.path.join("runs", args.model))
+    out = _make_output_folder(out)
     print(f"{args.model}: {spec.description}")
     print(f"training on {len(x_train)} images, testing on {len(x_test)}; "
           f"epochs: {args.epochs}, batch size: {args.batch_size}, seed: {args.seed}")
@@ -374,6 +381,19 @@ def _make_output_folder(path):
     if not os.access(path, os.W_OK):
         raise OSError(f"cannot write into the output folder {path!r}; choose another with --out")
     return path
+
+
+def _refuse_earlier_results(path):
+    """FileExistsError if the output folder `path` exists and holds anything: a run would
+    silently replace the files of an earlier one. A new or empty folder is fine."""
+    try:
+        names = sorted(os.listdir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return                                       # _make_output_folder reports a bad path
+    if names:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise FileExistsError(f"the output folder {path!r} already holds files ({shown}); "
+                              f"choose another --out, or pass --overwrite to replace them")
 
 
 def _load_model_and_test_data(model_file, limit=None):
