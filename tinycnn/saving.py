@@ -34,6 +34,7 @@ inflated by at most MAX_INFLATION_RATIO), and by nothing a header merely claims.
 The checksum detects accidents and casual edits; it is not a signature (whoever edits a
 file can recompute it). Loading stays safe regardless: only numbers and JSON are read.
 """
+import collections
 import errno
 import hashlib
 import json
@@ -57,7 +58,7 @@ MAX_HEADER_BYTES = 2**20        # a header describes layers and settings: kiloby
 MAX_INFLATION_RATIO = 20        # float weights hardly compress (about 1.1x); far more is a zip bomb
 READ_PIECE_BYTES = 2**20        # members are inflated and copied this much at a time
 # Zip members tinycnn reads: stored as they are (what np.savez writes), or deflated.
-READABLE_COMPRESSION = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
+READABLE_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 ENCRYPTED_FLAGS = 0x0001 | 0x0040              # zip flag bits: encrypted, strongly encrypted
 # What zipfile and NumPy's .npy header parser raise on damaged bytes: a flipped byte in a zip
 # header can surface as any of these (an odd flag as NotImplementedError, a bad length as
@@ -227,8 +228,10 @@ def _check_members(infos, file_size, fail):
                    "model with tinycnn and copy the weights with set_weights")
     if HEADER + ".npy" not in names or CHECKSUM + ".npy" not in names:
         raise fail(f"it is a zip/.npz archive but not a tinycnn model file (members: {names[:8]})")
-    if any(not name.endswith(".npy") for name in names) or len(set(names)) != len(names):
-        raise fail(f"unexpected members in the archive: {names[:8]}")
+    unexpected = [name for name in names if not name.endswith(".npy")]
+    unexpected += sorted(name for name, count in collections.Counter(names).items() if count > 1)
+    if unexpected:
+        raise fail(f"unexpected members in the archive (not .npy arrays, or twice): {unexpected[:8]}")
     for info in infos:
         name = info.filename
         if info.flag_bits & ENCRYPTED_FLAGS:
