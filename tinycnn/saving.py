@@ -351,7 +351,7 @@ def _check_array_list(header, layouts, fail):
         shape, dtype, _ = layouts[name]
         if not isinstance(spec, dict) or spec.get("dtype") != dtype.name \
                 or spec.get("shape") != list(shape):
-            raise fail(f"array {name!r} is {dtype} {shape}, the header says {spec!r}")
+            raise fail(f"array {name!r} is {dtype} {shape}, the header says {str(spec)[:200]}")
 
 
 # ---------------------------------------------------------------------------
