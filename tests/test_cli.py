@@ -97,6 +97,52 @@ def test_bad_model_file_is_one_clear_line(tmp_path, capsys, content):
     assert str(path) in err and len(err.strip().splitlines()) == 1     # names the file
 
 
+@pytest.mark.parametrize("kind", ["encrypted member", "unknown compression", "raw header member",
+                                  "header nested 200,000 deep"])
+def test_hostile_model_files_are_one_clear_line(tmp_path, capsys, kind):
+    from test_saving import hostile_file
+    from tinycnn.layers import Dense, Flatten
+    from tinycnn.models import Sequential
+    model = Sequential([Flatten(input_shape=(28, 28)), Dense(10, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy", ["accuracy"])
+    model.save(tmp_path / "model.npz")
+    hostile = hostile_file(kind, tmp_path / "model.npz", tmp_path)
+    assert main(["evaluate", str(hostile)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tinycnn evaluate: error: cannot load {str(hostile)!r}: ")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_says_which_input_shape_the_model_wants_and_what_the_data_has(tmp_path, capsys):
+    from tinycnn.layers import Dense
+    from tinycnn.models import Sequential
+    model = Sequential([Dense(10, activation="softmax", input_shape=(10,))])
+    model.compile("sgd", "categorical_crossentropy", ["accuracy"])
+    model.save(tmp_path / "model.npz")
+    assert main(["evaluate", str(tmp_path / "model.npz"), "--limit", "32"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tinycnn evaluate: error: {tmp_path / 'model.npz'} ")
+    assert "inputs of shape (None, 10)" in err and "28 x 28" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_train_refuses_an_output_folder_that_holds_files_unless_told_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    argv = ["train", "--model", "simple_dense", "--limit", "300", "--epochs", "1",
+            "--no-validation", "--verbose", "0", "--out", str(out)]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"tinycnn train: error: the output folder {str(out)!r} already "
+                                   f"holds files (notes.txt)")
+    assert "--overwrite" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert "training on" not in captured.out                        # refused before any work
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert main(argv + ["--overwrite"]) == 0
+    assert (out / "model.npz").is_file() and (out / "notes.txt").read_text() == "my notes"
+
+
 def test_errors_through_the_installed_command_have_no_traceback(tmp_path):
     bad = tmp_path / "broken.npz"
     bad.write_bytes(b"\x00" * 100)
@@ -130,7 +176,8 @@ def test_summary_shows_the_notebooks_parameter_counts(name, total, capsys):
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    """One quick `tinycnn train` through the installed command: 2,000 images, 1 epoch."""
+    """One quick `tinycnn train` through the installed command: 2,000 images, 1 epoch, into
+    an existing, empty folder (which train may use without --overwrite)."""
     out = tmp_path_factory.mktemp("run")
     done = subprocess.run(installed_command() + ["train", "--model", "cnn_categorical", "--epochs", "1",
                            "--limit", "2000", "--out", str(out), "--verbose", "0"],

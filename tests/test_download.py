@@ -6,7 +6,11 @@ and counting requests. Each test gets its own, shut down afterwards.
 """
 import gzip
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -40,6 +44,15 @@ class MirrorHandler(BaseHTTPRequestHandler):
         behaviour, body = self.server.routes.get(self.path, ("404", b""))
         if behaviour == "hang":
             self.server.release.wait(timeout=5)       # until the test ends, at most 5 s
+            return
+        if behaviour == "drip":      # announce the whole body, then send a byte every 50 ms
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for byte in body[:100]:                   # at most 5 s, less if the test ends
+                if self.server.release.wait(timeout=0.05):
+                    return
+                self.wfile.write(bytes([byte]))
             return
         if behaviour == "404":
             self.send_error(404, "Not Found")
@@ -228,3 +241,78 @@ def test_a_damaged_file_in_the_cache_is_not_replaced_by_a_download(mirror):
     assert mirror.requests == []
     assert damaged.read_bytes() == real_gz_bytes("train-labels-idx1-ubyte")[:-20]
     assert os.listdir(mirror.cache) == ["train-labels-idx1-ubyte.gz"]
+
+
+# ---------------------------------------------------------------------------
+# Impatience: a deadline for the whole download, a minimum rate for each file
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("limit", ["deadline", "minimum rate"])
+def test_a_mirror_that_sends_a_byte_at_a_time_is_given_up(mirror, monkeypatch, limit):
+    """The mirror sends the first file one byte every 50 ms: it would take half an hour, and
+    each read succeeds well within the per-read timeout, so only these limits stop it."""
+    route = "/fm/train-labels-idx1-ubyte.gz"                # the first file downloaded
+    mirror.routes[route] = ("drip", mirror.routes[route][1])
+    if limit == "deadline":
+        monkeypatch.setenv("TINYCNN_DOWNLOAD_DEADLINE", "0.5")
+        monkeypatch.setenv("TINYCNN_DOWNLOAD_MIN_RATE", "0")           # no rate limit
+        words = ["did not finish within the 0.5 s", "TINYCNN_DOWNLOAD_DEADLINE"]
+    else:
+        monkeypatch.setenv("TINYCNN_DOWNLOAD_MIN_RATE", "10000")
+        monkeypatch.setattr(fm, "RATE_CHECK_AFTER_S", 0.3)
+        words = ["is too slow", "under the minimum of 10000 bytes/s", "TINYCNN_DOWNLOAD_MIN_RATE"]
+    with pytest.raises(DatasetError) as caught:
+        fm.load_data()
+    message = str(caught.value)
+    assert f"{mirror.url}/train-labels-idx1-ubyte.gz" in message
+    assert all(word in message for word in words), message
+    assert f"TINYCNN_MIRROR, now {mirror.url}" in message
+    assert os.listdir(mirror.cache) == []
+    assert mirror.requests == [route]
+
+
+@pytest.mark.parametrize("variable, value", [("TINYCNN_DOWNLOAD_DEADLINE", "soon"),
+                                             ("TINYCNN_DOWNLOAD_DEADLINE", "0"),
+                                             ("TINYCNN_DOWNLOAD_MIN_RATE", "-5")])
+def test_bad_download_limits_are_refused_before_any_download(mirror, monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(DatasetError, match=f"{variable} must be .*got '{value}'"):
+        fm.load_data()
+    assert mirror.requests == []
+
+
+# ---------------------------------------------------------------------------
+# A download killed midway: its partial file is cleared by a later download
+# ---------------------------------------------------------------------------
+DOWNLOAD_UNTIL_KILLED = """
+import sys
+from pathlib import Path
+from tinycnn.datasets import fashion_mnist as fm
+fm.DEBIAN_DIR = Path(sys.argv[1])
+fm.load_data()
+"""
+
+
+def test_the_partial_file_of_a_killed_download_is_removed_by_a_later_download(mirror):
+    route = "/fm/train-labels-idx1-ubyte.gz"
+    good = mirror.routes[route][1]
+    mirror.routes[route] = ("drip", good)
+    child = subprocess.Popen([sys.executable, "-c", DOWNLOAD_UNTIL_KILLED, str(fm.DEBIAN_DIR)],
+                             env=dict(os.environ), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        give_up = time.monotonic() + 60
+        while not (mirror.cache.is_dir() and os.listdir(mirror.cache)):
+            assert child.poll() is None and time.monotonic() < give_up, child.stderr.read()
+            time.sleep(0.02)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        child.stderr.close()
+    left = os.listdir(mirror.cache)
+    assert len(left) == 1 and left[0].startswith(".partial-")           # what the kill left
+    then = time.time() - 3600                                           # as if long ago
+    os.utime(mirror.cache / left[0], (then, then))
+
+    mirror.routes[route] = ("file", good)
+    fm.load_data()
+    assert sorted(os.listdir(mirror.cache)) == sorted(name + ".gz" for name in NAMES)

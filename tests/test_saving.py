@@ -93,7 +93,7 @@ def test_edited_header_is_caught(saved, tmp_path):
     members = members_of(path)
     with np.load(path) as archive:
         header = json.loads(archive["header"].tobytes())
-    header["model"]["layers"][1]["config"]["units"] = 6
+    header["model"]["layers"][1]["config"]["activation"] = "linear"   # same shapes, other model
     members["header.npy"] = npy_bytes(np.frombuffer(json.dumps(header).encode(), np.uint8))
     edited = tmp_path / "edited.npz"
     write_zip(edited, members)
@@ -214,3 +214,325 @@ def test_saved_file_has_the_usual_permissions(saved):
     mask = os.umask(0)
     os.umask(mask)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask
+
+
+# ---------------------------------------------------------------------------
+# An interrupted save: the temporary file it leaves is cleared by the next save or load
+# ---------------------------------------------------------------------------
+SAVE_UNTIL_KILLED = """
+import sys, time
+import numpy as np
+from tinycnn import utils
+from tinycnn.layers import Dense
+from tinycnn.models import Sequential
+
+def savez_that_hangs(file, **arrays):
+    file.write(b"PK half a model")
+    file.flush()
+    print("writing", flush=True)
+    time.sleep(60)                      # killed here, in the middle of the save
+
+np.savez = savez_that_hangs
+utils.set_random_seed(0)
+Sequential([Dense(3, input_shape=(4,))]).save(sys.argv[1])
+"""
+
+
+def kill_while_saving(path):
+    """Run a save of `path` in another process and SIGKILL it mid-write; returns what it left."""
+    import select
+    import signal
+    import subprocess
+    import sys
+    child = subprocess.Popen([sys.executable, "-c", SAVE_UNTIL_KILLED, str(path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([child.stdout], [], [], 60)
+        assert ready and child.stdout.readline() == "writing\n", child.stderr.read()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        child.stdout.close()
+        child.stderr.close()
+    return sorted(name for name in os.listdir(path.parent) if name != path.name)
+
+
+def make_old(path, seconds=3600):
+    """Set a file's modification time `seconds` back, as if it had been left there long ago."""
+    then = os.stat(path).st_mtime - seconds
+    os.utime(path, (then, then))
+
+
+def test_a_killed_save_leaves_the_old_file_and_its_temporary_file_is_cleared_later(saved):
+    model, path = saved
+    before = path.read_bytes()
+    left = kill_while_saving(path)
+    assert len(left) == 1 and left[0].startswith(".model.npz.") and left[0].endswith(".tmp")
+    assert path.read_bytes() == before                       # the target was never touched
+    stale = path.parent / left[0]
+    make_old(stale)
+    load_model(path)                                         # the next load clears it...
+    assert sorted(os.listdir(path.parent)) == ["model.npz"]
+    stale.write_bytes(b"PK half a model")
+    make_old(stale)
+    model.save(path)                                         # ...and so does the next save
+    assert sorted(os.listdir(path.parent)) == ["model.npz"]
+
+
+# ---------------------------------------------------------------------------
+# Hostile files: every one is a ModelFileError naming the file, found before anything big is
+# allocated; nothing else escapes, and nothing blocks
+# ---------------------------------------------------------------------------
+def central_entry(data, member):
+    """The offset of `member`'s entry in the archive's central directory."""
+    start = data.find(b"PK\x01\x02")
+    while start != -1:
+        name_length = int.from_bytes(data[start + 28:start + 30], "little")
+        if data[start + 46:start + 46 + name_length] == member.encode():
+            return start
+        start = data.find(b"PK\x01\x02", start + 4)
+    raise AssertionError(f"{member} is not in the central directory")
+
+
+def patched_central_entry(path, member, field_offset, value):
+    """The file's bytes with a 2-byte field of `member`'s central directory entry set to `value`."""
+    data = bytearray(path.read_bytes())
+    start = central_entry(data, member) + field_offset
+    data[start:start + 2] = value.to_bytes(2, "little")
+    return bytes(data)
+
+
+FLAG_BITS, COMPRESSION_METHOD = 8, 10          # offsets in a central directory entry
+
+
+def npy_header_only(shape, descr="<f4"):
+    """The .npy header of an array of `shape` (magic, version, dict), without the array's data."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False,
+                                                  "shape": shape})
+    return buffer.getvalue()
+
+
+def hostile_file(kind, path, tmp_path):
+    """A damaged or hostile version of the saved model at `path`; returns the new file's path."""
+    out = tmp_path / f"{kind}.npz"
+    members = members_of(path)
+    if kind == "encrypted member":
+        out.write_bytes(patched_central_entry(path, "weight_0000.npy", FLAG_BITS, 0x0001))
+    elif kind == "unknown compression":
+        out.write_bytes(patched_central_entry(path, "weight_0000.npy", COMPRESSION_METHOD, 99))
+    elif kind == "bzip2 members":
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_BZIP2) as archive:
+            for name, data in members.items():
+                archive.writestr(name, data)
+    elif kind in ("raw header member", "raw weight member"):
+        members["header.npy" if kind == "raw header member" else "weight_0000.npy"] = b"raw bytes"
+        write_zip(out, members)
+    elif kind == "header nested 200,000 deep":
+        deep = b"[" * 200_000 + b"]" * 200_000
+        members["header.npy"] = npy_bytes(np.frombuffer(deep, dtype=np.uint8))
+        write_zip(out, members)
+    elif kind == "object header":
+        members["header.npy"] = npy_header_only((3,), descr="|O") + bytes(24)
+        write_zip(out, members)
+    return out
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("encrypted member", "encrypted"),
+    ("unknown compression", "compression method 99"),
+    ("bzip2 members", "compression method 12"),
+    ("raw header member", "'header.npy' is not a .npy array"),
+    ("raw weight member", "'weight_0000.npy' is not a .npy array"),
+    ("header nested 200,000 deep", "nested too deeply"),
+    ("object header", "pickled Python object"),
+])
+def test_hostile_archives_are_a_model_file_error_naming_the_problem(saved, tmp_path, kind, words):
+    _, path = saved
+    hostile = hostile_file(kind, path, tmp_path)
+    with pytest.raises(ModelFileError) as caught:
+        load_model(hostile)
+    assert str(hostile) in str(caught.value) and words in str(caught.value)
+    assert caught.value.__cause__ is None
+
+
+def test_flipped_bytes_anywhere_give_a_model_file_error_or_the_same_model(saved, tmp_path):
+    """Every byte of the zip's directory and a seeded sample of all the others, flipped one at
+    a time: either the file is refused with ModelFileError, or (a byte nothing depends on,
+    such as a timestamp) it loads the very same weights. Nothing else ever comes out."""
+    model, path = saved
+    data = path.read_bytes()
+    directory_start = data.find(b"PK\x01\x02")
+    rng = np.random.default_rng(15)
+    positions = list(range(directory_start, len(data)))
+    positions += sorted(rng.choice(directory_start, size=400, replace=False).tolist())
+    flipped = tmp_path / "flipped.npz"
+    refused = loaded = 0
+    for position in positions:
+        damaged = bytearray(data)
+        damaged[position] ^= int(rng.integers(1, 256))
+        flipped.write_bytes(bytes(damaged))
+        try:
+            copy = load_model(flipped)
+        except ModelFileError as error:
+            assert str(flipped) in str(error)
+            refused += 1
+            continue
+        for mine, theirs in zip(model.get_weights(), copy.get_weights(), strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+        loaded += 1
+    assert refused > loaded > 0
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_path_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path, kind):
+    import threading
+    if kind == "fifo":
+        path = tmp_path / "model.npz"
+        os.mkfifo(path)                          # open() for reading waits for a writer
+    else:
+        path = "/dev/zero"                       # reading never ends
+    outcome = []
+
+    def load():
+        try:
+            load_model(path)
+        except BaseException as error:
+            outcome.append(error)
+
+    reader = threading.Thread(target=load, daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    if reader.is_alive():                        # stuck in open(): release it, then fail
+        if kind == "fifo":
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail(f"load_model({str(path)!r}) blocked instead of refusing it")
+    assert isinstance(outcome[0], ModelFileError), outcome
+    assert str(path) in str(outcome[0])
+    assert ("FIFO" if kind == "fifo" else "character device") in str(outcome[0])
+
+
+def test_a_recompressed_model_file_still_loads(saved, tmp_path):
+    """tinycnn writes its members uncompressed; a file whose members were deflated by another
+    tool holds the same arrays and loads the same model (read in bounded pieces)."""
+    model, path = saved
+    deflated = tmp_path / "deflated.npz"
+    with zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members_of(path).items():
+            archive.writestr(name, data)
+    copy = load_model(deflated)
+    for mine, theirs in zip(model.get_weights(), copy.get_weights(), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    assert copy.optimizer.get_config() == model.optimizer.get_config()
+
+
+def test_an_edited_architecture_is_refused_before_the_model_is_built(saved, tmp_path, monkeypatch):
+    """A header whose architecture does not fit its arrays, with a valid checksum (recomputed, as
+    anyone can): refused from the shapes alone, before any layer creates its weights."""
+    _, path = saved
+    header, arrays = saving.read_model_file(path)
+    header["model"]["layers"][1]["config"]["units"] = 6
+    edited = tmp_path / "edited.npz"
+    saving.write_model_file(edited, header, arrays)
+    from tinycnn import layers
+    monkeypatch.setattr(layers.Dense, "_create_params",
+                        lambda self, shape: pytest.fail("a Dense layer was built"))
+    with pytest.raises(ModelFileError) as caught:
+        load_model(edited)
+    message = str(caught.value)
+    assert str(edited) in message and "(16, 6)" in message and "(16, 5)" in message
+
+
+LOAD_WITH_LITTLE_MEMORY = """
+import resource, sys
+from tinycnn.models import ModelFileError, load_model
+with open("/proc/self/status") as status:
+    in_use = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+limit = in_use + 64 * 2**20              # from here on, at most 64 MiB more address space
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+try:
+    load_model(sys.argv[1])
+    print("loaded")
+except BaseException as error:
+    print(f"{type(error).__name__}: {error}")
+"""
+
+
+def load_with_little_memory(path):
+    """What load_model(path) gives in a process that may allocate at most 64 MiB more."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", LOAD_WITH_LITTLE_MEMORY, str(path)],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+def write_zip_with_bomb(path, members, bomb_name, inflated_bytes):
+    """An archive of `members` in which `bomb_name` is a deflated float32 array of zeros that
+    inflates to `inflated_bytes` (about a thousandth of that on disk)."""
+    zeros = bytes(2**20)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            if name != bomb_name:
+                archive.writestr(name, data)
+                continue
+            info = zipfile.ZipInfo(name)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(info, "w") as member:
+                member.write(npy_header_only((inflated_bytes // 4,)))
+                for _ in range(inflated_bytes // len(zeros)):
+                    member.write(zeros)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux's /proc")
+@pytest.mark.parametrize("kind, words", [
+    ("a 200-byte member claiming 4 TiB", "declares a float32 array of shape (1099511627776,)"),
+    ("a zip bomb", "zip bomb"),
+    ("a Dense of 10,000,000 units over small arrays", "implies weight 0 of shape (16, 10000000)"),
+])
+def test_sizes_are_checked_before_any_memory_is_spent(saved, tmp_path, kind, words):
+    """Each file would make a loader that trusts it allocate far more than the 64 MiB the
+    loading process is allowed (a MemoryError): it is refused from sizes alone."""
+    _, path = saved
+    members = members_of(path)
+    hostile = tmp_path / "hostile.npz"
+    if kind == "a 200-byte member claiming 4 TiB":
+        members["weight_0000.npy"] = npy_header_only((2**40,)) + bytes(72)
+        write_zip(hostile, members)
+    elif kind == "a zip bomb":
+        write_zip_with_bomb(hostile, members, "weight_0000.npy", 128 * 2**20)
+        assert hostile.stat().st_size < 2**20
+    else:                                    # with a valid checksum, recomputed as anyone can
+        header, arrays = saving.read_model_file(path)
+        header["model"]["layers"][1]["config"]["units"] = 10_000_000
+        saving.write_model_file(hostile, header, arrays)
+    outcome = load_with_little_memory(hostile)
+    assert outcome.startswith(f"ModelFileError: cannot load {str(hostile)!r}"), outcome
+    assert words in outcome
+
+
+def every_layer_model():
+    """A built model with every layer class tinycnn has, with and without biases."""
+    from tinycnn import layers
+    model = Sequential([
+        layers.Conv2D(4, (3, 2), strides=(2, 1), padding="same", use_bias=False, input_shape=(9, 8, 3)),
+        layers.ReLU(), layers.Conv2D(5, 2, activation="relu"), layers.MaxPooling2D(2, strides=1),
+        layers.Flatten(), layers.Dense(7, use_bias=False), layers.Activation("relu"),
+        layers.Dense(3), layers.Softmax()])
+    assert {type(layer) for layer in model.layers} == set(layers.LAYER_CLASSES.values())
+    return model
+
+
+@pytest.mark.parametrize("name", ["every layer", "cnn_categorical", "simple_dense", "cnn_sparse"])
+def test_expected_weight_shapes_are_those_a_built_model_has(name):
+    from tinycnn import zoo
+    if name == "every layer":
+        model = every_layer_model()
+    else:
+        spec = zoo.get_spec(name)
+        model = spec.build()
+        if not model.built:
+            model.build((None,) + spec.input_shape)
+    assert saving.expected_weight_shapes(model.get_config()) == [w.shape for w in model.get_weights()]

@@ -259,3 +259,33 @@ def test_atomic_write_replaces_whole_or_leaves_the_old_file(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)    # the usual mode, not mkstemp's 0600
+
+
+def test_only_stale_temporary_files_of_the_same_naming_are_removed(tmp_path):
+    import os
+    import subprocess
+    import sys
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    gone = int(finished.stdout)                     # the PID of a process that has ended
+    alive = os.getpid()
+
+    def left_behind(name, pid, age_s):
+        path = tmp_path / name.format(pid=pid)
+        path.write_bytes(b"half")
+        then = path.stat().st_mtime - age_s
+        os.utime(path, (then, then))
+        return path.name
+
+    stale = left_behind(".model.npz.{pid}.abcd1234.tmp", gone, 3600)
+    kept = [left_behind(".model.npz.{pid}.efgh5678.tmp", alive, 3600),       # its writer runs
+            left_behind(".model.npz.{pid}.ijkl9012.tmp", gone, 5),           # written just now
+            left_behind(".other.npz.{pid}.mnop3456.tmp", gone, 3600),        # another file's
+            left_behind("model.npz.{pid}.qrst7890.tmp", gone, 3600),         # not our naming
+            left_behind(".model.npz.{pid}.uvwx1234.tmp.bak", gone, 3600)]
+    assert utils.remove_interrupted_writes(tmp_path / "model.npz") == [stale]
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)
+    with utils.atomic_write(tmp_path / "other.npz") as file:                 # a write clears too
+        file.write(b"new")
+    assert sorted(os.listdir(tmp_path)) == sorted([name for name in kept if ".other." not in name]
+                                                  + ["other.npz"])

@@ -32,6 +32,7 @@ and matplotlib load when a command needs them.
 """
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -103,7 +104,11 @@ def build_parser():
                     "it on the 10,000 test images, and save into --out: the model "
                     f"({MODEL_FILE_NAME}), history.json, results.json and the pictures.")
     _add_model_options(train, epochs=5)
-    train.add_argument("--out", help="output folder (default: runs/MODEL)")
+    train.add_argument("--out", help="output folder (default: runs/MODEL); it must be new or "
+                                     "empty, unless --overwrite is given")
+    train.add_argument("--overwrite", action="store_true",
+                       help="write into an --out folder that already holds files, replacing the "
+                            "files of the same names (others are left as they are)")
     train.add_argument("--no-validation", action="store_true",
                        help="don't score the test set after each epoch (the curves then show "
                             "training only)")
@@ -263,8 +268,11 @@ def command_train(args):
     from tinycnn.zoo import get_spec
 
     spec = get_spec(args.model)
+    out = args.out or os.path.join("runs", args.model)
+    if not args.overwrite:
+        _refuse_earlier_results(out)                 # before the data is even loaded
     (x_train, y_train), (x_test, y_test) = load_for_model(args.model, limit=args.limit)
-    out = _make_output_folder(args.out or os.path.join("runs", args.model))
+    out = _make_output_folder(out)
     print(f"{args.model}: {spec.description}")
     print(f"training on {len(x_train)} images, testing on {len(x_test)}; "
           f"epochs: {args.epochs}, batch size: {args.batch_size}, seed: {args.seed}")
@@ -486,6 +494,19 @@ def _make_output_folder(path):
     return path
 
 
+def _refuse_earlier_results(path):
+    """FileExistsError if the output folder `path` exists and holds anything: a run would
+    silently replace the files of an earlier one. A new or empty folder is fine."""
+    try:
+        names = sorted(os.listdir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return                                       # _make_output_folder reports a bad path
+    if names:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise FileExistsError(f"the output folder {path!r} already holds files ({shown}); "
+                              f"choose another --out, or pass --overwrite to replace them")
+
+
 def _load_model_and_test_data(model_file, limit=None):
     """A saved model and the test set in the format it takes:
     x float32 (N,) + its input shape, y one-hot (N, 10) or integers (N,) as its loss wants."""
@@ -493,10 +514,23 @@ def _load_model_and_test_data(model_file, limit=None):
     from tinycnn.models import load_model
 
     model = load_model(model_file)
+    input_shape = _input_shape(model)
+    _require_image_input(model_file, input_shape)
     _, _, x_test, y_test = load_dataset(one_hot_encode=_wants_one_hot(model), limit=limit,
                                         add_channel_axis=False)
-    x_test = to_model_input(x_test, _input_shape(model))
+    x_test = to_model_input(x_test, input_shape)
     return model, x_test, y_test
+
+
+def _require_image_input(model_file, input_shape):
+    """The test images (28 x 28 pixels each) are reshaped to the model's input shape: that
+    shape must hold 784 values, such as (28, 28, 1) or (28, 28)."""
+    values = math.prod(input_shape)
+    if values != 28 * 28:
+        raise ValueError(f"{model_file} holds a model that takes inputs of shape "
+                         f"{(None,) + input_shape} ({values} values each), but the Fashion-MNIST "
+                         f"test images are 28 x 28 pixels (784 values each): use a model built for "
+                         f"them, with input shape (None, 28, 28, 1) or (None, 28, 28)")
 
 
 def _input_shape(model):

@@ -11,29 +11,60 @@ What is inside (every member a plain numeric array; no pickle, ever):
 
 `write_model_file` writes atomically: a temporary file in the same folder, flushed and
 fsynced, then renamed over the target, so a crash leaves the old file or the new one,
-never half of one. `read_model_file` checks everything (archive, members, no pickled
-objects, format name and version, checksum, every array's dtype and shape) before it
-returns anything, and raises ModelFileError, naming the file and the problem, otherwise.
+never half of one (and the temporary file a killed save leaves is removed later, see
+tinycnn.utils.STALE_AFTER_S).
+
+`read_model_file` checks everything before it returns anything, and raises ModelFileError,
+naming the file and the problem, for anything wrong. It reads the archive itself, in this
+order, so that a hostile file can neither block it, nor make it allocate much memory, nor
+make it run code:
+    1. the path is a regular file (a FIFO or a device could block open() or read() forever)
+    2. the zip directory: only .npy members, neither encrypted nor compressed other than by
+       deflate, none reaching beyond the end of the file, and all of them together inflating
+       to at most MAX_INFLATION_RATIO times their compressed size (no zip bomb)
+    3. each member's .npy header alone: a numeric dtype (no pickled objects), and exactly as
+       many bytes in the member as its shape needs
+    4. the JSON header (at most MAX_HEADER_BYTES): format name and version, the list of arrays,
+       and the weight shapes its architecture implies (expected_weight_shapes), all without
+       building a model
+    5. only then the arrays, in pieces of READ_PIECE_BYTES, and the checksum over everything.
+So the memory a file can make tinycnn allocate is bounded by the file's own size (its arrays,
+inflated by at most MAX_INFLATION_RATIO), and by nothing a header merely claims.
 
 The checksum detects accidents and casual edits; it is not a signature (whoever edits a
 file can recompute it). Loading stays safe regardless: only numbers and JSON are read.
 """
+import collections
 import errno
 import hashlib
 import json
+import math
 import os
+import stat
+import struct
 import zipfile
+import zlib
 
 import numpy as np
 
-from tinycnn.utils import atomic_write
+from tinycnn.utils import atomic_write, remove_interrupted_writes
 
 FORMAT_NAME = "tinycnn-model"
 FORMAT_VERSION = 1
 HEADER = "header"
 CHECKSUM = "sha256"
 ALLOWED_DTYPES = ("float32", "float64", "int64", "int32", "uint8")
-MAX_UNCOMPRESSED_BYTES = 8 * 2**30          # refuse archives that would inflate beyond 8 GiB
+MAX_HEADER_BYTES = 2**20        # a header describes layers and settings: kilobytes, not megabytes
+MAX_INFLATION_RATIO = 20        # float weights hardly compress (about 1.1x); far more is a zip bomb
+READ_PIECE_BYTES = 2**20        # members are inflated and copied this much at a time
+# Zip members tinycnn reads: stored as they are (what np.savez writes), or deflated.
+READABLE_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+ENCRYPTED_FLAGS = 0x0001 | 0x0040              # zip flag bits: encrypted, strongly encrypted
+# What zipfile and NumPy's .npy header parser raise on damaged bytes: a flipped byte in a zip
+# header can surface as any of these (an odd flag as NotImplementedError, a bad length as
+# struct.error or OverflowError, a bad CRC as BadZipFile...). All mean "damaged".
+DAMAGE_ERRORS = (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError,
+                 RuntimeError, struct.error, zlib.error, OverflowError, KeyError, IndexError)
 
 
 class ModelFileError(ValueError):
@@ -110,63 +141,192 @@ def read_model_file(path, kinds=("model", "weights")):
     """Read and fully check a file written by write_model_file -> (header dict, {name: array}).
 
     Raises FileNotFoundError if there is no such file and ModelFileError for anything
-    wrong with it: never returns a partly read file.
+    wrong with it: never returns a partly read file. See the module's docstring for the
+    order of the checks.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(errno.ENOENT, "No such file (no model file there)", path)
-    if os.path.isdir(path):
-        raise ModelFileError(f"{path!r} is a directory, not a tinycnn model file")
 
     def fail(problem):
         return ModelFileError(f"cannot load {path!r}: {problem}")
 
-    with open(path, "rb") as f:
-        first_bytes = f.read(8)
-    if not first_bytes.startswith(b"PK"):
-        raise fail(_what_is_it(first_bytes))
+    remove_interrupted_writes(path)                  # what a save killed mid-write left beside it
+    with _open_regular_file(path, fail) as file:
+        first_bytes = file.read(8)
+        if not first_bytes.startswith(b"PK"):
+            raise fail(_what_is_it(first_bytes))
+        file.seek(0)
+        try:
+            with zipfile.ZipFile(file) as archive:
+                return _read_archive(archive, os.fstat(file.fileno()).st_size, kinds, fail)
+        except ModelFileError:
+            raise
+        except DAMAGE_ERRORS as error:
+            raise fail(f"the archive is damaged or truncated ({type(error).__name__}: {error})") from None
 
-    # The archive's table of contents, before any member is read.
+
+def _open_regular_file(path, fail):
+    """`path` opened for reading in binary, if it is a regular file (or a link to one).
+
+    A FIFO, a device or a socket could block open() or read() forever, so its type is
+    checked with os.stat before it is opened, and again on the open descriptor (in case the
+    path was swapped in between), which is opened with O_NONBLOCK so that even that cannot wait.
+    """
     try:
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
-        raise fail(f"the archive is damaged or truncated ({error})") from None
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFoundError(errno.ENOENT, "No such file (no model file there)", path) from None
+    _require_regular_file(mode, fail)
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        _require_regular_file(os.fstat(descriptor).st_mode, fail)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def _require_regular_file(mode, fail):
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+        raise fail(f"it is {kind}, not a tinycnn model file (a model file is a regular file)")
+
+
+def _read_archive(archive, file_size, kinds, fail):
+    """read_model_file's checks on an open zip archive, in the order of the module's docstring."""
+    infos = archive.infolist()
+    _check_members(infos, file_size, fail)
+    members = {info.filename[:-len(".npy")]: info for info in infos}
+    layouts = {name: _npy_layout(archive, info, fail) for name, info in members.items()}
+
+    header_bytes = _read_header_bytes(archive, members, layouts, fail)
+    header = _parse_header(header_bytes, fail)
+    _check_array_list(header, layouts, fail)
+    _check_architecture(header, layouts, fail)
+
+    arrays = {name: _read_array(archive, members[name], layouts[name])
+              for name in layouts if name not in (HEADER, CHECKSUM)}
+    checksum = _read_array(archive, members[CHECKSUM], layouts[CHECKSUM]).tobytes()
+    if _digest(header_bytes, arrays) != checksum:
+        raise fail("its SHA-256 checksum does not match its contents: the file was damaged or "
+                   "edited after it was written")
+    if header.get("kind") == "weights" and "weights" not in kinds:
+        raise fail("it holds only weights (written by save_weights); load them into a model of the "
+                   "same architecture with model.load_weights(path)")
+    if header.get("kind") not in kinds:
+        raise fail(f"it holds {header.get('kind')!r}, expected one of {list(kinds)}")
+    return header, arrays
+
+
+def _check_members(infos, file_size, fail):
+    """The zip directory: which members, how they are stored, and how much they inflate to."""
     names = [info.filename for info in infos]
     if "config.json" in names or "model.weights.h5" in names:
         raise fail("this is a Keras .keras archive; tinycnn cannot read Keras's files: rebuild the "
                    "model with tinycnn and copy the weights with set_weights")
     if HEADER + ".npy" not in names or CHECKSUM + ".npy" not in names:
         raise fail(f"it is a zip/.npz archive but not a tinycnn model file (members: {names[:8]})")
-    if sum(info.file_size for info in infos) > MAX_UNCOMPRESSED_BYTES:
-        raise fail("the archive would inflate to more than 8 GiB; refusing to read it")
-    if any(not name.endswith(".npy") for name in names) or len(set(names)) != len(names):
-        raise fail(f"unexpected members in the archive: {names}")
+    unexpected = [name for name in names if not name.endswith(".npy")]
+    unexpected += sorted(name for name, count in collections.Counter(names).items() if count > 1)
+    if unexpected:
+        raise fail(f"unexpected members in the archive (not .npy arrays, or twice): {unexpected[:8]}")
+    for info in infos:
+        name = info.filename
+        if info.flag_bits & ENCRYPTED_FLAGS:
+            raise fail(f"its member {name!r} is encrypted; tinycnn model files never are")
+        if info.compress_type not in READABLE_COMPRESSION:
+            raise fail(f"its member {name!r} uses compression method {info.compress_type}; tinycnn "
+                       f"reads only stored (uncompressed) or deflated members")
+        if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+            raise fail(f"its member {name!r} is stored uncompressed, yet its two sizes differ "
+                       f"({info.compress_size} and {info.file_size} bytes)")
+        if info.header_offset + info.compress_size > file_size:
+            raise fail(f"its member {name!r} reaches beyond the end of the file: the file is truncated")
+    compressed = sum(info.compress_size for info in infos)
+    inflated = sum(info.file_size for info in infos)
+    if compressed > file_size:
+        raise fail(f"its members claim {compressed} bytes, more than the file's {file_size}")
+    if inflated > MAX_INFLATION_RATIO * compressed:
+        raise fail(f"its {compressed} bytes of members would inflate to {inflated} bytes, more than "
+                   f"{MAX_INFLATION_RATIO} times as much: a zip bomb, or not a tinycnn model file "
+                   f"(whose weights hardly compress)")
 
-    # Every member, as plain arrays: allow_pickle=False makes NumPy refuse object arrays
-    # (pickled data) outright, without unpickling anything.
-    members = {}
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            for name in archive.files:
-                members[name] = archive[name]
-    except ValueError as error:
-        if "pickle" in str(error).lower() or "object" in str(error).lower():
-            raise fail("it holds a pickled Python object, which could run code; tinycnn refuses it "
-                       "(a genuine tinycnn file holds only numeric arrays)") from None
-        raise fail(f"a member could not be read ({error})") from None
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as error:
-        raise fail(f"the archive is damaged or truncated ({error})") from None
 
-    header_array, checksum = members.pop(HEADER), members.pop(CHECKSUM)
-    if header_array.dtype != np.uint8 or header_array.ndim != 1:
+def _npy_layout(archive, info, fail):
+    """(shape, dtype, data offset) of a member, from its .npy header alone (its data unread).
+
+    The member must hold exactly the bytes that shape and dtype need: so what it claims is
+    bounded by the member's size, which _check_members bounded by the file's.
+    """
+    name = info.filename
+    with archive.open(info) as member:
+        try:
+            version = np.lib.format.read_magic(member)
+        except ValueError:
+            raise fail(f"its member {name!r} is not a .npy array") from None
+        if version not in ((1, 0), (2, 0)):
+            raise fail(f"its member {name!r} is a .npy array of format version {version}, which "
+                       f"tinycnn does not read")
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        try:
+            shape, fortran_order, dtype = read_header(member)
+        except ValueError as error:
+            raise fail(f"its member {name!r} has a damaged .npy header ({error})") from None
+        offset = member.tell()
+    if dtype.hasobject:
+        raise fail("it holds a pickled Python object, which could run code; tinycnn refuses it "
+                   "(a genuine tinycnn file holds only numeric arrays)")
+    if dtype.name not in ALLOWED_DTYPES or fortran_order or any(size < 0 for size in shape):
+        raise fail(f"its member {name!r} is a {dtype} array of shape {shape}"
+                   f"{' in Fortran order' if fortran_order else ''}, which tinycnn never writes")
+    needed = math.prod(shape) * dtype.itemsize
+    if info.file_size != offset + needed:
+        raise fail(f"its member {name!r} declares a {dtype} array of shape {shape} ({needed} bytes), "
+                   f"but holds {info.file_size - offset} bytes of data")
+    return shape, dtype, offset
+
+
+def _read_array(archive, info, layout):
+    """A member's array, inflated and copied READ_PIECE_BYTES at a time into its own memory."""
+    shape, dtype, offset = layout
+    array = np.empty(shape, dtype=dtype)
+    memory = memoryview(array.reshape(-1).view(np.uint8))
+    with archive.open(info) as member:
+        member.read(offset)                          # the .npy header, checked by _npy_layout
+        filled = 0
+        while filled < len(memory):
+            piece = member.read(min(READ_PIECE_BYTES, len(memory) - filled))
+            if not piece:
+                raise EOFError(f"member {info.filename!r} ends after {filled} of its {len(memory)} bytes")
+            memory[filled:filled + len(piece)] = piece
+            filled += len(piece)
+    return array
+
+
+def _read_header_bytes(archive, members, layouts, fail):
+    """The JSON header's bytes, after checking its and the checksum's .npy layout."""
+    shape, dtype, _ = layouts[HEADER]
+    if dtype != np.uint8 or len(shape) != 1:
         raise fail("its header is not a byte array")
-    if checksum.dtype != np.uint8 or checksum.shape != (32,):
+    if shape[0] > MAX_HEADER_BYTES:
+        raise fail(f"its header is {shape[0]} bytes long; a tinycnn header is at most "
+                   f"{MAX_HEADER_BYTES} bytes")
+    shape, dtype, _ = layouts[CHECKSUM]
+    if dtype != np.uint8 or shape != (32,):
         raise fail("its checksum is not a 32-byte array")
-    header_bytes = header_array.tobytes()
+    return _read_array(archive, members[HEADER], layouts[HEADER]).tobytes()
+
+
+def _parse_header(header_bytes, fail):
+    """The header's JSON object, with its format name and version checked."""
     try:
         header = json.loads(header_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except RecursionError:             # Python's JSON parser recurses once per level of nesting
+        raise fail("its header is nested too deeply to be a tinycnn header") from None
+    except (UnicodeDecodeError, ValueError) as error:   # ValueError: bad JSON, or a huge number
         raise fail(f"its header is not valid JSON ({error})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise fail("it is an .npz archive, but not a tinycnn model file (wrong format name)")
@@ -178,24 +338,93 @@ def read_model_file(path, kinds=("model", "weights")):
                    f"tinycnn reads version {FORMAT_VERSION}: upgrade tinycnn to load it")
     if version < 1:
         raise fail(f"unknown file format version {version}")
-    if _digest(header_bytes, members) != checksum.tobytes():
-        raise fail("its SHA-256 checksum does not match its contents: the file was damaged or "
-                   "edited after it was written")
-    if header.get("kind") == "weights" and "weights" not in kinds:
-        raise fail("it holds only weights (written by save_weights); load them into a model of the "
-                   "same architecture with model.load_weights(path)")
-    if header.get("kind") not in kinds:
-        raise fail(f"it holds {header.get('kind')!r}, expected one of {list(kinds)}")
+    return header
 
-    # The arrays the header lists, exactly, with the dtypes and shapes it says.
+
+def _check_array_list(header, layouts, fail):
+    """The header lists exactly the archive's arrays, with the dtypes and shapes they have."""
     table = header.get("arrays")
-    if not isinstance(table, dict) or set(table) != set(members):
+    arrays = set(layouts) - {HEADER, CHECKSUM}
+    if not isinstance(table, dict) or set(table) != arrays:
         raise fail("its list of arrays does not match the archive's members")
     for name, spec in table.items():
-        array = members[name]
-        if not isinstance(spec, dict) or spec.get("dtype") != array.dtype.name \
-                or spec.get("shape") != list(array.shape):
-            raise fail(f"array {name!r} is {array.dtype} {array.shape}, the header says {spec!r}")
-        if array.dtype.name not in ALLOWED_DTYPES:
-            raise fail(f"array {name!r} has dtype {array.dtype}, which tinycnn never writes")
-    return header, members
+        shape, dtype, _ = layouts[name]
+        if not isinstance(spec, dict) or spec.get("dtype") != dtype.name \
+                or spec.get("shape") != list(shape):
+            raise fail(f"array {name!r} is {dtype} {shape}, the header says {str(spec)[:200]}")
+
+
+# ---------------------------------------------------------------------------
+# The weight shapes an architecture implies, without building it
+# ---------------------------------------------------------------------------
+def expected_weight_shapes(model_config):
+    """The shapes of the weights a Sequential built from `model_config` (its get_config()) has,
+    in get_weights's order, computed without building it: no weight is allocated.
+
+    Each layer is created from its config (a constructor allocates nothing) and asked for its
+    output shape (compute_output_shape), starting from the model's input shape. Only Conv2D
+    (kernel (kh, kw, in, filters), bias (filters,)) and Dense (kernel (in, units), bias
+    (units,)) have weights. Raises ValueError (or whatever a layer's constructor raises for a
+    bad config) if the architecture cannot be built.
+    """
+    from tinycnn import layers as layers_module       # here: saving is imported by models
+    if not isinstance(model_config, dict) or not isinstance(model_config.get("layers"), list) \
+            or not model_config["layers"]:
+        raise ValueError("it has no model architecture")
+    input_shape = model_config.get("build_input_shape")
+    if input_shape is None:
+        raise ValueError("the saved model was never built (no input shape)")
+    if not isinstance(input_shape, list) or len(input_shape) < 2 or input_shape[0] is not None \
+            or not all(_is_positive_int(size) for size in input_shape[1:]):
+        raise ValueError(f"its input shape {input_shape!r} is not a list such as [null, 28, 28, 1]")
+    shape = tuple(input_shape[1:])
+    shapes = []
+    for entry in model_config["layers"]:
+        if not isinstance(entry, dict) or entry.get("class_name") not in layers_module.LAYER_CLASSES \
+                or not isinstance(entry.get("config"), dict):
+            raise ValueError(f"unknown layer {str(entry)[:200]}; tinycnn has "
+                             f"{sorted(layers_module.LAYER_CLASSES)}")
+        layer = layers_module.LAYER_CLASSES[entry["class_name"]].from_config(dict(entry["config"]))
+        if layer.input_shape is not None and layer.input_shape != shape:
+            raise ValueError(f"layer {layer.name!r} was given input_shape={layer.input_shape}, "
+                             f"but its input has shape {shape}")
+        output_shape = layer.compute_output_shape(shape)
+        shapes.extend(_weight_shapes(layer, shape, layers_module))
+        shape = tuple(output_shape)
+    return shapes
+
+
+def _weight_shapes(layer, input_shape, layers_module):
+    """The shapes of `layer`'s weights for inputs of `input_shape` (as its build would make them)."""
+    if isinstance(layer, layers_module.Conv2D):
+        kernel, bias = tuple(layer.kernel_size) + (input_shape[-1], layer.filters), (layer.filters,)
+    elif isinstance(layer, layers_module.Dense):
+        kernel, bias = (input_shape[-1], layer.units), (layer.units,)
+    else:
+        return []                      # tinycnn's other layers have no weights
+    return [kernel, bias] if layer.use_bias else [kernel]
+
+
+def _is_positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_architecture(header, layouts, fail):
+    """The weight arrays have exactly the shapes the header's architecture implies."""
+    try:
+        expected = expected_weight_shapes(header.get("model"))
+    except Exception as error:         # a crafted config can make a layer's constructor raise anything
+        raise fail(f"its architecture is invalid: {error}") from None
+    count = sum(1 for name in layouts if name.startswith("weight_"))
+    names = [f"weight_{i:04d}" for i in range(count)]
+    if any(name not in layouts for name in names):
+        raise fail(f"its weights are not numbered 0..{count - 1}")
+    found = [layouts[name][0] for name in names]
+    if len(found) != len(expected):
+        raise fail(f"its architecture has {len(expected)} weight arrays, but the file holds "
+                   f"{len(found)}: the file was damaged or edited after it was written")
+    for index, (want, have) in enumerate(zip(expected, found)):
+        if tuple(want) != tuple(have):
+            raise fail(f"its architecture implies weight {index} of shape {tuple(want)}, but the "
+                       f"file's weight {index} has shape {tuple(have)}: the file was damaged or "
+                       f"edited after it was written")

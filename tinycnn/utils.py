@@ -2,7 +2,9 @@
 type, how many threads the fast engine uses, and files written whole or not at all."""
 import contextlib
 import os
+import re
 import tempfile
+import time
 
 import numpy as np
 
@@ -134,6 +136,74 @@ def get_num_threads():
 # ---------------------------------------------------------------------------
 # Files: written whole or not at all
 # ---------------------------------------------------------------------------
+# A temporary file's name holds the PID of the process writing it: `PREFIX PID . random SUFFIX`.
+# A process killed while writing (SIGKILL, a power cut) cannot remove its temporary file, so
+# the next writer of the same kind removes it, once it is stale: its PID runs no process on
+# this machine, and it was last written STALE_AFTER_S ago or more. (The age rule spares a
+# writer on another machine that shares the folder, whose PID means nothing here.)
+STALE_AFTER_S = 10 * 60
+
+
+def temporary_file(folder, prefix, suffix):
+    """A new, empty temporary file in `folder` named `prefix PID . random suffix` -> (fd, path)."""
+    return tempfile.mkstemp(dir=folder, prefix=f"{prefix}{os.getpid()}.", suffix=suffix)
+
+
+def remove_stale_temporaries(folder, prefix, suffix):
+    """Remove the stale files that temporary_file(folder, prefix, suffix) made (see STALE_AFTER_S).
+
+    Files of any other name, and temporary files whose writer may still run, are left alone.
+    Returns the names removed. Never raises: a folder that cannot be read or written is skipped.
+    """
+    name_rule = re.compile(re.escape(prefix) + r"(\d+)\.[a-z0-9_]+" + re.escape(suffix))
+    removed = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                match = name_rule.fullmatch(entry.name)
+                if match and _is_stale(entry, int(match[1])):
+                    os.remove(entry.path)
+                    removed.append(entry.name)
+    except OSError:
+        pass
+    return removed
+
+
+def _is_stale(entry, pid):
+    """A regular file, untouched for STALE_AFTER_S, whose writer `pid` no longer runs here."""
+    if not entry.is_file(follow_symlinks=False):
+        return False
+    age = time.time() - entry.stat(follow_symlinks=False).st_mtime
+    return age >= STALE_AFTER_S and not _process_runs(pid)
+
+
+def _process_runs(pid):
+    """True if a process with this PID runs on this machine, or if we cannot tell."""
+    if os.name != "posix":
+        return True                      # (on Windows, os.kill(pid, 0) would stop the process)
+    try:
+        os.kill(pid, 0)                  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OverflowError:
+        return False                     # not a PID at all
+    except OSError:
+        return True                      # e.g. PermissionError: it runs, as another user
+    return True
+
+
+def _atomic_write_naming(path):
+    """(folder, prefix, suffix) of atomic_write(path)'s temporary files: `.NAME.PID.random.tmp`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return folder, "." + os.path.basename(path) + ".", ".tmp"
+
+
+def remove_interrupted_writes(path):
+    """Remove the temporary files that interrupted atomic_write(path) calls left beside `path`
+    (only stale ones: see STALE_AFTER_S). Saving and loading a model call it."""
+    return remove_stale_temporaries(*_atomic_write_naming(path))
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode="wb"):
     """Write `path` through a temporary file beside it, renamed into place only on success.
@@ -143,11 +213,12 @@ def atomic_write(path, mode="wb"):
 
     Readers see the old file or the new one, never half of one: the data is flushed to disk,
     then os.replace swaps it in with one rename. On any error (Ctrl-C too) the temporary file
-    is removed and `path` is left as it was.
+    is removed and `path` is left as it was. A process killed while writing leaves its
+    temporary file `.NAME.PID.random.tmp`; a later atomic_write(path) removes it once stale.
     """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    remove_interrupted_writes(path)
+    handle, temporary = temporary_file(*_atomic_write_naming(path))
     try:
         with os.fdopen(handle, mode) as file:
             yield file

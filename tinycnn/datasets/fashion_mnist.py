@@ -34,7 +34,17 @@ Which place is used, and what happens when something is wrong there:
 
 A download goes to a temporary file in the cache folder; all missing files are fetched
 and verified first, and only then renamed into place (`os.replace`, atomic). After any
-failure the temporary files are removed, so the cache only ever holds verified files.
+failure the temporary files are removed, so the cache only ever holds verified files. A
+download killed outright (SIGKILL, a power cut) cannot remove its temporary file
+`.partial-PID.XXXX.gz`; the next download removes it once its process is gone and it has
+been untouched for 10 minutes (tinycnn.utils.STALE_AFTER_S).
+
+A download gives up, with a DatasetError, on a mirror that is too slow: each connection
+attempt and each read may wait DOWNLOAD_TIMEOUT_S (30 s), the whole download (all missing
+files) may take DOWNLOAD_DEADLINE_S (30 minutes; $TINYCNN_DOWNLOAD_DEADLINE, in seconds),
+and each file must arrive at DOWNLOAD_MIN_RATE bytes/s on average or more (20 kB/s;
+$TINYCNN_DOWNLOAD_MIN_RATE, 0 for no minimum), counted once it has been downloading for
+RATE_CHECK_AFTER_S (30 s).
 
 Every file is verified on every load (decompressing train-images takes about 0.3 s here,
 hashing its 47 MB about 0.03 s, so there is nothing worth caching):
@@ -51,7 +61,7 @@ import gzip
 import hashlib
 import os
 import sys
-import tempfile
+import time
 import urllib.error
 import urllib.request
 import zlib
@@ -59,6 +69,8 @@ from http.client import HTTPException
 from pathlib import Path
 
 import numpy as np
+
+from tinycnn.utils import remove_stale_temporaries, temporary_file
 
 CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -88,7 +100,14 @@ SMALLEST_FIRST = ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte",
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com"
 DOWNLOAD_TIMEOUT_S = 30                 # per connection attempt and per read, not in total
+# A mirror that sends a byte every few seconds never trips that timeout, so there are two
+# more limits. The 30 MB of the four files at the minimum rate take 25 minutes: the
+# deadline leaves room for that.
+DOWNLOAD_DEADLINE_S = 30 * 60           # the whole download, all files ($TINYCNN_DOWNLOAD_DEADLINE)
+DOWNLOAD_MIN_RATE = 20_000              # bytes/s per file on average ($TINYCNN_DOWNLOAD_MIN_RATE) ...
+RATE_CHECK_AFTER_S = 30                 # ... once the file has been downloading this long
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024   # the largest .gz is 26 MB: stop a runaway server
+PARTIAL_PREFIX, PARTIAL_SUFFIX = ".partial-", ".gz"     # a download's temporary files
 
 INSTALL_HINT = "install the Debian/Ubuntu package: sudo apt-get install dataset-fashion-mnist"
 ENV_HINT = "set TINYCNN_DATA to a folder holding the four files (.gz or not)"
@@ -481,21 +500,24 @@ def _download(names, cache_dir, mirror):
 
     Each file goes to a temporary file in cache_dir and is verified there; only when every
     file has passed are they renamed into place. On any failure (or Ctrl-C) the temporary
-    files are removed and a DatasetError says what went wrong.
+    files are removed and a DatasetError says what went wrong. Stale temporary files of
+    earlier, killed downloads are removed first.
     """
+    limits = _DownloadLimits()
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise DatasetError(f"Cannot create tinycnn's cache folder {cache_dir} ({error.strerror or error}).\n"
                            f"To fix it: set XDG_CACHE_HOME to a writable folder, {INSTALL_HINT}, "
                            f"or {ENV_HINT}.", path=cache_dir, reason=error) from None
+    remove_stale_temporaries(cache_dir, PARTIAL_PREFIX, PARTIAL_SUFFIX)
     fix = (f"Nothing was written to {cache_dir}. To fix it: check your connection and the mirror "
            f"address (TINYCNN_MIRROR, now {mirror}), or {INSTALL_HINT}, or {ENV_HINT}.")
     downloaded = {}                       # name -> temporary file, all removed unless renamed
     try:
         for name in names:
             url = f"{mirror}/{name}.gz"
-            downloaded[name] = _fetch(url, cache_dir, fix)
+            downloaded[name] = _fetch(url, cache_dir, fix, limits)
             _read_idx(downloaded[name], name, fix=fix, shown_as=f"The file downloaded from {url}")
         for name, temporary in list(downloaded.items()):
             os.replace(temporary, cache_dir / (name + ".gz"))
@@ -505,25 +527,29 @@ def _download(names, cache_dir, mirror):
             _remove_quietly(temporary)
 
 
-def _fetch(url, directory, fix):
-    """Download `url` to a new temporary file `directory/.partial-XXXX.gz`; returns its path.
+def _fetch(url, directory, fix, limits):
+    """Download `url` to a new temporary file `directory/.partial-PID.XXXX.gz`; returns its path.
 
     Raises DatasetError, leaving no file behind, on an HTTP error, a timeout, a broken
-    connection, a body shorter than its Content-Length, or a disk that cannot take it.
+    connection, a body shorter than its Content-Length, a disk that cannot take it, or a
+    download slower than `limits` (a _DownloadLimits) allow.
     """
     print(f"tinycnn: downloading {url} ...", file=sys.stderr, flush=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=".partial-", suffix=".gz", dir=directory)
+    descriptor, temporary = temporary_file(directory, PARTIAL_PREFIX, PARTIAL_SUFFIX)
     received = 0
+    started = time.monotonic()
     try:
         with os.fdopen(descriptor, "wb") as out:
-            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            with urllib.request.urlopen(url, timeout=limits.timeout()) as response:
                 announced = response.headers.get("Content-Length")
-                while chunk := response.read(1 << 20):
+                # read1: what has arrived, at once (read(n) would wait until n bytes are in)
+                while chunk := response.read1(1 << 20):
                     received += len(chunk)
                     if received > MAX_DOWNLOAD_BYTES:
                         raise DatasetError(f"The download from {url} is larger than "
                                            f"{MAX_DOWNLOAD_BYTES} bytes: not a Fashion-MNIST file.\n{fix}")
                     out.write(chunk)
+                    limits.check(url, received, started, fix)
             if announced is not None and announced.isdigit() and received != int(announced):
                 raise DatasetError(f"The download from {url} is truncated: the connection closed after "
                                    f"{received} of {announced} bytes.\n{fix}")
@@ -535,11 +561,66 @@ def _fetch(url, directory, fix):
             error.close()                  # an HTTPError holds the connection open
         if isinstance(error, DatasetError) or not isinstance(error, Exception):
             raise                          # our own error, or Ctrl-C: pass it on as it is
-        raise DatasetError(f"{_describe_network_error(url, error, received)}.\n{fix}",
-                           path=url, reason=error) from None
+        problem = limits.too_late(url, received) if limits.expired() else \
+            _describe_network_error(url, error, received)
+        raise DatasetError(f"{problem}.\n{fix}", path=url, reason=error) from None
     size = f"{received / 1e6:.1f} MB" if received >= 1e6 else f"{received / 1e3:.0f} kB"
     print(f"tinycnn: ... {size} received", file=sys.stderr, flush=True)
     return Path(temporary)
+
+
+class _DownloadLimits:
+    """The time limits of one download: a deadline for all its files, a minimum rate for each.
+
+    Read from $TINYCNN_DOWNLOAD_DEADLINE and $TINYCNN_DOWNLOAD_MIN_RATE when it starts, else
+    DOWNLOAD_DEADLINE_S and DOWNLOAD_MIN_RATE.
+    """
+
+    def __init__(self):
+        self.seconds = _number_from_env("TINYCNN_DOWNLOAD_DEADLINE", DOWNLOAD_DEADLINE_S,
+                                        "a number of seconds above 0", zero_allowed=False)
+        self.min_rate = _number_from_env("TINYCNN_DOWNLOAD_MIN_RATE", DOWNLOAD_MIN_RATE,
+                                         "a number of bytes per second (0 for no minimum)")
+        self.deadline = time.monotonic() + self.seconds
+
+    def expired(self):
+        return time.monotonic() >= self.deadline
+
+    def timeout(self):
+        """The socket timeout of a connection: DOWNLOAD_TIMEOUT_S, less if the deadline is nearer."""
+        return max(0.01, min(DOWNLOAD_TIMEOUT_S, self.deadline - time.monotonic()))
+
+    def check(self, url, received, started, fix):
+        """Raise DatasetError if the deadline has passed, or if the file that started at
+        `started` (time.monotonic()) and has `received` bytes so far arrives too slowly."""
+        if self.expired():
+            raise DatasetError(f"{self.too_late(url, received)}.\n{fix}", path=url)
+        elapsed = time.monotonic() - started
+        if elapsed >= RATE_CHECK_AFTER_S and received < self.min_rate * elapsed:
+            raise DatasetError(
+                f"The download from {url} is too slow: {received} bytes in {elapsed:.1f} s "
+                f"({received / elapsed:.0f} bytes/s), under the minimum of {self.min_rate:g} bytes/s "
+                f"(TINYCNN_DOWNLOAD_MIN_RATE sets it; 0 turns it off).\n{fix}", path=url)
+
+    def too_late(self, url, received):
+        return (f"The download from {url} did not finish within the {self.seconds:g} s allowed "
+                f"for the whole download ({received} bytes of this file had arrived; "
+                f"TINYCNN_DOWNLOAD_DEADLINE sets the limit, in seconds)")
+
+
+def _number_from_env(variable, default, what, zero_allowed=True):
+    """The number in $variable (default if unset or empty); DatasetError if it is not `what`."""
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 <= value < float("inf")) or (value == 0 and not zero_allowed):
+        raise DatasetError(f"{variable} must be {what}, got {text!r}. To fix it: set it to e.g. "
+                           f"{default}, or unset it.")
+    return value
 
 
 def _describe_network_error(url, error, received):
