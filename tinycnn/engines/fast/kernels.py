@@ -1,11 +1,12 @@
-"""The fast core: numba kernels (im2col/col2im, max pooling, bias + ReLU, the bias
-gradient, the optimizer updates) and the matrix products cut to OpenBLAS's liking, each
-with a plain-NumPy twin.
+"""The fast engine's kernels: numba loops (im2col/col2im, Winograd's transforms, max
+pooling, bias + ReLU, the bias gradient, the softmax cross-entropy, the optimizer updates)
+and the matrix products cut to OpenBLAS's liking, each with a plain-NumPy twin.
 
-The layers in `tinycnn.layers` stay readable and call these functions for the loops
-that NumPy cannot vectorise well, and `matmul` for their matrix products. Every kernel `foo` has a twin `foo_numpy` that does
-the same job with NumPy only; the tests compare the two on random shapes, so a
-learner can read the twin to understand what the fast version computes.
+The fast engine's ops (ops.py) call these kernels for the loops that NumPy cannot
+vectorise well, and `matmul` for their matrix products; the textbook layers in
+`tinycnn.layers` stay plain NumPy and never call them. Every kernel `foo` has a twin
+`foo_numpy` that does the same job with NumPy only; the tests compare the two on random
+shapes, so a learner can read the twin to understand what the fast version computes.
 
 Layout conventions (as Keras, "channels_last"):
     images   x  (N, H, W, C)        N = batch, H x W pixels, C channels
@@ -19,14 +20,14 @@ left (`pad_left`); the output size (OH, OW) fixes how much padding the bottom/ri
 
 Outputs: a kernel that makes a big array takes an optional `out=` (the array to write
 into, of the right shape and dtype, C-contiguous) and returns it; without it, it makes a
-new one (what the layers do: see `keep_freed_memory` for why that is fast).
+new one (what the ops mostly do: see `keep_freed_memory` for why that is fast).
 
 Threads: the kernels are single-threaded on purpose, and so deterministic (every sum
 is done in a fixed order). The batch loops could be numba `prange`s (each image is
-written by one thread only), but on a small shared machine each parallel region costs
-milliseconds of thread wake-ups (measured: im2col of a 32-image batch took 1 ms on one
-thread and 15 ms with numba's OpenMP pool on 2 busy cores). The same wake-up cost hits
-OpenBLAS's threads on a busy machine. Instead, tinycnn.parallel cuts each batch in two
+written by one thread only), but each parallel region must wake its threads, and on a
+small shared machine that costs more than the loop it shares (benchmarks/README.md,
+"Where the fast engine's thresholds come from"). The same wake-up cost hits OpenBLAS's
+threads on a busy machine. Instead, tinycnn.engines.fast.parallel cuts each batch in two
 halves and runs them in two threads; the kernels release the GIL for that (nogil).
 
 Numba caches the compiled machine code next to this file (or in NUMBA_CACHE_DIR).
@@ -45,7 +46,7 @@ def _jit(**options):
     """`numba.njit(cache=True, nogil=True, **options)`, falling back to no cache where numba cannot write one.
 
     nogil: the compiled kernels release Python's GIL, so that two threads can run them at
-    the same time (tinycnn.parallel runs the two halves of a batch side by side).
+    the same time (tinycnn.engines.fast.parallel runs the two halves of a batch side by side).
     """
     def decorate(func):
         try:
@@ -64,11 +65,11 @@ def _jit(**options):
 # A training step makes the same multi-megabyte arrays again and again (patches, outputs,
 # gradients). glibc's malloc adapts its thresholds to the largest block freed so far and
 # gives the top of its heap back to the system once more than twice that is free: with
-# cnn_categorical's 2.7 MB arrays that happened at every step, and the fresh pages cost
-# 1,300 page faults a step (measured: 4.1 ms a step instead of 1.8). Keeping per-layer
-# buffers instead removed the faults but made cnn_sparse 10% slower (8.5 -> 7.7 ms a step
-# with fresh arrays): malloc hands back the block freed last, still in the cache. So blocks
-# under 32 MB come from the heap, and the heap keeps up to 64 MB of freed memory.
+# arrays of a few megabytes that can happen at every step, and every fresh page then costs
+# a page fault. Buffers kept per op would avoid the faults but are slower than fresh
+# arrays, because malloc hands back the block freed last, which is still in the cache. So
+# blocks under MMAP_THRESHOLD come from the heap, and the heap keeps up to TRIM_THRESHOLD
+# of freed memory (benchmarks/README.md, "Where the fast engine's thresholds come from").
 MMAP_THRESHOLD = 32 * 2 ** 20          # glibc's largest allowed value on 64-bit systems
 TRIM_THRESHOLD = 64 * 2 ** 20
 
@@ -157,8 +158,8 @@ def im2col(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, out=None):
 def _im2col_one_channel(x, kh, kw, sh, sw, pad_top, pad_left, out_h, out_w, cols):
     """im2col for C = 1 (a grey image): column (i, j) of a row of outputs, one image row at a time.
 
-    Same result as im2col; for one channel, looping over the output columns innermost
-    (as the NumPy twin does) is about twice as fast as copying runs of KW values.
+    Same result as im2col; for one channel a run of KW values is too short for a copy to
+    pay, so the output columns are the innermost loop (as in the NumPy twin).
     """
     n, h, w, _ = x.shape
     blocks = cols.reshape(n, out_h, out_w, kh * kw)
@@ -186,7 +187,7 @@ def _im2col_3x3_one_channel(x, sh, sw, out_h, out_w, cols):
 
     Same result as im2col; a patch's nine values written one after the other from three
     image rows, with no loop over the kernel (numba cannot unroll one whose size it does
-    not know): 2.5x faster than _im2col_one_channel (16 images of 28x28: 50 -> 20 us).
+    not know), which is faster than _im2col_one_channel's loops.
     """
     n = x.shape[0]
     patches = cols.reshape(n, out_h, out_w, 9)
@@ -279,20 +280,19 @@ def col2im_numpy(dcols, n, h, w, c, kh, kw, sh, sw, pad_top, pad_left, out_h, ou
 # ---------------------------------------------------------------------------
 # A batch of 16-32 images makes matrix products of odd shapes: tall and thin (a first conv
 # layer: cols (N*OH*OW, 9) @ W2 (9, F)) or short and wide (a Dense layer: x (16, 5408) @
-# kernel (5408, 100)). OpenBLAS's AVX-512 ("SkylakeX") kernels, what NumPy's wheels pick on
-# this machine, compute a float32 product of at most 100^3 multiply-adds with a direct
-# kernel (no packing of the operands), and bigger ones with packing, which for these shapes
-# costs more than the arithmetic. So `matmul` cuts a product into pieces under that size
-# where it can. Measured here, one thread, ms per product (2026-11-29):
-#   cols (21632, 9) @ (9, 32), blocks of rows:         0.11 -> 0.07   (F = 64: 0.21 -> 0.13)
-#   cols.T @ dZ, first conv's dW, blocks of the sum:   0.21 -> 0.08   (F = 64: 0.40 -> 0.14)
-#   x (16, 5408) @ kernel (5408, 100), blocks of sum:   0.14 -> 0.10   (32 rows: 0.23 -> 0.18)
-#   x.T @ dZ, that Dense layer's dW, blocks of rows:   0.105 -> 0.087
+# kernel (5408, 100)). OpenBLAS's AVX-512 ("SkylakeX") kernels, which NumPy's wheels pick
+# on an AVX-512 CPU, compute a float32 product of at most 100^3 multiply-adds
+# (SMALL_PRODUCT) with a direct kernel (no packing of the operands), and bigger ones with
+# packing, which for these shapes costs more than the arithmetic. So `matmul` cuts a
+# product into pieces under that size where it can: blocks of rows (a first conv's
+# cols @ W2, a Dense layer's x.T @ dZ) or blocks of the sum (a first conv's cols.T @ dZ, a
+# Dense layer's x @ kernel).
 # A third case is a product with a transposed big matrix, dZ (16, 100) @ kernel.T (100, 5408),
-# a Dense layer's dL/dx: OpenBLAS packs the transposed kernel slowly (0.24 ms), and
-# computing (kernel @ dZ.T).T instead, then copying the (16, 5408) result into place, takes
-# 0.13 ms. That pays for at most 32 rows (at 64 rows it is 1.2x slower, so the rule stops
-# at 32). With other BLAS libraries the cuts cost a few extra calls and change nothing else.
+# a Dense layer's dL/dx: OpenBLAS packs the transposed kernel slowly, so computing
+# (kernel @ dZ.T).T instead, then copying the (16, 5408) result into place, is faster while
+# a has few rows: up to 32 (`_transposed_is_faster`); with more it is slower. With other
+# BLAS libraries the cuts cost a few extra calls and change nothing else. (Each case's
+# timings: benchmarks/README.md, "Where the fast engine's thresholds come from".)
 SMALL_PRODUCT = 100 ** 3        # multiply-adds of the biggest product OpenBLAS does directly
 MIN_BLOCK_ROWS = 256            # smaller blocks of rows cost more in calls than they save
 MIN_BLOCK_INNER = 128           # the same for blocks of the inner dimension (the sum)
@@ -316,8 +316,9 @@ def matmul(a, b, out=None):
     differently), and the cuts depend only on the shapes, so a product gives the same bits
     at every call.
     `out`, if given, must be C-contiguous (M, N) of the result's dtype.
-    Stacks of matrices, a (P, M, K) and b (P, K, N) -> (P, M, N), go one product at a time
-    (Winograd's V^T @ dM, 16 products of (64, 576) @ (576, 64): 0.44 -> 0.41 ms, blocks of the sum).
+    Stacks of matrices, a (P, M, K) and b (P, K, N) -> (P, M, N), go one product at a time,
+    each cut as above (Winograd's V^T @ dM, 16 products of (64, 576) @ (576, 64) for
+    cnn_sparse's second conv, goes in blocks of the sum).
     """
     if a.ndim == 3:
         out = np.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=np.result_type(a, b)) if out is None else out
@@ -328,8 +329,8 @@ def matmul(a, b, out=None):
     n = b.shape[1]
     if out is None:
         out = np.empty((m, n), dtype=np.result_type(a, b))
-    if k == 1:                  # an outer product (a batch of one's dW): np.matmul takes 0.5 ms
-        return np.multiply(a, b, out=out)       # for 5408 x 1 x 100 without BLAS, this 0.1 ms
+    if k == 1:                  # an outer product (a batch of one's dW): np.matmul does it
+        return np.multiply(a, b, out=out)       # without BLAS, slower than this a * b
     if _transposed_is_faster(a, b):
         out[...] = (b.T @ a.T).T
         return out
@@ -371,10 +372,11 @@ def matmul_numpy(a, b, out=None):
 # (winograd_output). That is 16 * C * F multiply-adds per 2x2 outputs against 36 * C * F
 # for im2col: cnn_sparse's second conv (13x13x64 -> 11x11x64, 6x6 tiles) needs 2.4 instead
 # of 4.5 million per image. The transforms only add and subtract (and halve exactly), so
-# float32 rounding stays that of the plain product (tests/test_kernels.py measures it
-# against float64). Measured here, one thread, that conv for 10,000 images (2026-11-29):
-# im2col + product 0.43 s, Winograd 0.29 s (input 0.04, products 0.22, output 0.03).
-# Conv2D uses it where `winograd_fits`: z = winograd_output(V @ U), V and U from
+# float32 rounding stays that of the plain product (tests/test_kernels.py checks it
+# against float64). The transforms cost less than the multiply-adds they save, so the
+# whole convolution is faster too (benchmarks/README.md, "Where the fast engine's
+# thresholds come from").
+# ops.ConvOp uses it where `winograd_fits`: z = winograd_output(V @ U), V and U from
 # winograd_input and winograd_kernel.
 WINOGRAD_BT = np.array([[1, 0, -1, 0],      # B^T (4, 4): input tile -> transformed tile
                         [0, 1, 1, 0],
@@ -393,7 +395,8 @@ WINOGRAD_MIN_CHANNELS = 16
 
 
 def winograd_fits(kernel_size, strides, in_channels):
-    """True when Conv2D should take Winograd's way: a 3x3 kernel, stride 1, 16 channels or more."""
+    """True when a Conv2D's op (ops.ConvOp) should take Winograd's way: a 3x3 kernel, stride 1,
+    WINOGRAD_MIN_CHANNELS (16) channels or more."""
     return tuple(kernel_size) == (3, 3) and tuple(strides) == (1, 1) and in_channels >= WINOGRAD_MIN_CHANNELS
 
 
@@ -425,7 +428,7 @@ def winograd_input(x, pad_top, pad_left, tiles_h, tiles_w, out=None):
     The row step runs over a whole strip of tiles at once (an image row is W*C contiguous
     values, and neighbouring tiles share two columns); the column step reads the strip.
     Every inner loop indexes with its bare loop counter, which lets numba vectorise it (with
-    offsets computed inside the index it did not: 18x slower).
+    offsets computed inside the index it does not).
     """
     n, h, w, c = x.shape
     v = np.empty((16, n * tiles_h * tiles_w, c), dtype=x.dtype) if out is None else out
@@ -772,7 +775,8 @@ def _maxpool_2x2_forward(x, y, argmax):
     Same result: the four cells (top-left, top-right, bottom-left, bottom-right) are
     compared in row-major order with a strict ">", so the first maximum wins. Holding the
     four (C,) rows at once and writing y and argmax once per channel lets numba vectorise
-    the channel loop (2-4x faster than the general loop, which updates y at every cell).
+    the channel loop, which makes it faster than the general loop (that one updates y at
+    every cell).
     """
     n, h, w, c = x.shape
     _, out_h, out_w, _ = y.shape
@@ -840,8 +844,8 @@ def _maxpool_2x2_backward(dy, argmax, dx):
     The window of output (oy, ox) covers rows 2*oy, 2*oy+1 and columns 2*ox, 2*ox+1; its
     gradient goes to the cell whose y*W + x equals argmax, the other three get 0. dx is
     written one image row at a time, left to right, a window's two cells of that row per
-    step (straight runs of C values, which numba vectorises: 1.7x faster than one cell per
-    step, and twice as fast as zero-filling dx and then scattering). An odd last row or
+    step (straight runs of C values, which numba vectorises: faster than one cell per step,
+    and than zero-filling dx and then scattering). An odd last row or
     column belongs to no window: its gradient is 0.
     """
     n, h, w, c = dx.shape
@@ -941,7 +945,7 @@ def maxpool_relu_backward_2x2(dy, argmax, y, h, w, out=None):
     the row per step, as _maxpool_2x2_backward. The bias sums are added up on each window's
     first row, per row of windows in dy's type, then in float64. (The rows are counted by
     `half`, so the test `half == 0` is one numba moves out of the inner loops; written as
-    `yy == 2 * oy` it stayed inside them, unvectorised: 5x slower.)
+    `yy == 2 * oy` it stays inside them, and they do not vectorise.)
     """
     n, out_h, out_w, c = dy.shape
     dz = np.empty((n, h, w, c), dtype=dy.dtype) if out is None else out
@@ -1099,8 +1103,8 @@ def softmax_cross_entropy(z, t):
 
     Per row: shifted = z - max(z) (<= 0, so exp cannot overflow); log p = shifted - log(sum
     exp(shifted)); loss = -sum t log p; dL/dz = (p * sum(t) - t) / M (p - t for a one-hot row).
-    The rows' losses are added in float64. 13.7 -> 1.8 us for 16 rows of 10 (NumPy's calls
-    on such small arrays cost more than their arithmetic).
+    The rows' losses are added in float64. One pass per row, because on a batch's few rows
+    of logits NumPy's calls cost more than their arithmetic.
     """
     m, c = z.shape
     grad = np.empty_like(z)

@@ -1,33 +1,36 @@
-"""Two cores for one batch: the batch is cut in two halves, one per core.
+"""The fast engine's two cores for one batch: the batch is cut in two halves, one per core.
 
-`Sequential.fit` (and predict/evaluate) use this when tinycnn.utils.get_num_threads() is
-2 or more and the model is one where halves pay (`worth_halves`). The model's own layers
-take the first half of the batch; `layer_copies` makes a second set of layers that SHARE
-the weight arrays but have their own gradient arrays and caches, and a worker thread runs
-the second half through them (or, for a long run on Linux, a forked worker process:
-`WorkerProcess`, at the end of this file). In training each half
+`tinycnn.engines.fast.engine.FastEngine` (its train_step and predict_step, and so fit,
+evaluate and predict) uses this when tinycnn.utils.get_num_threads() is 2 or more and the
+model is one where halves pay (`worth_halves`). The engine's first plan of ops
+(`FastEngine.plans`, writing into the layers' own gradient arrays) takes the first half of
+the batch; its second plan SHARES the weight arrays but has its own gradient arrays and
+caches, and a worker thread runs the second half through it (or, for a long call on Linux,
+a forked worker process: `WorkerProcess`, at the end of this file). In training each half
 backpropagates its share of the whole batch's mean loss, (softmax - onehot) / N on its own
 rows, so the two halves' gradients add up to the batch's gradient; the optimizer applies
-that once, in two parts (`part_of`), one per thread or process. The numba kernels release Python's GIL and NumPy's matrix products run
-one BLAS thread each, so the two halves really run side by side.
+that once, in two parts (`part_of`), one per thread or process. The numba kernels release
+Python's GIL and NumPy's matrix products run one BLAS thread each (`blas_threads`), so
+the two halves really run side by side.
 
 Why halves rather than NumPy's own BLAS threads: a batch of 32 makes small matrix
 products, and most of a step is not in them (im2col, pooling, ReLU, the optimizer are
 single-threaded kernels). Cutting the batch shares ALL of the work between the cores, with
-one hand-over per step instead of one per matrix product. Measured on an idle 2-core
-machine (2026-11-29, ms per step, benchmarks/profile_step.py): cnn_sparse 4.3 with two
-halves against 5.2 with two BLAS threads and 7.5 with one thread.
+one hand-over per step instead of one per matrix product, so a step in halves beats a
+step with two BLAS threads (benchmarks/README.md, "Where the fast engine's thresholds
+come from").
 
 Why it is safe on a busy machine: whichever thread is free first takes the second half. If
 the worker thread does not get a core in time (another process holds it), the calling
 thread runs both halves itself, one after the other, as one thread would: nothing waits
 for a thread that is not running. (Two BLAS threads have no such way out: a product waits
-for both, and a step took 2x to 300x longer while other processes ran.)
+for both, and a step takes many times longer while other programs hold the cores.)
 
 Results do not depend on which thread or process runs a half: each half always goes
-through the same layer objects with the same single-threaded code. They do differ in the
-last bits from one thread's whole-batch step, because the batch's gradient is summed in
-two parts (and, where a convolution's patches are big, in pieces: `rows_per_piece`).
+through the same ops (the first or the second plan) with the same single-threaded code.
+They do differ in the last bits from one thread's whole-batch step, because the batch's
+gradient is summed in two parts (and, where a convolution's patches are big, in pieces:
+`rows_per_piece`).
 """
 import builtins
 import contextlib
@@ -53,15 +56,13 @@ import numpy as np
 from tinycnn.layers import Conv2D, Dense
 
 
-# When halves pay. Measured on an idle 2-core machine (2026-11-29, ms per step of 32, one
-# thread -> two halves): Flatten-Dense(128|256|512|1024)-Dense(10) 0.27 -> 0.37, 0.41 -> 0.51,
-# 0.73 -> 0.77, 1.74 -> 1.90: a Dense layer uses each weight once per image, so both halves
-# read the whole weight matrix and their gradients must then be added: the copying costs
-# what the second core saves. Conv2D(F, 3)-MaxPool-Dense(10) with F = 8, 16, 32 (2, 4, 8
-# million multiply-adds a batch): 0.52 -> 0.53, 0.60 -> 0.65, 0.91 -> 0.85; the notebook's
-# cnn_categorical (24 million) 1.60-1.70 -> 1.38, cnn_sparse (160 million) 7.1-7.5 -> 4.3-4.5.
-# A convolution uses each weight at every pixel, and its work splits well once a batch is
-# big enough to pay for the hand-over (about 0.05-0.1 ms).
+# When halves pay. A Dense layer uses each weight once per image, so both halves read the
+# whole weight matrix and their gradients must then be added: the copying costs what the
+# second core saves. A convolution uses each weight at every pixel, and its work splits
+# well once a batch is big enough to pay for the hand-over between the threads. So a batch
+# goes in halves only if the model has a convolution and the batch's forward pass costs at
+# least MIN_MULTIPLY_ADDS multiply-adds (benchmarks/README.md, "Where the fast engine's
+# thresholds come from").
 MIN_MULTIPLY_ADDS = 5_000_000
 
 
@@ -86,19 +87,13 @@ def worth_halves(layers, batch_size):
 
 # Forward passes (predict, evaluate; in training each half, its pieces' gradients added)
 # go in pieces whose biggest scratch array (scratch_bytes_per_image: a Conv2D's im2col
-# patches, OH*OW x KH*KW*C per image, or its Winograd tiles) stays under PIECE_BYTES: the
-# products then read it back from the cache. Measured on this 2-core machine (2026-11-29,
-# predict of the 10,000 test images, batch 32, medians of 12 runs alternating in one
-# process): cnn_sparse (its second conv made 279 KB of patches
-# per image) 0.53 -> 0.45 s with two threads (halves of 16 -> pieces of 8), 0.91 -> 0.65 s
-# with one (32 -> 8); pieces of 4 (PIECE_BYTES 1.2 MB) 0.48 and 0.69 s; training 4.54 ->
-# 4.31 ms a step (halves of 16 -> pieces of 8, alternating in one process). cnn_categorical
-# (24 KB per image) is fastest in whole batches: its Dense layer then reads its 2 MB kernel
-# once for them all. A convolution that takes Winograd's way (kernels.winograd_fits) makes
-# its tiles V (16 x TH*TW x C per image) instead of patches: cnn_sparse's second conv, 147
-# KB per image, goes in pieces of 16, so halves run whole (training 2.96 ms a step in
-# pieces of 8, 2.81 in halves of 16; predict the same) and a whole batch of 32 in two
-# pieces, which keeps its peak memory down.
+# patches, OH*OW x KH*KW*C per image, or, where it takes Winograd's way
+# (kernels.winograd_fits), its tiles V, 16 x TH*TW x C per image) stays under PIECE_BYTES:
+# the products then read it back from the cache. Smaller pieces than that cost more in
+# calls than they save, and a model with small scratch arrays is fastest in whole batches
+# (or halves), where its Dense layers read their kernels once for all the rows. Pieces
+# also keep a big convolution's peak memory down (benchmarks/README.md, "Where the fast
+# engine's thresholds come from").
 PIECE_BYTES = 2_500_000
 
 
@@ -111,10 +106,11 @@ def rows_per_piece(plan, rows):
     return max(1, min(rows, PIECE_BYTES // biggest))
 
 
-# The optimizer's step in two parts (Sequential._apply_gradients_in_halves): a parameter with
-# fewer values than this is updated whole by the first part, and a model without a bigger
-# one does the whole step in the caller. The step is memory-bound, about 0.3-0.4 ns per value
-# for SGD with momentum here: halving 64K values saves about what a hand-over costs.
+# The optimizer's step in two parts (FastEngine._apply_gradients_in_halves): a parameter
+# with fewer values than this is updated whole by the first part, and a model without a
+# bigger one does the whole step in the caller. The step is memory-bound and quick per
+# value, so splitting a smaller parameter costs more in hand-over than it saves
+# (benchmarks/README.md, "Where the fast engine's thresholds come from").
 MIN_SPLIT_VALUES = 65536
 
 
@@ -134,9 +130,10 @@ def kernel_grads_later(layer):
     """True for a layer whose dL/dkernel a step in halves computes once for the whole batch, in
     the optimizer's two parts, rather than once per half and then added up: a Dense layer
     with a big kernel (cnn_categorical's 5408 x 100). Its halves leave their input rows and
-    dL/dz in shared buffers (Dense.kernel_grad_rows); each part multiplies its rows of x^T by
-    dZ for all 32 rows at once. That saves writing, adding and reading back two copies of
-    dL/dkernel (2.2 MB each): 0.945 -> 0.906 ms a step, alternating in one process."""
+    dL/dz in shared buffers (DenseOp.kernel_grad_rows); each part multiplies its rows of x^T
+    by dZ for all the batch's rows at once. That saves writing, adding and reading back two
+    copies of dL/dkernel (benchmarks/README.md, "Where the fast engine's thresholds come
+    from")."""
     return (isinstance(layer, Dense) and layer.built and layer.kernel.size >= MIN_SPLIT_VALUES
             and len(layer.input_shape) == 1)      # one row per sample (not a Dense on feature maps)
 
@@ -147,7 +144,7 @@ def first_half_size(n):
 
 
 # ---------------------------------------------------------------------------
-# NumPy's BLAS threads, and memory that a forked process shares
+# NumPy's BLAS threads
 # ---------------------------------------------------------------------------
 _openblas = []          # [(set_threads, get_threads)] once looked up; [None] where there is none
 
@@ -301,26 +298,25 @@ def run_both(first, second):
 # The second half in a process of its own (Linux)
 # ---------------------------------------------------------------------------
 # Two threads share Python's GIL: while one runs the Python between its kernels the other
-# cannot, and handing the GIL over costs more. Measured on this 2-core machine (2026-11-29,
-# cnn_categorical, the forward and backward pass of a half batch of 16): 0.68 ms alone,
-# 0.95 ms each with two threads running halves side by side, 0.73-0.76 ms each in two
-# processes; a training step 1.45 ms with a worker thread, 1.20 ms with a worker process
-# (alternating in one process). So on Linux, for a long run (fit, evaluate or predict of
-# MIN_PROCESS_BATCHES batches or more), the second half goes to a forked copy of this
-# process, one per call (Sequential._worker_process). Forking costs about 3 ms, and the copy
-# sees the model as it was then: each call gets a new one, and a model changed during the
-# call (by a callback) goes back to the worker thread. What the two processes share lives in
-# shared memory made before the fork: the weights and gradients (from build,
-# utils.shared_copy), the layer copies' gradients, the optimizer's slots, and buffers for the
-# half's inputs and outputs, the step's numbers and the big Dense layers' rows. The pipe
-# carries only the job's number and sizes, and the reply.
+# cannot, and handing the GIL over costs more; two processes have a GIL each. So on Linux,
+# for a long call (fit, evaluate or predict of MIN_PROCESS_BATCHES batches or more), the
+# second half goes to a forked copy of this process, one per call
+# (FastEngine._worker_process_for). A fork costs more than one step gains from the
+# process, so only a long call earns it back; a short one keeps the worker thread
+# (benchmarks/README.md, "Where the fast engine's thresholds come from"). The copy sees the
+# model as it was then: each call gets a new one, and a model changed during the call (by
+# a callback) goes back to the worker thread.
+# What the two processes share lives in shared memory made before the fork: the model's
+# weights, gradients and optimizer slots (moved there for the call,
+# engine._shared_model_arrays), the second plan's gradients (FastEngine.plans), and
+# buffers for the half's inputs and outputs, the optimizer step's numbers and the big Dense
+# layers' rows. The pipe carries only the job's number and sizes, and the reply.
 MIN_PROCESS_BATCHES = 32
-# Waking a process that sleeps on a pipe takes 25-45 us here, twice a step. So each side
-# polls its pipe for up to POLL_SECONDS before it sleeps: the worker between jobs (the
+# Waking a process that sleeps on a pipe takes time, and a step would do it twice. So each
+# side polls its pipe for up to POLL_SECONDS before it sleeps: the worker between jobs (the
 # caller's loop between steps), the caller while the worker ends its half or part.
-# Polling yields the core to any other program that wants it. Alternating in one process
-# (ms per step): cnn_categorical 1.21 -> 1.11, cnn_sparse 4.18 -> 4.10; with two CPU-bound
-# programs beside it cnn_categorical 2.07 -> 1.98.
+# Polling yields the core to any other program that wants it, so it pays on a busy
+# machine too (benchmarks/README.md, "Where the fast engine's thresholds come from").
 POLL_SECONDS = 0.002
 _ERRSTATE_KEYS = ("divide", "over", "under", "invalid")       # NumPy's error settings, 3 bits each
 _ERRSTATE_MODES = ("ignore", "warn", "raise", "call", "print", "log")
@@ -358,9 +354,9 @@ class WorkerProcess:
     the fork. NumPy's error settings go along with each job; warnings and errors there are
     raised here. As with the worker thread, whoever is free first runs the job: if the
     worker has not started it by the time first() returns (another program holds its core),
-    this process runs it itself (measured with two busy programs beside it, cnn_categorical:
-    3.9 ms a step waiting for the worker, 1.9 with this rule). Ctrl-C reaches only this
-    process; `close()` (or this process ending) ends the worker.
+    this process runs it itself, so a step never waits for a worker that has no core
+    (benchmarks/README.md, "Where the fast engine's thresholds come from"). Ctrl-C reaches
+    only this process; `close()` (or this process ending) ends the worker.
     """
 
     def __init__(self, jobs):
