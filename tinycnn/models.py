@@ -46,7 +46,7 @@ from tinycnn import layers as layers_module
 from tinycnn import losses as losses_module
 from tinycnn import optimizers as optimizers_module
 from tinycnn import saving, utils
-from tinycnn.saving import ModelFileError
+from tinycnn.saving import ModelFileError, load_model, weights_from
 
 __all__ = ["Sequential", "load_model", "ModelFileError"]
 
@@ -719,7 +719,7 @@ class Sequential:
     def load_weights(self, filepath):
         """Load the weights from a file written by save or save_weights into this (same-shaped) model."""
         header, arrays = saving.read_model_file(filepath)
-        weights = _weights_from(header, arrays, filepath)
+        weights = weights_from(header, arrays, filepath)
         self._require_built("load_weights")
         expected = [p.shape for p in self._params()]
         if [w.shape for w in weights] != expected:
@@ -729,66 +729,3 @@ class Sequential:
 
     def __repr__(self):
         return f"<Sequential name={self.name!r} layers={len(self._layers)} built={self.built}>"
-
-
-def _weights_from(header, arrays, filepath):
-    """The weight arrays of a checked file, in order."""
-    count = sum(1 for name in arrays if name.startswith("weight_"))
-    names = [f"weight_{i:04d}" for i in range(count)]
-    if any(name not in arrays for name in names):
-        raise ModelFileError(f"cannot load {filepath!r}: its weights are not numbered 0..{count - 1}")
-    return [arrays[name] for name in names]
-
-
-def load_model(filepath, compile=True):
-    """Rebuild a model saved with model.save: same architecture, weights, compile settings and
-    optimizer state. Raises tinycnn.models.ModelFileError (a ValueError) for a damaged, edited,
-    foreign or too-new file; never returns a half-loaded model. Loading draws no random
-    numbers (tinycnn.utils.get_rng() is left as it was), and never runs code from the file.
-    """
-    header, arrays = saving.read_model_file(filepath, kinds=("model",))
-
-    def fail(problem):
-        return ModelFileError(f"cannot load {filepath!r}: {problem}")
-
-    config = header.get("model")
-    if not isinstance(config, dict) or not isinstance(config.get("layers"), list) or not config["layers"]:
-        raise fail("it has no model architecture")
-    for entry in config["layers"]:
-        if not isinstance(entry, dict) or entry.get("class_name") not in layers_module.LAYER_CLASSES \
-                or not isinstance(entry.get("config"), dict):
-            raise fail(f"unknown layer {entry!r}; tinycnn has {sorted(layers_module.LAYER_CLASSES)}")
-    if config.get("build_input_shape") is None:
-        raise fail("the saved model was never built (no input shape)")
-    weights = _weights_from(header, arrays, filepath)
-
-    rng_state = utils.get_rng().bit_generator.state       # building draws initial weights...
-    try:
-        model = Sequential.from_config(config)
-        model.set_weights(weights)                         # ...which are replaced at once
-    except Exception as error:                             # a crafted file's odd config
-        raise fail(f"its architecture or weights do not fit together ({error})") from None
-    finally:
-        utils.get_rng().bit_generator.state = rng_state    # so loading does not disturb the seed
-
-    compile_config = header.get("compile")
-    if compile and compile_config is not None:
-        try:
-            optimizer_config = compile_config["optimizer"]
-            optimizer = optimizers_module.get(dict(optimizer_config["config"],
-                                                   class_name=optimizer_config["class_name"]))
-            count = int(header.get("optimizer_state_count", 0))
-            state = [arrays[f"optimizer_{i:04d}"] for i in range(count)]
-            if state:
-                optimizer.set_state(state)
-            model.compile(optimizer=optimizer, loss=compile_config["loss"],
-                          metrics=compile_config.get("metrics") or None,
-                          engine=compile_config.get("engine", "auto"))
-            if optimizer.slots is not None:
-                slot_shapes = [s.shape for slots in optimizer.slots for s in slots]
-                param_shapes = [p.shape for p in model._params() for _ in optimizer.slot_names]
-                if slot_shapes != param_shapes:
-                    raise ValueError(f"optimizer state shapes {slot_shapes} do not match the weights")
-        except Exception as error:
-            raise fail(f"its compile settings or optimizer state are invalid ({error})") from None
-    return model
