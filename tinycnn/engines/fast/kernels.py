@@ -52,7 +52,7 @@ def _jit(**options):
         try:
             return numba.njit(cache=True, nogil=True, **options)(func)
         except RuntimeError as err:          # "cannot cache function ...: no locator available"
-            warnings.warn(f"tinycnn.kernels: numba cannot cache compiled code ({err}); "
+            warnings.warn(f"tinycnn.engines.fast.kernels: numba cannot cache compiled code ({err}); "
                           "compiling without a cache (slower start). Set NUMBA_CACHE_DIR "
                           "to a writable directory to fix this.", RuntimeWarning, stacklevel=2)
             return numba.njit(cache=False, nogil=True, **options)(func)
