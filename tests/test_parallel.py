@@ -645,7 +645,7 @@ def test_the_optimizer_step_in_two_parts_trains_like_one_thread(threads, monkeyp
         threads(count)
         model = optimizer_cnn(make_optimizer())
         history = model.fit(x, y, epochs=2, batch_size=32, verbose=0)
-        assert [parallel.kernel_grads_later(layer) for layer in model.layers] == [False] * 3 + [True] * 2
+        assert [parallel.defers_kernel_grad(layer) for layer in model.layers] == [False] * 3 + [True] * 2
         runs.append((model.get_weights() + model.optimizer.get_state(), history.history))
     assert len(threads.calls) == 2 * (2 * 3 * 2)                    # each step: its halves, then its two parts
     for a, b in zip(runs[0][0], runs[1][0]):
@@ -675,8 +675,8 @@ def test_a_step_in_halves_leaves_the_batch_gradient_in_every_layer(threads, monk
     got = [g for layer in model.layers for g in layer.grads]
     for a, b in zip(got, expected):
         assert rel_error(a, b) < 1e-10
-    assert all(op.kernel_grad_rows is None for plan in model.engine.plans(model) for op in plan
-               if hasattr(op, "kernel_grad_rows"))                  # nothing left set for a later step
+    assert all(op.deferred_rows is None for plan in model.engine.plans(model) for op in plan
+               if hasattr(op, "deferred_rows"))                  # nothing left set for a later step
 
 
 @needs_fork
@@ -741,7 +741,7 @@ def test_a_dense_layer_on_feature_maps_keeps_its_own_kernel_gradient(threads, mo
         model = Sequential([Conv2D(4, 3, activation="relu", input_shape=(9, 9, 2)), Dense(8, activation="relu"),
                             Flatten(), Dense(3, activation="softmax")])
         model.compile(SGD(0.05, momentum=0.9), "categorical_crossentropy")
-        assert [parallel.kernel_grads_later(layer) for layer in model.layers] == [False, False, False, True]
+        assert [parallel.defers_kernel_grad(layer) for layer in model.layers] == [False, False, False, True]
         model.fit(x, y, epochs=2, batch_size=16, verbose=0)
         runs.append(model.get_weights())
     for a, b in zip(*runs):

@@ -48,14 +48,14 @@ def _same_objects(a, b):
 @contextlib.contextmanager
 def _deferred_dense_rows(plan, deferred, start, stop):
     """While inside: each DenseOp in `deferred` (op index -> (x rows, dL/dz rows) of the batch)
-    leaves rows start:stop of those there (DenseOp.kernel_grad_rows); then None again."""
+    leaves rows start:stop of those there (DenseOp.deferred_rows); then None again."""
     for i, (x_rows, dz_rows) in deferred.items():
-        plan[i].kernel_grad_rows = (x_rows[start:stop], dz_rows[start:stop])
+        plan[i].deferred_rows = (x_rows[start:stop], dz_rows[start:stop])
     try:
         yield
     finally:
         for i in deferred:
-            plan[i].kernel_grad_rows = None
+            plan[i].deferred_rows = None
 
 
 @contextlib.contextmanager
@@ -173,7 +173,7 @@ class FastEngine(Engine):
             return self._forward_in_pieces(first_plan, x)
         h = parallel.first_half_size(len(x))
         first_half = lambda: self._forward_in_pieces(first_plan, x[:h])      # noqa: E731
-        worker, shared = self._worker_for(model, x[h:])
+        worker, shared = self._fork_or_get_worker(model, x[h:])
         if worker is not None:                              # the second half in the worker process
             rows = len(x) - h
             shared.x[:rows] = x[h:]
@@ -215,13 +215,13 @@ class FastEngine(Engine):
         The first plan takes the first half (its gradients in the layers' own arrays), the
         second plan the second half. Each backpropagates its share of the batch's MEAN loss.
         A big Dense layer's dL/dkernel is left to _apply_gradients_in_halves
-        (parallel.kernel_grads_later): its halves leave their rows of x and dL/dz in shared
+        (parallel.defers_kernel_grad): its halves leave their rows of x and dL/dz in shared
         buffers. Returns (the batch's mean loss, its outputs, what the optimizer's step needs).
         """
         n, h = len(x), parallel.first_half_size(len(x))
         first_plan, second_plan = self.plans(model)
         first_half = lambda: self._train_half(model, first_plan, x[:h], y[:h], n)     # noqa: E731
-        worker, shared = self._worker_for(model, x[h:], y[h:])
+        worker, shared = self._fork_or_get_worker(model, x[h:], y[h:])
         deferred = self._deferred_dense(model, n, shared.deferred if worker is not None else self._deferred_buffers(model, n))
         with _deferred_dense_rows(first_plan, deferred, 0, h):
             if worker is not None:                          # the second half in the worker process
@@ -283,10 +283,10 @@ class FastEngine(Engine):
 
     def _deferred_buffers(self, model, n):
         """{op index: (x rows (n, in), dL/dz rows (n, units))} in shared memory for the Dense ops
-        whose dL/dkernel a step in halves computes later (parallel.kernel_grads_later); made
+        whose dL/dkernel a step in halves computes later (parallel.defers_kernel_grad); made
         for at least n rows and kept (a worker process's are made before its fork)."""
         plan = self.plans(model)[0]
-        key = [(i, op.layer.kernel) for i, op in enumerate(plan) if parallel.kernel_grads_later(op.layer)]
+        key = [(i, op.layer.kernel) for i, op in enumerate(plan) if parallel.defers_kernel_grad(op.layer)]
         cached = self._deferred_cache
         if cached is None or not _same_objects([k for _, k in cached[0]], [k for _, k in key]) or cached[1] < n:
             buffers = {i: (parallel.shared_copy(np.zeros((n, kernel.shape[0]), kernel.dtype)),
@@ -423,7 +423,7 @@ class FastEngine(Engine):
             return first(), second()
         return parallel.run_both(first, second)
 
-    def _worker_for(self, model, x, y=None):
+    def _fork_or_get_worker(self, model, x, y=None):
         """(the worker process, its shared buffers) for this second half if this call has one,
         the model is still the one it copied and the half fits its buffers, else (None, None):
         then the worker thread takes it. Forks the worker process at the second batch."""

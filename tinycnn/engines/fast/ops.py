@@ -242,14 +242,14 @@ class FlattenOp(Op):
 class DenseOp(_WeightedOp):
     """Dense through kernels.matmul.
 
-    kernel_grad_rows: None, or a pair of arrays (N, in) and (N, units) that the engine sets
-    for a step in halves (parallel.kernel_grads_later): backward_linear then copies x and
+    deferred_rows: None, or a pair of arrays (N, in) and (N, units) that the engine sets
+    for a step in halves (parallel.defers_kernel_grad): backward_linear then copies x and
     dL/dz there and leaves dL/dkernel = x^T @ dZ to the optimizer's step, for the whole batch.
     """
 
     def __init__(self, layer, grads):
         super().__init__(layer, grads)
-        self.kernel_grad_rows = None
+        self.deferred_rows = None
 
     def forward(self, x, training=False):
         """x (N, in) -> y (N, units). Caches the input rows (for dW) and y (for the activation)."""
@@ -265,10 +265,10 @@ class DenseOp(_WeightedOp):
         """grad_z = dL/dz (N, units) -> dL/dx (N, in): dW = x^T dZ, db = sum dZ, dx = dZ W^T."""
         layer = self.layer
         dz = grad_z.reshape(-1, layer.units)
-        if self.kernel_grad_rows is None:
+        if self.deferred_rows is None:
             kernels.matmul(self.x_rows.T, dz, out=self.grads[0])  # written into dL/dkernel
         else:                                                     # the optimizer's step multiplies them
-            x_out, dz_out = self.kernel_grad_rows
+            x_out, dz_out = self.deferred_rows
             x_out[...], dz_out[...] = self.x_rows, dz
         if layer.use_bias:
             self.grads[1][...] = kernels.column_sums(dz)       # sum over rows

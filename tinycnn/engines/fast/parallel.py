@@ -119,18 +119,18 @@ def part_of(shape, part):
 
     The parameter is seen as rows of its last axis (a Dense kernel (in, units): its `in`
     rows); the parts meet at a row, so a Dense layer's part is its rows of dL/dkernel too
-    (kernel_grads_later)."""
+    (defers_kernel_grad)."""
     size = math.prod(shape)
     row = shape[-1] if len(shape) >= 2 else 1                   # a vector: each value a row
     middle = size if size < MIN_SPLIT_VALUES else size // row // 2 * row
     return slice(0, middle) if part == 0 else slice(middle, size)
 
 
-def kernel_grads_later(layer):
+def defers_kernel_grad(layer):
     """True for a layer whose dL/dkernel a step in halves computes once for the whole batch, in
     the optimizer's two parts, rather than once per half and then added up: a Dense layer
     with a big kernel (cnn_categorical's 5408 x 100). Its halves leave their input rows and
-    dL/dz in shared buffers (DenseOp.kernel_grad_rows); each part multiplies its rows of x^T
+    dL/dz in shared buffers (DenseOp.deferred_rows); each part multiplies its rows of x^T
     by dZ for all the batch's rows at once. That saves writing, adding and reading back two
     copies of dL/dkernel (benchmarks/README.md, "Where the fast engine's thresholds come
     from")."""
