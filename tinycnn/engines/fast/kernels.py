@@ -41,6 +41,8 @@ import warnings
 import numba
 import numpy as np
 
+from tinycnn.im2col import output_size
+
 
 def _jit(**options):
     """`numba.njit(cache=True, nogil=True, **options)`, falling back to no cache where numba cannot write one.
@@ -90,23 +92,9 @@ MALLOC_KEEPS_FREED_MEMORY = keep_freed_memory()
 
 
 # ---------------------------------------------------------------------------
-# Output sizes and padding (TensorFlow's rule)
+# Output sizes and padding (TensorFlow's rule): the textbook's, tinycnn/im2col.py
 # ---------------------------------------------------------------------------
-def conv_output_size(size, kernel, stride, padding):
-    """Output length and (before, after) padding along one axis, as TensorFlow computes them.
-
-    "valid": out = floor((size - kernel) / stride) + 1, no padding (0 if kernel > size).
-    "same":  out = ceil(size / stride); total padding max((out-1)*stride + kernel - size, 0),
-             split with the odd pixel at the end (bottom/right).
-    """
-    if padding == "valid":
-        out = (size - kernel) // stride + 1 if size >= kernel else 0
-        return out, (0, 0)
-    if padding == "same":
-        out = -(-size // stride)
-        total = max((out - 1) * stride + kernel - size, 0)
-        return out, (total // 2, total - total // 2)
-    raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+conv_output_size = output_size
 
 
 # ---------------------------------------------------------------------------
