@@ -59,12 +59,13 @@ def inputs(model, x, where, what="x"):
         raise ValueError(f"{where}: {what} holds NaN or infinite values (first at index "
                          f"{tuple(int(i) for i in bad)}); clean the data first")
     elif x.ndim >= 3 and x.min() >= 0 and x.max() > 1:
-        # images whose pixels run up to 255: the seed notebook's own bug (10% test accuracy)
+        # floats above 1 in images: raw 0-255 pixels, on which networks train badly
         warnings.warn(f"{where}: {what} looks like images with raw pixel values (floats from {x.min():g} "
                       f"to {x.max():g}). Networks train badly on 0-255 values, and a model trained on "
                       f"one scale scores at chance on the other; divide by 255 first, e.g. "
                       f"{what} = {what} / 255.0", UserWarning, stacklevel=3)
     return x.astype(model.dtype, copy=False)
+
 
 def shape_hint(shape, expected, what):
     """Explain a shape mismatch and say how to fix the common ones."""
@@ -81,6 +82,7 @@ def shape_hint(shape, expected, what):
     if math.prod(shape[1:]) == math.prod(expected):
         return f"{message}; reshape it: {what}.reshape(-1, {', '.join(map(str, expected))})"
     return message
+
 
 def targets(model, y, n, where, what="y"):
     """y -> (targets for the loss, integer labels (N,) for accuracy), checked against the output."""

@@ -19,10 +19,10 @@ A layer whose activation is softmax also keeps its `logits` (the input of the so
 and offers `backward_from_logits(dL/dlogits)`: with a cross-entropy loss the model
 hands it (softmax - onehot) / batch directly and the softmax Jacobian is never formed.
 
-What a layer caches for its backward pass (`_x`, `_cols`, `_y`, `_argmax`) is private: it
-belongs to the last forward pass through this very layer, the reference engine's
-(tinycnn.engines.reference). The fast engine runs its own versions of these passes,
-with caches of its own, and the tests hold them to these.
+What a layer caches for its backward pass (`_x`, `_x_shape`, `_cols`, `_y`, `_logits`,
+`_argmax`, `_batch_size`) is private: it belongs to the last forward pass through this very
+layer, the reference engine's (tinycnn.engines.reference). The fast engine runs its own
+versions of these passes, with caches of its own, and the tests hold them to these.
 """
 import math
 import re
@@ -287,13 +287,14 @@ class _WeightedLayer(Layer):
         return self._y.reshape(output_shape)
 
     def _grad_z(self, grad_y):
-        """dL/dz = f'(z) * dL/dy, from the cached output y (rows (M, F), like z)."""
+        """dL/dz (M, F) from dL/dy through the activation, using the cached output y (M, F):
+        f'(z) * dL/dy for ReLU and linear, the Jacobian-vector product for softmax."""
         return self.activation.backward(grad_y.reshape(self._y.shape), self._y)
 
     def backward_from_logits(self, grad_logits):
         """dL/dx from dL/dz, z the softmax's input (the loss gives (softmax - onehot)/batch)."""
         if not self.outputs_softmax:
-            super().backward_from_logits(grad_logits)
+            raise TypeError(f"{self.name}: backward_from_logits needs a layer whose output is a softmax")
         grad_logits = self._check_grad(grad_logits)
         return self._backward_from_z(grad_logits.reshape(self._y.shape))
 
@@ -350,7 +351,8 @@ class Conv2D(_WeightedLayer):
         self._add_weights((kh, kw, input_shape[2], self.filters), (self.filters,))
 
     def forward(self, x, training=False):
-        """x (N, H, W, C) -> y (N, OH, OW, F). Caches cols (for dW and dx) and y (for the activation)."""
+        """x (N, H, W, C) -> y (N, OH, OW, F). Caches cols (N*OH*OW, KH*KW*C) for dL/dkernel, x's
+        shape for col2im, and y for the activation's derivative."""
         x = self._check_input(x)
         (kh, kw), (sh, sw) = self.kernel_size, self.strides
         oh, ow, pad_top, pad_left = self.geometry()
@@ -363,14 +365,16 @@ class Conv2D(_WeightedLayer):
 
     def backward(self, grad_out):
         """dL/dy (N, OH, OW, F) -> dL/dx (N, H, W, C); fills grads [dL/dkernel, dL/dbias]."""
-        return self._backward_from_z(self._grad_z(self._check_grad(grad_out)))
+        grad_out = self._check_grad(grad_out)   # (N, OH, OW, F): the shape of the last forward's output
+        dz = self._grad_z(grad_out)             # (N*OH*OW, F): back through the activation
+        return self._backward_from_z(dz)        # back through z = cols @ W2 + bias
 
     def _backward_from_z(self, dz):
         """dz = dL/dz (N*OH*OW, F), z the product plus bias -> dL/dx (N, H, W, C).
 
-            dL/dW2 = cols^T @ dZ   (KH*KW*C, F): each weight's gradient sums over every patch it met
-            dL/db  = sum of dZ over batch and pixels
-            dL/dx  = col2im(dZ @ W2^T): every patch's gradient added back onto its pixels
+            dL/dkernel = (cols^T @ dz).reshape(KH, KW, C, F): each weight's gradient sums over every patch it met
+            dL/dbias   = dz.sum(axis=0)   (F,): over batch and pixels
+            dL/dx      = col2im(dz @ W2^T): every patch's gradient added back onto its pixels
         """
         (kh, kw), (sh, sw) = self.kernel_size, self.strides
         oh, ow, pad_top, pad_left = self.geometry()
@@ -437,11 +441,11 @@ class MaxPooling2D(Layer):
         for i in range(ph):
             for j in range(pw):
                 windows[..., i * pw + j] = x_padded[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]
-        k = np.argmax(windows, axis=-1)                      # the winner's place in its window (first max)
-        y = np.take_along_axis(windows, k[..., None], axis=-1)[..., 0]
-        rows = np.arange(oh)[None, :, None, None] * sh - pad_top + k // pw   # the winner's pixel in x
-        cols = np.arange(ow)[None, None, :, None] * sw - pad_left + k % pw
-        self._argmax = rows * w + cols
+        winner = np.argmax(windows, axis=-1)     # (N, OH, OW, C): the winner's place in its window (first max)
+        y = np.take_along_axis(windows, winner[..., None], axis=-1)[..., 0]
+        winner_row = np.arange(oh)[None, :, None, None] * sh - pad_top + winner // pw   # its pixel in x
+        winner_col = np.arange(ow)[None, None, :, None] * sw - pad_left + winner % pw
+        self._argmax = winner_row * w + winner_col
         return y
 
     def backward(self, grad_out):
@@ -520,14 +524,16 @@ class Dense(_WeightedLayer):
 
     def backward(self, grad_out):
         """dL/dy (N, units) -> dL/dx (N, in); fills grads [dL/dkernel, dL/dbias]."""
-        return self._backward_from_z(self._grad_z(self._check_grad(grad_out)))
+        grad_out = self._check_grad(grad_out)   # (N, units): the shape of the last forward's output
+        dz = self._grad_z(grad_out)             # (M, units): back through the activation
+        return self._backward_from_z(dz)        # back through z = x @ kernel + bias
 
     def _backward_from_z(self, dz):
         """dz = dL/dz (M, units), z = x @ kernel + bias -> dL/dx (N, ..., in).
 
-            dL/dkernel = x^T @ dZ      (in, units)
-            dL/dbias   = sum over the rows of dZ
-            dL/dx      = dZ @ kernel^T
+            dL/dkernel = x^T @ dz          (in, units)
+            dL/dbias   = dz.sum(axis=0)    (units,): over the rows
+            dL/dx      = dz @ kernel^T     (M, in)
         """
         self.grads[0][...] = self._x.T @ dz
         if self.use_bias:
@@ -569,7 +575,7 @@ class Activation(Layer):
     def backward_from_logits(self, grad_logits):
         """With a softmax, dL/dlogits is dL/dx itself: pass it through (a copy, never the caller's array)."""
         if not self.outputs_softmax:
-            super().backward_from_logits(grad_logits)
+            raise TypeError(f"{self.name}: backward_from_logits needs a layer whose output is a softmax")
         return self._check_grad(grad_logits).copy() if self.need_input_grad else None
 
     def get_config(self):

@@ -11,7 +11,7 @@ and the batch loss is the mean over the N samples, so dL/dz = (p - t) / N.
 
 A loss object offers
     from_logits(y_true, logits) -> (mean loss, dL/dlogits)   when the model ends in a softmax
-                                                             (stable for |logits| up to 1e4 and beyond)
+                                                             (stable for any finite logits: the max is subtracted before exp)
     from_probs(y_true, probs)   -> (mean loss, dL/dprobs)    any other last layer: probabilities are
                                                              clipped to [1e-7, 1 - 1e-7] as Keras does
     loss(y_true, probs)         -> mean loss                 (Keras's call convention)

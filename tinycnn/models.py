@@ -345,6 +345,7 @@ class Sequential:
         epoch, step, stopped_by = initial_epoch, 0, None
         callback_list.on_train_begin()
         try:
+            # the engine's setup for the whole call (none on the reference engine)
             with self.engine.run(self, batch_size, steps * (epochs - initial_epoch), x, y):
                 for epoch in range(initial_epoch, epochs):
                     callback_list.on_epoch_begin(epoch)
@@ -485,10 +486,9 @@ class Sequential:
     def _catch_ctrl_c(self):
         """During fit, Ctrl-C (once or many times) asks the loop to stop after the current step.
 
-        The handler only sets a flag: an exception raised in the middle of a step, inside a
-        compiled kernel or the worker's hand-over, could leave half-updated weights behind.
-        A step takes milliseconds, so the stop is as good as immediate. Returns the previous
-        handler to put back.
+        The handler only sets a flag, so a step is never cut off halfway (some weights updated,
+        others not); the loop checks the flag after each step. Returns the previous handler
+        to put back.
         """
         if threading.current_thread() is not threading.main_thread():
             return None

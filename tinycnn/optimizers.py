@@ -23,8 +23,7 @@ them back, so training continues bit-identically after a save/load.
 
 One step is two parts: `coefficients(dtype)` gives the step's numbers (learning rate,
 momentum; Adam's alpha...) and `update(grad, param, slots, coefficients)` applies the rule
-to one parameter. The fast engine (tinycnn.engines.fast) uses the same numbers with compiled
-versions of the same rules, and can apply them to a part of a parameter at a time.
+to one parameter. The fast engine applies the same rules, compiled.
 """
 import numpy as np
 
@@ -104,8 +103,8 @@ class Optimizer:
         raise NotImplementedError
 
     def update(self, grad, param, slots, coefficients):
-        """The rule on one parameter (or a slice of it, with the same slice of grad and slots),
-        in place; coefficients from `coefficients`. Does not count the step (apply_gradients does)."""
+        """The rule on one parameter, in place; coefficients from `coefficients`. Does not
+        count the step (apply_gradients does)."""
         raise NotImplementedError
 
     # -- saving -------------------------------------------------------------------------------
@@ -161,18 +160,18 @@ class SGD(Optimizer):
         self.slot_names = ("momentum",) if self.momentum != 0 else ()
 
     def coefficients(self, dtype):
-        """(learning rate, momentum, nesterov: 1 or 0) as `dtype` scalars."""
-        f = np.dtype(dtype).type
-        return f(self.learning_rate), f(self.momentum), f(self.nesterov)
+        """(learning rate, momentum) as `dtype` scalars."""
+        as_dtype = np.dtype(dtype).type
+        return as_dtype(self.learning_rate), as_dtype(self.momentum)
 
     def update(self, grad, param, slots, coefficients):
-        lr, momentum, nesterov = coefficients
+        lr, momentum = coefficients
         if not slots:                                   # plain SGD: w = w - lr * g
             param -= grad * lr
             return
         velocity = slots[0]
         velocity[...] = momentum * velocity - grad * lr           # v = momentum * v - lr * g
-        if nesterov:
+        if self.nesterov:                                         # Keras's look-ahead step, with the new v
             param += momentum * velocity - grad * lr              # w = w + (momentum * v - lr * g)
         else:
             param += velocity                                     # w = w + v

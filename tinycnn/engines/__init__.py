@@ -5,9 +5,8 @@
 Two engines compute the same thing:
     "reference"  tinycnn.engines.reference: each layer's own forward and backward, the textbook
                  passes of tinycnn/layers.py, in plain NumPy. Read this one to learn.
-    "fast"       tinycnn.engines.fast: numba kernels, a conv and its pooling in one pass,
-                 Winograd's convolution, the batch in two halves on two cores. Held by the
-                 tests to the reference, to float32 rounding.
+    "fast"       tinycnn.engines.fast: the same maths, compiled (README, "How it is made
+                 fast"). Held by the tests to the reference, to float32 rounding.
     "auto"       the fast engine where numba can be imported, else the reference engine.
 The environment variable TINYCNN_ENGINE sets what "auto" (compile's default) means.
 
@@ -30,7 +29,11 @@ class Engine:
 
     @contextlib.contextmanager
     def run(self, model, batch_size, batches, x, y=None):
-        """Set up (and afterwards tear down) whatever a call of `batches` batches needs."""
+        """Set up (and afterwards tear down) whatever a call of `batches` batches needs.
+
+        x, y: the whole call's data and batch_size its batches' size, for an engine that
+        prepares buffers for them; the reference engine needs nothing.
+        """
         yield
 
     def train_step(self, model, x, y):

@@ -40,10 +40,11 @@ class ReferenceEngine(Engine):
             loss, grad = model.loss.from_logits(y, last.logits)
         else:
             loss, grad = model.loss.from_probs(y, out)
-        if not math.isfinite(loss):
+        if not math.isfinite(loss):                                 # NaN/inf: skip the step, keep the weights
             return loss, out
+        # 3. backward: the last layer from the loss's gradient (softmax fused), then the rest, last to first
         grad = last.backward_from_logits(grad) if last.outputs_softmax else last.backward(grad)
-        for layer in reversed(layers[:-1]):                         # 3. backward
+        for layer in reversed(layers[:-1]):
             grad = layer.backward(grad)
         model.optimizer.apply_gradients(                            # 4. update
             (g, p) for layer in layers for g, p in zip(layer.grads, layer.params))

@@ -452,8 +452,8 @@ def _update(optimizer, grad, param, slots, coefficients):
     flat = [a.reshape(-1) for a in (param, grad, *slots)] if all(
         a.flags.c_contiguous for a in (param, grad, *slots)) else None
     if type(optimizer) is optimizers_module.SGD and slots and flat:
-        lr, momentum, nesterov = coefficients
-        kernels.sgd_momentum_update_(*flat, lr, momentum, bool(nesterov))
+        lr, momentum = coefficients
+        kernels.sgd_momentum_update_(*flat, lr, momentum, optimizer.nesterov)
     elif type(optimizer) is optimizers_module.Adam and flat:
         kernels.adam_update_(*flat, *coefficients)
     else:
