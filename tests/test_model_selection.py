@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from tinycnn.model_selection import KFold, cross_validate
+from tinycnn.model_selection import KFold, cross_validate, grid_search
 
 
 def sklearn_rule_folds(n, k, shuffle, random_state):
@@ -459,3 +459,66 @@ def test_cross_validate_rejects_bad_input():
         cross_validate(tiny_model, x, y, n_splits=2, n_jobs=2, executor=object())
     with pytest.raises(ValueError, match="concurrent.futures.Executor"):
         cross_validate(tiny_model, x, y, n_splits=2, executor=object())
+
+
+# ---------------------------------------------------------------------------
+# grid_search
+# ---------------------------------------------------------------------------
+def test_grid_search_cross_validates_every_point_like_cross_validate(tmp_path, capsys):
+    x, y = tiny_data(120, contrast=0.3)
+    model_fn = make_model_fn()
+    grid = {"learning_rate": [0.05, 0.005], "batch_size": [8, 16]}
+    result = grid_search(model_fn, grid, x, y, n_splits=2, epochs=1, n_jobs=2)
+    assert result.params == [{"learning_rate": 0.05, "batch_size": 8},
+                             {"learning_rate": 0.05, "batch_size": 16},
+                             {"learning_rate": 0.005, "batch_size": 8},
+                             {"learning_rate": 0.005, "batch_size": 16}]
+    for params, point in zip(result.params, result.results):
+        alone = cross_validate(lambda: model_fn(learning_rate=params["learning_rate"]), x, y,
+                               n_splits=2, epochs=1, batch_size=params["batch_size"], verbose=0)
+        assert point.scores == alone.scores, params
+        assert [h.history for h in point.histories] == [h.history for h in alone.histories]
+    assert len({tuple(point.scores) for point in result.results}) > 1    # the settings matter
+    means = [point.mean for point in result.results]
+    assert result.best_params == result.params[int(np.argmax(means))]
+    assert result.results[0].data_bytes == x.nbytes + y.nbytes           # once for the whole grid
+
+    rows = json.loads(result.to_json(tmp_path / "grid.json"))["rows"]
+    assert rows == json.loads((tmp_path / "grid.json").read_text())["rows"]
+    assert [(row["learning_rate"], row["batch_size"], row["mean"]) for row in rows] == \
+        [(p["learning_rate"], p["batch_size"], m) for p, m in zip(result.params, means)]
+    assert all(row["missing"] == [] and row["fold_numbers"] == [1, 2] for row in rows)
+    printed = capsys.readouterr().out
+    assert "learning_rate=0.005, batch_size=16: mean=" in printed
+    assert str(result).splitlines()[0].split() == ["learning_rate", "batch_size", "mean", "%",
+                                                   "std", "%", "folds"]
+
+    figure = result.plot(save=tmp_path / "grid.png")
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == \
+        ["learning_rate=0.05\nbatch_size=8", "learning_rate=0.05\nbatch_size=16",
+         "learning_rate=0.005\nbatch_size=8", "learning_rate=0.005\nbatch_size=16"]
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_grid_search_goes_on_past_a_point_that_fails():
+    x, y = tiny_data(60)
+    model_fn = make_model_fn()
+    result = grid_search(model_fn, {"filters": [4, -1]}, x, y, n_splits=2, epochs=1,
+                         batch_size=8, verbose=0)
+    good, bad = result.results
+    assert good.fold_numbers == [1, 2] and not good.partial
+    assert bad.scores == [] and sorted(bad.missing) == [1, 2] and bad.partial
+    assert result.best_params == {"filters": 4}
+    assert json.loads(result.to_json())["rows"][1]["missing"] == [1, 2]
+
+
+@pytest.mark.parametrize("grid, message", [
+    ({}, "non-empty dict"),
+    ({"learning_rate": []}, "non-empty list"),
+    ({"learning_rate": "0.01"}, "non-empty list"),
+    ({"not a name": [1]}, "keyword argument name"),
+])
+def test_grid_search_rejects_a_bad_grid(grid, message):
+    x, y = tiny_data(12)
+    with pytest.raises(ValueError, match=message):
+        grid_search(tiny_model, grid, x, y, n_splits=2)

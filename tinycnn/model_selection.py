@@ -1,7 +1,7 @@
 """K-fold cross-validation, as the machinelearningmastery Fashion-MNIST tutorial does it,
-on this machine's cores or a Dask cluster.
+and grid searches over settings, on this machine's cores or a Dask cluster.
 
-    >>> from tinycnn.model_selection import KFold, cross_validate
+    >>> from tinycnn.model_selection import KFold, cross_validate, grid_search
     >>> from tinycnn.zoo import cnn_categorical_model
     >>> result = cross_validate(cnn_categorical_model, x_train, y_train_onehot,
     ...                         n_splits=5, epochs=10, batch_size=32, n_jobs=2)
@@ -14,11 +14,16 @@ on this machine's cores or a Dask cluster.
 
     >>> from distributed import Client                  # pip install "tinycnn[distributed]"
     >>> result = cross_validate(define_model, x, y, executor=Client("tcp://HOST:8786"))
+    >>> search = grid_search(define_model, {"learning_rate": [0.01, 0.001], "batch_size": [32, 64]},
+    ...                      x, y, n_splits=5, epochs=10, n_jobs=2)
+    >>> print(search); search.to_json("grid.json"); search.plot(save="grid.png")
 
 `KFold` follows scikit-learn's `sklearn.model_selection.KFold` to the index, so the
 folds here are the folds the tutorial used (for the same data order and random_state).
 Where the folds train, and why every place gives the same numbers: tinycnn.executors.
 """
+import itertools
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -332,15 +337,19 @@ def _cv_result(run, folds, point):
 
 
 def _print_outcome(outcome, progress, caller):
-    """A finished fold: '> 91.200' and a progress line; a failed one: its problem on stderr."""
-    name = outcome.job.name
+    """A finished fold: the tutorial's '> 91.200' and a progress line; a failed one: its
+    problem on stderr and a progress line."""
     if outcome.ok:
         print("> %.3f" % (outcome.score * 100.0), flush=True)
-        print(f"  {progress} {name} done in {outcome.seconds:.1f} s", flush=True)
+        print(f"  {progress} {outcome.job.name} done in {outcome.seconds:.1f} s", flush=True)
     else:
-        print(f"{caller}: {name} has no score, it is left out of the result:\n"
-              f"{outcome.problem.rstrip()}", file=sys.stderr, flush=True)
-        print(f"  {progress} {name} failed: {_summary(outcome.problem)}", flush=True)
+        _print_problem(outcome, progress, caller)
+
+
+def _print_problem(outcome, progress, caller):
+    print(f"{caller}: {outcome.job.name} has no score, it is left out of the result:\n"
+          f"{outcome.problem.rstrip()}", file=sys.stderr, flush=True)
+    print(f"  {progress} {outcome.job.name} failed: {_summary(outcome.problem)}", flush=True)
 
 
 def _summary(problem):
@@ -371,3 +380,205 @@ def _size_text(n):
     if n < 1000:
         return f"{n} B"
     return f"{n / 1e3:.1f} kB" if n < 1e6 else f"{n / 1e6:.1f} MB"
+
+
+# ---------------------------------------------------------------------------
+# grid_search: cross-validate every combination of settings
+# ---------------------------------------------------------------------------
+FIT_SETTINGS = ("batch_size", "epochs")      # grid names that go to fit, not to model_fn
+
+
+@dataclass
+class GridSearchResult:
+    """What `grid_search` returns.
+
+    params: one dict per grid point, in the grid's order (e.g. {'learning_rate': 0.01,
+        'batch_size': 32}).
+    results: the CVResult of each point (scores, histories, missing folds...).
+    interrupted: True when Ctrl-C stopped the search (the points it cut short are partial).
+
+    `table()` is one row per point, `to_json()` the same as JSON, `plot()` a Figure of the
+    scores, `str(result)` an aligned text table; `best_params` the point with the highest
+    mean accuracy among those whose every fold finished.
+    """
+    params: list = field(default_factory=list)
+    results: list = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def best_index(self):
+        complete = [i for i, r in enumerate(self.results) if not r.partial]
+        return max(complete, key=lambda i: self.results[i].mean) if complete else None
+
+    @property
+    def best_params(self):
+        return None if self.best_index is None else dict(self.params[self.best_index])
+
+    def table(self):
+        """One dict per point: its settings, then mean, std (accuracy in [0, 1]), scores,
+        fold_numbers (of the scores) and missing (the numbers of the folds without one)."""
+        return [dict(params, mean=result.mean, std=result.std, scores=list(result.scores),
+                     fold_numbers=list(result.fold_numbers), missing=sorted(result.missing))
+                for params, result in zip(self.params, self.results)]
+
+    def to_json(self, path=None):
+        """The table as JSON text (NaN for a point with no score); also written to `path` if given."""
+        text = json.dumps({"param_names": list(self.params[0]) if self.params else [],
+                           "interrupted": self.interrupted, "best": self.best_params,
+                           "rows": self.table()}, indent=2, default=_plain_number)
+        if path is not None:
+            from tinycnn.utils import atomic_write
+            with atomic_write(path, "w") as file:
+                file.write(text + "\n")
+        return text
+
+    def plot(self, save=None):
+        """A Figure of every point's fold scores, mean and standard deviation (see plot_grid_search)."""
+        return plot_grid_search(self, save=save)
+
+    def __str__(self):
+        names = list(self.params[0]) if self.params else []
+        rows = [[_setting_text(p[name]) for name in names]
+                + ["%.3f" % (r.mean * 100), "%.3f" % (r.std * 100),
+                   f"{len(r.scores)}/{len(r.folds)}"]
+                for p, r in zip(self.params, self.results)]
+        header = names + ["mean %", "std %", "folds"]
+        widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
+        lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths))
+                 for row in [header] + rows]
+        return "\n".join(lines)
+
+
+def grid_search(model_fn, param_grid, x, y, n_splits=5, epochs=10, batch_size=32, random_state=1,
+                shuffle=True, n_jobs=1, executor=None, verbose=1):
+    """Cross-validate model_fn at every point of a grid of settings, all on the same workers.
+
+    model_fn: returns a compiled model; it receives each point's settings as keyword
+        arguments (all but batch_size and epochs):
+            def define_model(learning_rate=0.01, filters=32): ...
+    param_grid: {name: [values, ...]}; every combination is one point (the cross product,
+        in the order of the dict and of its lists). `batch_size` and `epochs` go to fit,
+        in place of the arguments of the same name; every other name goes to model_fn.
+            grid_search(define_model, {"learning_rate": [0.01, 0.001], "batch_size": [32, 64]},
+                        x, y, n_splits=5, epochs=10)
+    x, y, n_splits, epochs, batch_size, random_state, shuffle, n_jobs, executor, verbose:
+        as for cross_validate. Every point uses the same folds and the same seeds, so the
+        points differ only by their settings; the data goes to the workers once for the
+        whole grid, and the jobs of all the points share them.
+
+    A point whose model_fn raises (a setting it cannot take) has its folds in `missing`;
+    the other points go on. Ctrl-C returns what had finished.
+    Returns a GridSearchResult (.table(), .to_json(), .plot(), .best_params).
+    """
+    x, y = _check_data("grid_search", model_fn, x, y, random_state)
+    points = _grid_points(param_grid)
+    folds = _kfold_splits(x, n_splits, shuffle, random_state)
+    jobs = []
+    for point, params in enumerate(points):
+        fit_settings = {"epochs": epochs, "batch_size": batch_size}
+        fit_settings.update({k: v for k, v in params.items() if k in FIT_SETTINGS})
+        model_kwargs = {k: v for k, v in params.items() if k not in FIT_SETTINGS}
+        jobs += _fold_jobs(model_fn, folds, random_state, fit_settings["epochs"],
+                           fit_settings["batch_size"], verbose, model_kwargs, point,
+                           label=_point_label(params) + ": ")
+    workers = _choose_workers("grid_search", n_jobs, executor, jobs, verbose)
+    if verbose:
+        print(f"grid_search: {len(points)} points x {len(folds)} folds on {workers.description}",
+              flush=True)
+
+    ended = [[] for _ in points]          # each point's outcomes so far
+
+    def report(outcome, done, total):
+        mine = ended[outcome.job.point]
+        mine.append(outcome)
+        if verbose:
+            label = _point_label(points[outcome.job.point])
+            if outcome.ok:
+                print(f"  [{done}/{total}] {outcome.job.name} > %.3f (%.1f s)"
+                      % (outcome.score * 100.0, outcome.seconds), flush=True)
+            else:
+                _print_problem(outcome, f"[{done}/{total}]", "grid_search")
+            if len(mine) == len(folds):
+                scores = np.array([o.score for o in mine if o.ok]) * 100.0
+                print(f"{label}: " + ("mean=%.3f std=%.3f, n=%d" % (scores.mean(), scores.std(), scores.size)
+                                      if scores.size else "no fold finished"), flush=True)
+
+    run = executors.run_folds(jobs, x, y, workers, on_outcome=report, verbose=verbose)
+    result = GridSearchResult(params=points, interrupted=run.interrupted,
+                              results=[_cv_result(run, folds, point) for point in range(len(points))])
+    if verbose:
+        missing = [job.name for job in jobs
+                   if job.key in run.cancelled or not run.outcomes[job.key].ok]
+        _print_ending("grid_search", run, missing, len(jobs))
+        print(result, flush=True)
+    return result
+
+
+def _grid_points(param_grid):
+    """The cross product of {name: [values]} as a list of {name: value}, in order."""
+    if not isinstance(param_grid, dict) or not param_grid:
+        raise ValueError(f"grid_search: param_grid must be a non-empty dict of "
+                         f"{{name: [values]}}, got {param_grid!r}")
+    for name, values in param_grid.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"grid_search: each name in param_grid must be a keyword "
+                             f"argument name, got {name!r}")
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__") or not list(values):
+            raise ValueError(f"grid_search: param_grid[{name!r}] must be a non-empty list of "
+                             f"values, got {values!r}")
+    names = list(param_grid)
+    return [dict(zip(names, combination))
+            for combination in itertools.product(*(list(param_grid[n]) for n in names))]
+
+
+def _point_label(params):
+    return ", ".join(f"{name}={_setting_text(value)}" for name, value in params.items())
+
+
+def _setting_text(value):
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _plain_number(value):
+    """JSON for what json cannot write itself: NumPy numbers and arrays."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot write {value!r} as JSON")
+
+
+def plot_grid_search(result, save=None):
+    """Every grid point's fold scores (dots), mean and standard deviation (bar), in percent;
+    the best point's label in bold.
+
+    result: a GridSearchResult. save: a path to write a PNG (via a temporary file).
+    Returns a matplotlib Figure (one axis, one tick per point).
+    """
+    from matplotlib.figure import Figure
+
+    count = len(result.params)
+    figure = Figure(figsize=(max(5.0, 1.3 * count + 1.5), 4.5))
+    ax = figure.subplots()
+    for i, cv in enumerate(result.results):
+        percent = np.asarray(cv.scores, dtype=float) * 100.0
+        ax.plot(np.full(percent.size, i), percent, "o", color="tab:blue", alpha=0.5)
+        if percent.size:
+            ax.errorbar(i, percent.mean(), yerr=percent.std(), fmt="_", color="tab:orange",
+                        markersize=20, capsize=6, linewidth=2)
+    ax.set_xticks(range(count))
+    ax.set_xticklabels([_point_label(p).replace(", ", "\n") for p in result.params], fontsize=8)
+    if result.best_index is not None:
+        ax.get_xticklabels()[result.best_index].set_fontweight("bold")
+    ax.set_xlim(-0.5, count - 0.5)
+    ax.set_ylabel("fold accuracy (%)")
+    folds = len(result.results[0].folds) if result.results else 0
+    ax.set_title(f"Grid search: {folds}-fold accuracy per point (dots: folds, bar: mean ± std, "
+                 f"bold: best)", fontsize=10)
+    figure.tight_layout()
+    if save is not None:
+        from tinycnn.utils import atomic_write
+        extension = os.path.splitext(os.fspath(save))[1].lstrip(".").lower() or "png"
+        with atomic_write(save) as file:
+            figure.savefig(file, format=extension, dpi=100)
+    return figure
