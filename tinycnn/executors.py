@@ -227,7 +227,7 @@ class Workers:
     description: where the folds run, for messages ("2 local processes").
     capacity: how many jobs to keep submitted at once (None: all of them).
     retries_lost: whether a fold whose worker died can be tried again on a new one.
-    job_bytes: how many bytes the submitted jobs took (the data not counted).
+    job_bytes, jobs_sent: how many bytes the jobs sent took (the data not counted), how many.
     """
     description = ""
     capacity = None
@@ -235,6 +235,7 @@ class Workers:
 
     def __init__(self):
         self.job_bytes = 0
+        self.jobs_sent = 0
         self.data = None
 
     def ship(self, x, y):
@@ -249,6 +250,7 @@ class Workers:
     def pickled(self, job):
         job_bytes = pickle_job(job)
         self.job_bytes += len(job_bytes)
+        self.jobs_sent += 1
         return job_bytes
 
     def is_lost(self, error):
@@ -492,13 +494,15 @@ class FoldOutcome:
 @dataclass
 class FoldRun:
     """What run_folds returns: one FoldOutcome per finished (or failed) job, keyed by job.key;
-    the keys of jobs that never ended (Ctrl-C); where they ran and how many bytes went."""
+    the keys of jobs that never ended (Ctrl-C); where they ran; the bytes of the data sent
+    (once), and of the jobs sent (a retried job counts twice) and how many."""
     outcomes: dict
     cancelled: list
     interrupted: bool
     description: str
     data_bytes: int
     job_bytes: int
+    jobs_sent: int
 
 
 def run_folds(jobs, x, y, workers, on_outcome=None, verbose=1):
@@ -539,7 +543,7 @@ def run_folds(jobs, x, y, workers, on_outcome=None, verbose=1):
         workers.close()
     cancelled = [job.key for job in jobs if job.key not in outcomes]
     return FoldRun(outcomes, cancelled, interrupted, workers.description, data_bytes,
-                   workers.job_bytes)
+                   workers.job_bytes, workers.jobs_sent)
 
 
 # A fold whose worker died is tried once more: a second death is taken as the fold's own

@@ -364,7 +364,7 @@ def _print_ending(caller, run, missing, total):
     """What was sent, and which folds are missing (`missing`: their names), once the run is over."""
     if run.data_bytes:
         print(f"{caller}: ran on {run.description}; sent x and y once ({_size_text(run.data_bytes)}) "
-              f"and {total} jobs ({_size_text(run.job_bytes)}: test indices and model_fn)",
+              f"and {run.jobs_sent} jobs ({_size_text(run.job_bytes)}: test indices and model_fn)",
               flush=True)
     if run.interrupted:
         print(f"{caller}: interrupted: {len(run.outcomes)} of {total} folds ended, "
