@@ -105,7 +105,7 @@ def run_fold(data, job):
     with _ONE_FOLD_AT_A_TIME, _one_thread():
         try:
             if isinstance(job, bytes):
-                job = pickle.loads(job)
+                job = pickle.loads(job)      # pickled by run_folds from the caller's own FoldJob
             x, y = data.open() if isinstance(data, SharedArrays) else data
             return train_fold(job, x, y)
         except Exception:               # (KeyboardInterrupt goes through: it stops the run)
@@ -153,7 +153,7 @@ class SharedArrays:
     """x and y as .npy files in a temporary folder, which each worker process maps once.
 
     Mapped read-only, the pages live once in the machine's memory whichever number of
-    processes reads them. `with SharedArrays(x, y) as shared:` removes the folder after.
+    processes reads them. A job carries only the folder's name; remove() deletes it.
     """
 
     def __init__(self, x, y):
@@ -176,18 +176,6 @@ class SharedArrays:
 
     def remove(self):
         shutil.rmtree(self.folder, ignore_errors=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.remove()
-
-    def __getstate__(self):
-        return {"folder": self.folder}        # what a job sends: the folder's name, not the arrays
-
-    def __setstate__(self, state):
-        self.folder = state["folder"]
 
 
 _opened = {}            # in a worker process: the SharedArrays it has mapped
