@@ -145,6 +145,13 @@ def calls(folder, fold):
     return sum(1 for path in folder.iterdir() if path.name.startswith(f"call-{fold}-"))
 
 
+def processes_left(folder):
+    """The processes that called model_fn (make_model_fn's files) and still run."""
+    pids = {int(path.name.split("-")[2]) for path in folder.glob("call-*")}
+    assert pids
+    return [pid for pid in pids if _alive(pid)]
+
+
 def assert_same_folds(result, reference):
     """result's folds have the scores and histories of the same folds in reference."""
     by_fold = dict(zip(reference.fold_numbers, zip(reference.scores, reference.histories)))
@@ -336,6 +343,7 @@ def test_a_worker_process_killed_mid_fold_is_replaced_and_the_fold_tried_again(t
     assert result.fold_numbers == [1, 2, 3] and not result.partial
     assert_same_folds(result, reference)
     assert "fold 2: its worker process died" in capsys.readouterr().err
+    assert processes_left(tmp_path) == []
 
 
 def test_a_fold_whose_worker_dies_twice_is_reported_missing(tmp_path, capsys):
@@ -349,6 +357,7 @@ def test_a_fold_whose_worker_dies_twice_is_reported_missing(tmp_path, capsys):
     assert "died twice" in result.missing[2]
     assert_same_folds(result, reference)
     assert "no score for fold 2" in capsys.readouterr().err
+    assert processes_left(tmp_path) == []
 
 
 def test_a_process_pool_of_your_own_broken_by_a_dead_worker_loses_no_fold_silently(tmp_path):
