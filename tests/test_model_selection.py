@@ -77,6 +77,17 @@ def test_kfold_more_splits_than_samples_raises():
 # ---------------------------------------------------------------------------
 # cross_validate on a tiny model and tiny data (a few seconds)
 # ---------------------------------------------------------------------------
+try:
+    import cloudpickle
+except ImportError:
+    cloudpickle = None
+
+# make_model_fn's closures reach worker processes only through cloudpickle (the extra).
+needs_cloudpickle = pytest.mark.skipif(
+    cloudpickle is None,
+    reason='cloudpickle is not installed: pip install -e ".[dev,distributed]" to send closures to workers')
+
+
 def make_model_fn(misbehave_on_fold=None, how=None, folder=None, random_state=1):
     """A tiny model_fn, small enough to train 3 folds in well under a second.
 
@@ -182,6 +193,7 @@ def test_cross_validate_prints_each_fold_and_returns_scores_and_histories(capsys
     assert result.mean == pytest.approx(np.mean(scores))
 
 
+@needs_cloudpickle
 def test_every_local_executor_gives_identical_scores_and_histories():
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -334,6 +346,7 @@ def test_without_cloudpickle_a_lambda_trains_here_with_a_message(monkeypatch, ca
             cross_validate(build, x, y, n_splits=2, epochs=1, executor=executor, verbose=0)
 
 
+@needs_cloudpickle
 def test_a_worker_process_killed_mid_fold_is_replaced_and_the_fold_tried_again(tmp_path, capsys):
     x, y = tiny_data(120, contrast=0.3)
     reference = cross_validate(tiny_model, x, y, n_splits=3, epochs=1, batch_size=8, verbose=0)
@@ -346,6 +359,7 @@ def test_a_worker_process_killed_mid_fold_is_replaced_and_the_fold_tried_again(t
     assert processes_left(tmp_path) == []
 
 
+@needs_cloudpickle
 def test_a_fold_whose_worker_dies_twice_is_reported_missing(tmp_path, capsys):
     x, y = tiny_data(120, contrast=0.3)
     reference = cross_validate(tiny_model, x, y, n_splits=3, epochs=1, batch_size=8, verbose=0)
@@ -360,6 +374,7 @@ def test_a_fold_whose_worker_dies_twice_is_reported_missing(tmp_path, capsys):
     assert processes_left(tmp_path) == []
 
 
+@needs_cloudpickle
 def test_a_process_pool_of_your_own_broken_by_a_dead_worker_loses_no_fold_silently(tmp_path):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -384,7 +399,7 @@ def test_dask_moves_the_fold_of_a_killed_worker_to_another(dask_client, tmp_path
     assert_same_folds(result, reference)
 
 
-@pytest.mark.parametrize("n_jobs", [1, 2])
+@pytest.mark.parametrize("n_jobs", [1, pytest.param(2, marks=needs_cloudpickle)])
 def test_a_fold_that_raises_is_reported_with_its_number_and_traceback(n_jobs, capsys):
     x, y = tiny_data(120, contrast=0.3)
     reference = cross_validate(tiny_model, x, y, n_splits=3, epochs=1, batch_size=8, verbose=0)
@@ -448,6 +463,7 @@ def _alive(pid):
         return False
 
 
+@needs_cloudpickle
 def test_local_processes_leave_no_temporary_file(tmp_path, monkeypatch):
     import tempfile
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -473,6 +489,7 @@ def test_cross_validate_rejects_bad_input():
 # ---------------------------------------------------------------------------
 # grid_search
 # ---------------------------------------------------------------------------
+@needs_cloudpickle
 def test_grid_search_cross_validates_every_point_like_cross_validate(tmp_path, capsys):
     x, y = tiny_data(120, contrast=0.3)
     model_fn = make_model_fn()
