@@ -287,10 +287,11 @@ def command_evaluate(args):
 
 def command_cv(args):
     with _dask_client(args) as client:           # first: a missing Dask or scheduler fails at once
-        return _cross_validate(args, client)
+        return _run_cv(args, client)
 
 
-def _cross_validate(args, client):
+def _run_cv(args, client):
+    """The cv command once its Dask client (or None) is ready; returns the exit status."""
     from tinycnn import plot
     from tinycnn.data import load_for_model
     from tinycnn.model_selection import cross_validate
