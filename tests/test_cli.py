@@ -1,4 +1,5 @@
 """The `tinycnn` command: help, a quick real run of each command, and clear errors."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -56,6 +57,8 @@ def test_defaults_are_the_notebooks():
     (["train", "--epochs", "0"], "must be 1 or more"),
     (["train", "--batch-size", "ten"], "expected a whole number"),
     (["cv", "--jobs", "0"], "positive number of processes"),
+    (["cv", "--jobs", "2", "--dask-local", "2"], "not allowed with argument --jobs"),
+    (["cv", "--dask-local", "0"], "must be 1 or more"),
     (["plot", "activations", "m.npz", "--filter", "-1"], "must be 0 or more"),
     (["fly"], "invalid choice: 'fly'"),
 ])
@@ -268,6 +271,61 @@ def test_cv_command_quick(tmp_path, capsys):
                                                   np.std(report["scores"]) * 100) in printed
     for name in ("learning_curves.png", "performance.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def quick_cv(tmp_path, name, *where):
+    """`tinycnn cv` on 400 images, 2 folds, 1 epoch, with `where` (e.g. --jobs 2) -> cv.json."""
+    assert main(["cv", "--limit", "400", "--folds", "2", "--epochs", "1", *where,
+                 "--out", str(tmp_path / name)]) == 0
+    return json.loads((tmp_path / name / "cv.json").read_text())
+
+
+def test_cv_jobs_gives_the_scores_of_one_process(tmp_path):
+    serial, parallel = quick_cv(tmp_path, "serial"), quick_cv(tmp_path, "jobs", "--jobs", "2")
+    assert parallel["scores"] == serial["scores"] and parallel["histories"] == serial["histories"]
+    assert (serial["where"], parallel["where"]) == ("this process", "2 local processes")
+    assert parallel["data_bytes"] > 0 and not parallel["partial"]
+
+
+def test_cv_on_a_dask_cluster_gives_the_same_scores(tmp_path, dask_client, capsys):
+    serial = quick_cv(tmp_path, "serial")
+    on_scheduler = quick_cv(tmp_path, "scheduler", "--scheduler", dask_client.scheduler.address)
+    local_cluster = quick_cv(tmp_path, "local", "--dask-local", "2")
+    for report in (on_scheduler, local_cluster):
+        assert report["scores"] == serial["scores"] and report["histories"] == serial["histories"]
+        assert report["where"].startswith("the Dask cluster at tcp://127.0.0.1:")
+        assert report["where"].endswith("(2 workers)")
+    assert on_scheduler["where"] == f"the Dask cluster at {dask_client.scheduler.address} (2 workers)"
+    assert "sent x and y once" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option", [["--scheduler", "tcp://127.0.0.1:8786"], ["--dask-local", "2"]])
+def test_cv_dask_options_without_dask_say_how_to_install_it(option, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "distributed", None)        # `import distributed` fails
+    assert main(["cv", *option, "--out", str(tmp_path / "cv")]) == 1
+    message = capsys.readouterr().err
+    assert f"{option[0]} needs Dask" in message and 'pip install "tinycnn[distributed]"' in message
+    assert not (tmp_path / "cv").exists()                         # it stopped before anything else
+
+
+def test_cv_with_a_failing_fold_saves_the_others_and_exits_1(tmp_path, monkeypatch, capsys):
+    from tinycnn import zoo
+    from tinycnn.utils import get_rng
+    spec = zoo.get_spec("cnn_categorical")
+
+    def fails_on_fold_2():
+        if get_rng().bit_generator.seed_seq.entropy == 2:        # fold 2's seed (--seed 1)
+            raise ValueError("deliberately broken for fold 2")
+        return spec.build()
+
+    monkeypatch.setattr(zoo, "get_spec", lambda name: dataclasses.replace(spec, build=fails_on_fold_2))
+    assert main(["cv", "--limit", "400", "--folds", "3", "--epochs", "1",
+                 "--out", str(tmp_path)]) == 1
+    report = json.loads((tmp_path / "cv.json").read_text())
+    assert report["fold_numbers"] == [1, 3] and report["partial"] and not report["interrupted"]
+    assert list(report["missing"]) == ["2"] and "deliberately broken" in report["missing"]["2"]
+    assert "fold 2 has no score" in capsys.readouterr().err
+    assert (tmp_path / "performance.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_dense_model_run_has_no_conv_pictures_and_refuses_activation_maps(tmp_path, capsys):

@@ -8,6 +8,8 @@
     tinycnn evaluate runs/cat/model.npz              a saved model's test loss and accuracy
     tinycnn cv --model cnn_categorical --folds 5 --epochs 10 [--jobs 2]
                                                      k-fold cross-validation, curves and box plot
+                                                     (--dask-local N, --scheduler tcp://HOST:PORT:
+                                                     on a Dask cluster)
     tinycnn plot activations runs/cat/model.npz --images 0 7 26 --filter 1 --out act.png
     tinycnn plot feature-maps MODEL_FILE --image 0 --layer conv2d
                                                      every feature map of one layer, one image
@@ -31,6 +33,7 @@ Only argparse is imported up front, so `tinycnn --help` answers at once; numpy, 
 and matplotlib load when a command needs them.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -133,11 +136,22 @@ def build_parser():
         description="K-fold cross-validation on the training set, as the machinelearningmastery "
                     "tutorial: a fresh model per fold, scored on that fold. Prints '> 91.200' per "
                     "fold, then the mean and standard deviation; saves the learning curves, "
-                    "the box plot and cv.json into --out.")
+                    "the box plot and cv.json into --out. The folds train here (--jobs: in local "
+                    "processes) or on a Dask cluster; every place gives the same scores. A fold "
+                    "whose worker dies is tried once more; Ctrl-C keeps the finished folds. Exit "
+                    "status 1 when a fold has no score, 130 after Ctrl-C (cv.json is saved).")
     _add_model_options(cv, epochs=10)
     cv.add_argument("--folds", type=_positive_int, default=5, help="number of folds (default: 5)")
-    cv.add_argument("--jobs", type=_jobs, default=1,
-                    help="folds trained at once, one process each (default: 1; -1: one per CPU)")
+    where = cv.add_mutually_exclusive_group()
+    where.add_argument("--jobs", type=_jobs, default=1,
+                       help="folds trained at once, one local process each (default: 1; -1: one "
+                            "per CPU)")
+    where.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                       help="train the folds on the Dask cluster of this running scheduler "
+                            "(needs Dask: pip install \"tinycnn[distributed]\")")
+    where.add_argument("--dask-local", type=_positive_int, metavar="N",
+                       help="start a Dask cluster of N worker processes on this machine and train "
+                            "the folds there (needs Dask)")
     cv.add_argument("--out", help="output folder (default: runs/cv_MODEL)")
     cv.set_defaults(func=command_cv)
 
@@ -347,6 +361,12 @@ def command_evaluate(args):
 
 
 def command_cv(args):
+    with _dask_client(args) as client:           # first: a missing Dask or scheduler fails at once
+        return _run_cv(args, client)
+
+
+def _run_cv(args, client):
+    """The cv command once its Dask client (or None) is ready; returns the exit status."""
     from tinycnn import plot
     from tinycnn.data import load_for_model
     from tinycnn.model_selection import cross_validate
@@ -356,28 +376,78 @@ def command_cv(args):
     (x_train, y_train), _ = load_for_model(args.model, limit=args.limit)
     out = _make_output_folder(args.out or os.path.join("runs", f"cv_{args.model}"))
     print(f"{args.folds}-fold cross-validation of {args.model} on {len(x_train)} training images; "
-          f"epochs: {args.epochs}, batch size: {args.batch_size}, processes: {args.jobs}")
+          f"epochs: {args.epochs}, batch size: {args.batch_size}")
     start = time.perf_counter()
     result = cross_validate(spec.build, x_train, y_train, n_splits=args.folds, epochs=args.epochs,
                             batch_size=args.batch_size, random_state=args.seed,
-                            n_jobs=args.jobs, verbose=2 if args.verbose == 2 else 1)
+                            n_jobs=args.jobs if client is None else 1, executor=client,
+                            verbose=2 if args.verbose == 2 else 1)
     seconds = time.perf_counter() - start
     print("Accuracy: mean=%.3f std=%.3f, n=%d  (%.1f s)" % (result.mean * 100, result.std * 100,
                                                           len(result.scores), seconds))
     write_json(os.path.join(out, "cv.json"), {
         "model": args.model, "folds": args.folds, "epochs": args.epochs,
         "batch_size": args.batch_size, "seed": args.seed, "train_images": len(x_train),
-        "scores": result.scores, "mean": result.mean, "std": result.std,
-        "seconds": round(seconds, 2),
+        "scores": result.scores, "fold_numbers": result.fold_numbers,
+        "mean": result.mean if result.scores else None, "std": result.std if result.scores else None,
+        "partial": result.partial, "interrupted": result.interrupted,
+        "missing": {str(number): problem for number, problem in result.missing.items()},
+        "where": result.where, "data_bytes": result.data_bytes, "seconds": round(seconds, 2),
         "histories": [h.history for h in result.histories],
     })
-    import matplotlib.pyplot as plt
-    for fig, name in ((plot.learning_curves(result.histories), "learning_curves.png"),
-                      (plot.performance(result.scores), "performance.png")):
-        plot.save_figure(fig, os.path.join(out, name))
-        plt.close(fig)
-    print(f"saved cv.json, learning_curves.png and performance.png in {out}")
-    return 0
+    saved = ["cv.json"]
+    if result.scores:
+        import matplotlib.pyplot as plt
+        for fig, name in ((plot.learning_curves(result.histories), "learning_curves.png"),
+                          (plot.performance(result.scores), "performance.png")):
+            plot.save_figure(fig, os.path.join(out, name))
+            plt.close(fig)
+            saved.append(name)
+    print(f"saved {', '.join(saved)} in {out}")
+    if result.interrupted:
+        print("tinycnn cv: interrupted; cv.json holds the folds that finished", file=sys.stderr)
+        return 130
+    return 1 if result.partial else 0
+
+
+@contextlib.contextmanager
+def _dask_client(args):
+    """None for --jobs; a Dask Client for --scheduler or --dask-local, closed after (with
+    the cluster --dask-local started)."""
+    if args.scheduler is None and args.dask_local is None:
+        yield None
+        return
+    option = "--scheduler" if args.scheduler is not None else "--dask-local"
+    try:
+        import dask
+        import distributed
+    except ImportError:
+        raise ValueError(f"{option} needs Dask, which is not installed; install it with "
+                         f"pip install \"tinycnn[distributed]\"") from None
+    if args.scheduler is not None:
+        with distributed.Client(args.scheduler, timeout="10s") as client:
+            yield client
+        return
+    # A fold whose worker dies is tried once more on another one, as --jobs does.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), _ctrl_c_ignored():
+        cluster = distributed.LocalCluster(n_workers=args.dask_local, threads_per_worker=1,
+                                           processes=True, host="127.0.0.1",
+                                           dashboard_address="127.0.0.1:0")   # any free port
+    with cluster, distributed.Client(cluster) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored():
+    """Ctrl-C ignored inside the block. Processes started here inherit that: Ctrl-C in the
+    terminal reaches the whole process group, and it is this process's to handle (it cancels
+    the folds, keeps the finished ones and closes the cluster), not each worker's."""
+    import signal
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def command_plot_activations(args):

@@ -1,0 +1,15 @@
+"""Fixtures shared by the test files."""
+import pytest
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """A Dask client of a LocalCluster of 2 worker processes (1 thread each) on 127.0.0.1,
+    shared by every Dask test; skipped where Dask is not installed."""
+    distributed = pytest.importorskip(
+        "distributed",
+        reason='Dask is not installed: pip install -e ".[dev,distributed]" to run the Dask tests')
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address="127.0.0.1:0")
+    with cluster, distributed.Client(cluster) as client:
+        yield client
