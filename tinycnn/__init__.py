@@ -16,7 +16,7 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "activations", "callbacks", "cli", "data", "datasets", "engines", "gradcheck", "im2col",
+    "activations", "callbacks", "checks", "cli", "data", "datasets", "engines", "executors", "gradcheck", "im2col",
     "initializers", "layers", "losses", "model_selection", "models", "optimizers",
     "plot", "saving", "utils", "zoo",
 )

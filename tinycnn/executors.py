@@ -138,8 +138,7 @@ def train_fold(job, x, y):
 def _one_thread():
     """tinycnn trains in one thread inside this block; its setting before is restored after."""
     from tinycnn import utils
-    before = utils._num_threads          # None unless set_num_threads chose a number
-    utils.set_num_threads(1)
+    before = utils.set_num_threads(1)    # None unless set_num_threads had chosen a number
     try:
         yield
     finally:

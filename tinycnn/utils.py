@@ -106,12 +106,14 @@ def set_num_threads(n):
     """Threads tinycnn uses in fit/evaluate/predict: 1, or 2 (and more) to cut batches in two halves.
 
     n: a positive int, or None to go back to the default (TINYCNN_NUM_THREADS, else 2 where
-    the process may use 2 cores or more, else 1).
+    the process may use 2 cores or more, else 1). Returns the setting before (an int, or None
+    for the default), so a caller can put it back.
     """
     global _num_threads
     if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
         raise ValueError(f"set_num_threads: n must be a positive integer or None, got {n!r}")
-    _num_threads = None if n is None else int(n)
+    before, _num_threads = _num_threads, None if n is None else int(n)
+    return before
 
 
 def _usable_cores():
