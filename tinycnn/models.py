@@ -46,9 +46,10 @@ from tinycnn import layers as layers_module
 from tinycnn import losses as losses_module
 from tinycnn import optimizers as optimizers_module
 from tinycnn import saving, utils
+from tinycnn.functional import Model, SymbolicTensor
 from tinycnn.saving import ModelFileError, load_model, weights_from
 
-__all__ = ["Sequential", "load_model", "ModelFileError"]
+__all__ = ["Sequential", "Model", "load_model", "ModelFileError"]
 
 ACCURACY_NAMES = ("accuracy", "acc", "categorical_accuracy", "sparse_categorical_accuracy")
 
@@ -76,6 +77,7 @@ class Sequential:
         self._layers = []
         self.built = False
         self._input_shape = None              # per-sample input shape once built
+        self._input_tensor = None             # `model.input` once built
         self.optimizer = None
         self.loss = None
         self.metrics_names = []               # ["loss", "accuracy"] once compiled
@@ -136,8 +138,9 @@ class Sequential:
         if not self._layers:
             raise ValueError("Sequential.pop: the model has no layers")
         layer = self._layers.pop()
+        layer._output_tensor = None               # no longer a place in this model
         if not self._layers:
-            self.built, self._input_shape = False, None
+            self.built, self._input_shape, self._input_tensor = False, None, None
         return layer
 
     def build(self, input_shape=None):
@@ -172,12 +175,28 @@ class Sequential:
             return
         self._build_from(0, shape)
         self._input_shape = shape
+        self._input_tensor = SymbolicTensor(None, (None,) + shape, self)
         self.built = True
 
     def _build_from(self, first, shape):
-        """Build layers[first:] in turn, each on the previous one's output shape."""
+        """Build layers[first:] in turn, each on the previous one's output shape, and give
+        each its `layer.output` in this model."""
         for layer in self._layers[first:]:
             shape = layer.build(shape)
+            layer._output_tensor = SymbolicTensor(layer, (None,) + tuple(shape), self)
+
+    @property
+    def input(self):
+        """The model's input as a SymbolicTensor, shape (None, *one sample's shape), for
+        Model(inputs=model.input, ...) as in Keras: a place, not data."""
+        self._require_built("model.input")
+        return self._input_tensor
+
+    @property
+    def output(self):
+        """The last layer's output as a SymbolicTensor (see `input`)."""
+        self._require_built("model.output")
+        return self._layers[-1].output
 
     @property
     def input_shape(self):
