@@ -692,15 +692,14 @@ class Sequential:
                 "build_input_shape": None if not self.built else [None] + list(self._input_shape)}
 
     @classmethod
-    def from_config(cls, config):
-        """A new model from get_config's dict (fresh weights; built if the config has an input shape)."""
-        layers = []
-        for entry in config["layers"]:
-            class_name = entry["class_name"]
-            if class_name not in layers_module.LAYER_CLASSES:
-                raise ValueError(f"unknown layer class {class_name!r}; tinycnn has "
-                                 f"{sorted(layers_module.LAYER_CLASSES)}")
-            layers.append(layers_module.LAYER_CLASSES[class_name].from_config(dict(entry["config"])))
+    def from_config(cls, config, custom_objects=None):
+        """A new model from get_config's dict (fresh weights; built if the config has an input shape).
+
+        custom_objects: {class name: layer class} for layers of your own, as in load_model.
+        """
+        classes = saving.layer_classes(custom_objects)
+        layers = [saving.layer_class(entry, classes).from_config(dict(entry["config"]))
+                  for entry in config["layers"]]
         model = cls(layers, name=config.get("name"))
         if config.get("build_input_shape") is not None and not model.built:
             model.build(tuple(config["build_input_shape"]))
@@ -714,7 +713,11 @@ class Sequential:
     def save(self, filepath, overwrite=True):
         """Write the whole model to one file: architecture, weights, compile settings and the
         optimizer's state, so load_model(filepath) predicts bit-identically and training
-        continues exactly where it stopped. The write is atomic (temp file, then rename)."""
+        continues exactly where it stopped. The write is atomic (temp file, then rename).
+
+        The file is tinycnn's own format, an .npz archive ("cnn.npz"), not Keras's: a name
+        ending in .keras or .h5 raises ValueError naming the .npz to use, since Keras could
+        not open what tinycnn would write there."""
         self._require_built("save")
         self._save(filepath, overwrite, kind="model")
 
@@ -737,7 +740,8 @@ class Sequential:
 
     def load_weights(self, filepath):
         """Load the weights from a file written by save or save_weights into this (same-shaped) model."""
-        header, arrays = saving.read_model_file(filepath)
+        own_classes = {type(layer).__name__: type(layer) for layer in self._layers}   # custom ones too
+        header, arrays = saving.read_model_file(filepath, custom_objects=own_classes)
         weights = weights_from(header, arrays, filepath)
         self._require_built("load_weights")
         expected = [p.shape for p in self._params()]
