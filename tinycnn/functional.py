@@ -51,10 +51,12 @@ class Model:
 
     def __init__(self, inputs, outputs, name=None):
         self.input = _the_input(inputs)
-        self.source = self.input.model
-        self._single = isinstance(outputs, SymbolicTensor) or (
-            isinstance(outputs, (list, tuple)) and len(outputs) == 1)
-        self.outputs = [outputs] if isinstance(outputs, SymbolicTensor) else _output_list(outputs)
+        self.source = self.input.model                # the Sequential whose layers predict runs
+        if isinstance(outputs, SymbolicTensor):
+            self.outputs, self._single = [outputs], True
+        else:
+            self.outputs = _output_list(outputs)
+            self._single = len(self.outputs) == 1     # a list of one gives one array too, as tf.keras did
         # depth of an output = how many layers the data has passed there (0 for the input)
         self._depths = [_depth_of(tensor, index, self.source) for index, tensor in enumerate(self.outputs)]
         self._layers = self.source.layers[:max(self._depths)]     # the layers predict runs
@@ -76,9 +78,7 @@ class Model:
         verbose = checks.verbose_level(verbose, "Model.predict")
         x = checks.inputs(self.source, x, "Model.predict")
         results = [np.empty((len(x),) + tensor.shape[1:], dtype=self.source.dtype) for tensor in self.outputs]
-        steps = math.ceil(len(x) / batch_size)
-        progbar = callbacks_module.Progbar(steps, dynamic=verbose == 1 and callbacks_module.is_interactive()) \
-            if verbose else None
+        progbar = _progbar(verbose, math.ceil(len(x) / batch_size))
         for step, start in enumerate(range(0, len(x), batch_size)):
             batch = x[start:start + batch_size]
             passed = [batch]                          # passed[d]: the batch after d layers
@@ -95,6 +95,13 @@ class Model:
     def __repr__(self):
         return (f"<Model name={self.name!r} of {self.source.name!r}: input {self.input.shape}, "
                 f"{len(self.outputs)} output(s)>")
+
+
+def _progbar(verbose, steps):
+    """Keras's progress line for `steps` batches (verbose 1 or 2), or None (verbose 0)."""
+    if not verbose:
+        return None
+    return callbacks_module.Progbar(steps, dynamic=verbose == 1 and callbacks_module.is_interactive())
 
 
 def _the_input(inputs):

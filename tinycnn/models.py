@@ -29,6 +29,10 @@ callbacks (tinycnn.callbacks). Everything the user passes is checked once, up fr
 
 Shapes: x is NHWC (N, H, W, C) for images, (N, features) for dense inputs; the model's
 `input_shape` / `output_shape` have Keras's leading None for the batch axis.
+
+Model (tinycnn/functional.py) is Keras's way of reading inside a built model:
+Model(inputs=model.input, outputs=[layer.output for layer in model.layers]).predict(x)
+returns every layer's output for x, as `layer_outputs(x)` does.
 """
 import math
 import os
