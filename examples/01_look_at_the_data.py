@@ -37,7 +37,9 @@ for label, name in enumerate(CLASS_NAMES):
 plot.show_images(train_images, train_labels, save=os.path.join(args.out, "images.png"))
 
 # One image up close: a 28x28 grid of numbers from 0 (black) to 255 (white).
-print("\nthe first image (a", CLASS_NAMES[train_labels[0]] + "), every other pixel:")
+first_name = CLASS_NAMES[train_labels[0]]
+article = "an" if first_name[0].lower() in "aeiou" else "a"      # "an Ankle boot", "a Shirt"
+print(f"\nthe first image ({article} {first_name}), every other pixel:")
 print(train_images[0][::2, ::2])
 
 print(f"\nsaved {args.out}/images.png")

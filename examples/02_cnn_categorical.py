@@ -14,8 +14,10 @@ from tinycnn import plot
 from tinycnn.callbacks import GradientNorms
 from tinycnn.data import load_dataset, prep_pixels
 from tinycnn.datasets import CLASS_NAMES
+from tinycnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
+from tinycnn.models import Sequential
+from tinycnn.optimizers import SGD
 from tinycnn.utils import set_random_seed
-from tinycnn.zoo import cnn_categorical_model
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--out", default="out/02_cnn_categorical", help="folder for the pictures")
@@ -31,10 +33,19 @@ train_images, train_labels, test_images, test_labels = load_dataset(one_hot_enco
 train_images, test_images = prep_pixels(train_images, test_images)
 print("train:", train_images.shape, train_labels.shape, " test:", test_images.shape)
 
-# 2. The model, compiled with SGD(0.01, momentum=0.9) and "accuracy".
+# 2. The model as the notebook defines it, compiled with SGD(0.01, momentum=0.9) and
+#    "accuracy" (tinycnn.zoo.cnn_categorical_model() returns the same one).
 set_random_seed(1)
-model = cnn_categorical_model()
-model.summary()
+model = Sequential([
+    Conv2D(32, (3, 3), activation="relu", kernel_initializer="he_uniform", input_shape=(28, 28, 1)),
+    MaxPooling2D((2, 2)),
+    Flatten(),
+    Dense(100, activation="relu", kernel_initializer="he_uniform"),
+    Dense(10, activation="softmax"),
+])
+model.compile(optimizer=SGD(learning_rate=0.01, momentum=0.9), loss="categorical_crossentropy",
+              metrics=["accuracy"])
+model.summary()                       # 542,230 parameters
 
 # 3. Train. The test set is also scored after each epoch, for the learning curves;
 #    GradientNorms records how big each layer's gradient is after every batch.

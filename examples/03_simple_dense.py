@@ -21,8 +21,9 @@ import os
 
 from tinycnn import plot
 from tinycnn.data import load_dataset, prep_pixels
+from tinycnn.layers import Dense, Flatten
+from tinycnn.models import Sequential
 from tinycnn.utils import set_random_seed
-from tinycnn.zoo import simple_dense_model
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--out", default="out/03_simple_dense", help="folder for the pictures")
@@ -44,14 +45,22 @@ else:
     # 0..255 -> 0.0..1.0: without this the notebook scored 0.1055 (see the docstring)
     train_images, test_images = prep_pixels(train_images, test_images)
 
-# 2. The model. It has no input_shape: it is built the first time it sees data.
+# 2. The model as the notebook defines it, with Adam and integer labels
+#    (tinycnn.zoo.simple_dense_model() returns the same one). Its Flatten has no input_shape,
+#    so it is built here, on the shape of one image, to print its summary before training.
 set_random_seed(1)
-model = simple_dense_model()
+model = Sequential([
+    Flatten(),
+    Dense(128, activation="relu"),
+    Dense(10, activation="softmax"),
+])
+model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+model.build((None, 28, 28))
+model.summary()                       # 101,770 parameters: 784 x 128 + 128, then 128 x 10 + 10
 
 # 3. Train and evaluate.
 history = model.fit(train_images, train_labels, epochs=epochs, batch_size=32,
                     validation_data=(test_images, test_labels))
-model.summary()                       # now that it is built: 101,770 parameters
 test_loss, test_accuracy = model.evaluate(test_images, test_labels, verbose=0)
 print(f"test loss {test_loss:.4f}, test accuracy {test_accuracy:.4f}  "
       f"(Keras on normalized pixels: about 0.87; the notebook on raw pixels: 0.1055)")

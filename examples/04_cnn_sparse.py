@@ -13,8 +13,9 @@ import os
 from tinycnn import plot
 from tinycnn.data import load_dataset, prep_pixels
 from tinycnn.datasets import CLASS_NAMES
+from tinycnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
+from tinycnn.models import Sequential
 from tinycnn.utils import set_random_seed
-from tinycnn.zoo import cnn_sparse_categorical_model
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--out", default="out/04_cnn_sparse", help="folder for the pictures")
@@ -28,10 +29,20 @@ limit, epochs = (3000, 2) if args.quick else (None, args.epochs)     # 2 epochs:
 train_images, train_labels, test_images, test_labels = load_dataset(one_hot_encode=False, limit=limit)
 train_images, test_images = prep_pixels(train_images, test_images)
 
-# 2. The model and its summary: 243,786 parameters.
+# 2. The model as the notebook defines it, with Adam and integer labels
+#    (tinycnn.zoo.cnn_sparse_categorical_model() returns the same one), and its summary.
 set_random_seed(1)
-model = cnn_sparse_categorical_model()
-model.summary()
+model = Sequential([
+    Conv2D(64, (3, 3), activation="relu", input_shape=(28, 28, 1)),
+    MaxPooling2D(2, 2),
+    Conv2D(64, (3, 3), activation="relu"),
+    MaxPooling2D(2, 2),
+    Flatten(),
+    Dense(128, activation="relu"),
+    Dense(10, activation="softmax"),
+])
+model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+model.summary()                       # 243,786 parameters
 
 # 3. Train and evaluate.
 history = model.fit(train_images, train_labels, epochs=epochs, batch_size=32,

@@ -17,9 +17,10 @@ import os
 
 from tinycnn import plot
 from tinycnn.data import load_dataset, prep_pixels
-from tinycnn.models import load_model
+from tinycnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
+from tinycnn.models import Sequential, load_model
+from tinycnn.optimizers import SGD
 from tinycnn.utils import set_random_seed
-from tinycnn.zoo import cnn_categorical_model
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--out", default="out/06_filters_confusion_mistakes", help="folder for the pictures")
@@ -35,8 +36,17 @@ train_images, test_images = prep_pixels(train_images, test_images)
 if args.model_file:
     model = load_model(args.model_file)
 else:
+    # the notebook's first CNN, as 02_cnn_categorical.py trains it (tinycnn.zoo.cnn_categorical_model())
     set_random_seed(1)
-    model = cnn_categorical_model()
+    model = Sequential([
+        Conv2D(32, (3, 3), activation="relu", kernel_initializer="he_uniform", input_shape=(28, 28, 1)),
+        MaxPooling2D((2, 2)),
+        Flatten(),
+        Dense(100, activation="relu", kernel_initializer="he_uniform"),
+        Dense(10, activation="softmax"),
+    ])
+    model.compile(optimizer=SGD(learning_rate=0.01, momentum=0.9), loss="categorical_crossentropy",
+                  metrics=["accuracy"])
     model.fit(train_images, train_labels, epochs=epochs, batch_size=32)
 
 # The first layer's filters: kernel (3, 3, 1, 32), one 3x3 picture per filter.

@@ -23,6 +23,10 @@ EXPECTED = {
 }
 
 
+# the scripts that print a summary, with the notebook's parameter counts, before they train
+SUMMARIES = {"02_cnn_categorical.py": "Total params: 542,230", "03_simple_dense.py": "Total params: 101,770",
+             "04_cnn_sparse.py": "Total params: 243,786"}
+
 # the scripts that print fit's one line per epoch (05 prints one score per fold instead)
 TRAINING_SCRIPTS = ("02_cnn_categorical.py", "03_simple_dense.py", "04_cnn_sparse.py",
                     "06_filters_confusion_mistakes.py")
@@ -49,6 +53,10 @@ def test_example_runs_in_quick_mode(script, tmp_path):
         assert png.stat().st_size > 5000                  # a real picture, not an empty canvas
     if script in TRAINING_SCRIPTS:                        # two epochs: the curves are lines, not dots
         assert "Epoch 2/2 - " in done.stdout and "Epoch 3/" not in done.stdout
+    if script in SUMMARIES:                               # the model defined in the script is the notebook's
+        assert done.stdout.index(SUMMARIES[script]) < done.stdout.index("Epoch 1/2 - ")
+    if script == "01_look_at_the_data.py":
+        assert "the first image (an Ankle boot)" in done.stdout
     if script == "05_cross_validation.py":
         fold_lines = [line for line in done.stdout.splitlines() if line.startswith("> ")]
         assert len(fold_lines) == 5

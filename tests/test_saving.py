@@ -536,3 +536,126 @@ def test_expected_weight_shapes_are_those_a_built_model_has(name):
         if not model.built:
             model.build((None,) + spec.input_shape)
     assert saving.expected_weight_shapes(model.get_config()) == [w.shape for w in model.get_weights()]
+
+
+# ---------------------------------------------------------------------------
+# Layers of the caller's own: load_model(path, custom_objects={"Scale": Scale})
+# ---------------------------------------------------------------------------
+from tinycnn.layers import Layer      # noqa: E402  (here, beside the custom layer that needs it)
+
+
+class Scale(Layer):
+    """y = x * scale, one trainable scale per feature (starting at `initial`): a layer of a user's own."""
+
+    def __init__(self, initial=2.0, **kwargs):
+        super().__init__(**kwargs)
+        self.initial = float(initial)
+
+    def _create_params(self, input_shape):
+        self.params = [np.full(input_shape[-1:], self.initial, dtype=self.dtype)]
+        self.grads = [np.zeros_like(self.params[0])]
+
+    def forward(self, x, training=False):
+        self._x = self._check_input(x)
+        return self._x * self.params[0]
+
+    def backward(self, grad_out):
+        grad_out = self._check_grad(grad_out)
+        self.grads[0][...] = (grad_out * self._x).reshape(-1, self.params[0].size).sum(axis=0)
+        return grad_out * self.params[0] if self.need_input_grad else None
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(initial=self.initial)
+        return config
+
+
+def scaled_model():
+    """Flatten - Dense 8 - Scale - Dense 3 softmax on (4, 4) inputs, compiled with Adam."""
+    model = Sequential([Flatten(input_shape=(4, 4)), Dense(8, activation="relu"), Scale(initial=1.5),
+                        Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+@pytest.fixture
+def scaled(tmp_path):
+    """(a trained scaled_model, its file, a few inputs)."""
+    utils.set_random_seed(4)
+    rng = np.random.default_rng(4)
+    x, y = rng.random((64, 4, 4), dtype=np.float32), rng.integers(0, 3, 64)
+    model = scaled_model()
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    path = tmp_path / "scaled.npz"
+    model.save(path)
+    return model, path, x
+
+
+def test_a_custom_layer_loads_with_custom_objects(scaled):
+    model, path, x = scaled
+    assert not np.all(model.layers[2].params[0] == 1.5)            # its weight trained
+    loaded = load_model(path, custom_objects={"Scale": Scale})
+    assert type(loaded.layers[2]) is Scale and loaded.layers[2].initial == 1.5
+    assert same_arrays(loaded.get_weights(), model.get_weights())
+    assert np.array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert same_arrays(loaded.optimizer.get_state(), model.optimizer.get_state())
+
+
+def same_arrays(a, b):
+    return len(a) == len(b) and all(np.array_equal(u, v) for u, v in zip(a, b))
+
+
+def test_a_custom_layer_without_custom_objects_is_refused_naming_custom_objects(scaled):
+    _, path, _ = scaled
+    with pytest.raises(ModelFileError) as caught:
+        load_model(path)
+    message = str(caught.value)
+    assert str(path) in message and "unknown class 'Scale'" in message
+    assert "custom_objects={'Scale': Scale}" in message
+
+
+def test_custom_objects_must_be_layer_classes(scaled):
+    _, path, _ = scaled
+    with pytest.raises(ValueError, match=r"custom_objects\['Scale'\] must be a layer class"):
+        load_model(path, custom_objects={"Scale": lambda **config: None})
+    with pytest.raises(ValueError, match="must be a layer class"):
+        load_model(path, custom_objects={"Scale": Scale(initial=1.0)})   # an instance, not the class
+
+
+def test_expected_weight_shapes_of_a_custom_layer_leave_the_random_numbers_alone():
+    model = scaled_model()
+    utils.set_random_seed(9)
+    before = utils.get_rng().bit_generator.state
+    shapes = saving.expected_weight_shapes(model.get_config(), custom_objects={"Scale": Scale})
+    assert shapes == [w.shape for w in model.get_weights()] == [(16, 8), (8,), (8,), (8, 3), (3,)]
+    assert utils.get_rng().bit_generator.state == before
+    with pytest.raises(saving.UnknownLayerError, match="custom_objects"):
+        saving.expected_weight_shapes(model.get_config())
+
+
+def test_load_weights_into_a_model_with_a_custom_layer(scaled):
+    model, path, x = scaled
+    utils.set_random_seed(5)
+    fresh = scaled_model()
+    fresh.load_weights(path)
+    assert np.array_equal(fresh.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+# ---------------------------------------------------------------------------
+# Keras's file names: tinycnn writes .npz, and says so
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["cnn.keras", "cnn.h5", "cnn.weights.h5", "CNN.HDF5"])
+def test_a_keras_file_name_is_refused_naming_the_npz_to_use(tmp_path, name):
+    model = Sequential([Flatten(input_shape=(4, 4)), Dense(3)])
+    target = tmp_path / name
+    stem = str(target)[:-len(os.path.splitext(name)[1])]
+    for save in (model.save, model.save_weights):
+        with pytest.raises(ValueError, match="a Keras format, but tinycnn writes its own") as caught:
+            save(target)
+        assert repr(stem + ".npz") in str(caught.value)
+    assert not os.listdir(tmp_path)                                # nothing written, not even a temporary
+    from tinycnn.callbacks import ModelCheckpoint
+    with pytest.raises(ValueError, match="ModelCheckpoint: .*\\.npz"):
+        ModelCheckpoint(str(tmp_path / "best.keras"))
+    model.save(tmp_path / "cnn.npz")                               # the name it suggests works
+    assert load_model(tmp_path / "cnn.npz").count_params() == model.count_params()

@@ -111,3 +111,15 @@ def test_each_model_learns_from_real_data_in_one_short_epoch(name):
     _, after = model.evaluate(x_test, y_test, verbose=0)
     assert after > 0.6 and after > before + 0.3
     assert np.isfinite(history.history["loss"][0])
+
+
+@pytest.mark.parametrize("wrong", ["cnn_categorical", "cnn_sparse", "simple_dense"])
+def test_a_short_name_used_as_a_function_says_what_to_call(wrong):
+    with pytest.raises(AttributeError) as caught:
+        getattr(zoo, wrong)
+    message = str(caught.value)
+    assert f"did you mean {zoo.MODELS[wrong].build.__name__}() or get_model({wrong!r})?" in message
+    for name in ("cnn_categorical_model()", "simple_dense_model()", "cnn_sparse_categorical_model()",
+                 "get_model('cnn_sparse')"):
+        assert name in message
+    assert not hasattr(zoo, "no_such_model")                       # still an AttributeError for anything else

@@ -26,6 +26,8 @@ import warnings
 
 import numpy as np
 
+from tinycnn import saving
+
 
 class Callback:
     """Base class: every hook does nothing. Override the ones you need."""
@@ -530,6 +532,7 @@ class ModelCheckpoint(Callback):
         super().__init__()
         if save_freq != "epoch":
             raise ValueError(f"ModelCheckpoint: only save_freq='epoch' is supported, got {save_freq!r}")
+        saving.refuse_keras_file_name(filepath, "ModelCheckpoint")   # now, not after the first epoch
         self.filepath = str(filepath)
         self.monitor = monitor
         self.verbose = verbose

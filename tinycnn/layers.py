@@ -126,6 +126,7 @@ class Layer:
         self.params = []                               # Keras order: what get_weights returns
         self.grads = []                                # same shapes, filled by backward
         self.need_input_grad = True                    # the model sets False on the first layer
+        self._output_tensor = None                     # set by the built Sequential that holds it
 
     # -- shapes ------------------------------------------------------------------------------
     def build(self, input_shape):
@@ -148,6 +149,18 @@ class Layer:
     def compute_output_shape(self, input_shape):
         """Per-sample output shape for this per-sample input shape (validates it)."""
         return tuple(input_shape)
+
+    @property
+    def output(self):
+        """Where this layer's output flows in its built model: a SymbolicTensor, shape (None,
+        *output_shape), for Model(inputs=model.input, outputs=[layer.output, ...]) as in Keras.
+        It is a place, not data: the data comes from that Model's predict."""
+        tensor = getattr(self, "_output_tensor", None)
+        if tensor is None:
+            raise ValueError(f"{self.name}: layer.output exists once the layer is part of a built "
+                             f"model; put it in a Sequential and build that (give the first layer "
+                             f"input_shape=..., or call model.build((None, 28, 28, 1)))")
+        return tensor
 
     def _create_params(self, input_shape):
         """Subclasses with weights fill self.params and self.grads here."""

@@ -29,6 +29,10 @@ callbacks (tinycnn.callbacks). Everything the user passes is checked once, up fr
 
 Shapes: x is NHWC (N, H, W, C) for images, (N, features) for dense inputs; the model's
 `input_shape` / `output_shape` have Keras's leading None for the batch axis.
+
+Model (tinycnn/functional.py) is Keras's way of reading inside a built model:
+Model(inputs=model.input, outputs=[layer.output for layer in model.layers]).predict(x)
+returns every layer's output for x, as `layer_outputs(x)` does.
 """
 import math
 import os
@@ -46,9 +50,10 @@ from tinycnn import layers as layers_module
 from tinycnn import losses as losses_module
 from tinycnn import optimizers as optimizers_module
 from tinycnn import saving, utils
+from tinycnn.functional import Model, SymbolicTensor
 from tinycnn.saving import ModelFileError, load_model, weights_from
 
-__all__ = ["Sequential", "load_model", "ModelFileError"]
+__all__ = ["Sequential", "Model", "load_model", "ModelFileError"]
 
 ACCURACY_NAMES = ("accuracy", "acc", "categorical_accuracy", "sparse_categorical_accuracy")
 
@@ -76,6 +81,7 @@ class Sequential:
         self._layers = []
         self.built = False
         self._input_shape = None              # per-sample input shape once built
+        self._input_tensor = None             # `model.input` once built
         self.optimizer = None
         self.loss = None
         self.metrics_names = []               # ["loss", "accuracy"] once compiled
@@ -136,8 +142,9 @@ class Sequential:
         if not self._layers:
             raise ValueError("Sequential.pop: the model has no layers")
         layer = self._layers.pop()
+        layer._output_tensor = None               # no longer a place in this model
         if not self._layers:
-            self.built, self._input_shape = False, None
+            self.built, self._input_shape, self._input_tensor = False, None, None
         return layer
 
     def build(self, input_shape=None):
@@ -172,12 +179,28 @@ class Sequential:
             return
         self._build_from(0, shape)
         self._input_shape = shape
+        self._input_tensor = SymbolicTensor(None, (None,) + shape, self)
         self.built = True
 
     def _build_from(self, first, shape):
-        """Build layers[first:] in turn, each on the previous one's output shape."""
+        """Build layers[first:] in turn, each on the previous one's output shape, and give
+        each its `layer.output` in this model."""
         for layer in self._layers[first:]:
             shape = layer.build(shape)
+            layer._output_tensor = SymbolicTensor(layer, (None,) + tuple(shape), self)
+
+    @property
+    def input(self):
+        """The model's input as a SymbolicTensor, shape (None, *one sample's shape), for
+        Model(inputs=model.input, ...) as in Keras: a place, not data."""
+        self._require_built("model.input")
+        return self._input_tensor
+
+    @property
+    def output(self):
+        """The last layer's output as a SymbolicTensor (see `input`)."""
+        self._require_built("model.output")
+        return self._layers[-1].output
 
     @property
     def input_shape(self):
@@ -673,15 +696,14 @@ class Sequential:
                 "build_input_shape": None if not self.built else [None] + list(self._input_shape)}
 
     @classmethod
-    def from_config(cls, config):
-        """A new model from get_config's dict (fresh weights; built if the config has an input shape)."""
-        layers = []
-        for entry in config["layers"]:
-            class_name = entry["class_name"]
-            if class_name not in layers_module.LAYER_CLASSES:
-                raise ValueError(f"unknown layer class {class_name!r}; tinycnn has "
-                                 f"{sorted(layers_module.LAYER_CLASSES)}")
-            layers.append(layers_module.LAYER_CLASSES[class_name].from_config(dict(entry["config"])))
+    def from_config(cls, config, custom_objects=None):
+        """A new model from get_config's dict (fresh weights; built if the config has an input shape).
+
+        custom_objects: {class name: layer class} for layers of your own, as in load_model.
+        """
+        classes = saving.layer_classes(custom_objects)
+        layers = [saving.layer_class(entry, classes).from_config(dict(entry["config"]))
+                  for entry in config["layers"]]
         model = cls(layers, name=config.get("name"))
         if config.get("build_input_shape") is not None and not model.built:
             model.build(tuple(config["build_input_shape"]))
@@ -695,7 +717,11 @@ class Sequential:
     def save(self, filepath, overwrite=True):
         """Write the whole model to one file: architecture, weights, compile settings and the
         optimizer's state, so load_model(filepath) predicts bit-identically and training
-        continues exactly where it stopped. The write is atomic (temp file, then rename)."""
+        continues exactly where it stopped. The write is atomic (temp file, then rename).
+
+        The file is tinycnn's own format, an .npz archive ("cnn.npz"), not Keras's: a name
+        ending in .keras or .h5 raises ValueError naming the .npz to use, since Keras could
+        not open what tinycnn would write there."""
         self._require_built("save")
         self._save(filepath, overwrite, kind="model")
 
@@ -718,7 +744,8 @@ class Sequential:
 
     def load_weights(self, filepath):
         """Load the weights from a file written by save or save_weights into this (same-shaped) model."""
-        header, arrays = saving.read_model_file(filepath)
+        own_classes = {type(layer).__name__: type(layer) for layer in self._layers}   # custom ones too
+        header, arrays = saving.read_model_file(filepath, custom_objects=own_classes)
         weights = weights_from(header, arrays, filepath)
         self._require_built("load_weights")
         expected = [p.shape for p in self._params()]

@@ -26,7 +26,9 @@ make it run code:
        many bytes in the member as its shape needs
     4. the JSON header (at most MAX_HEADER_BYTES): format name and version, the list of arrays,
        and the weight shapes its architecture implies (expected_weight_shapes), all without
-       building a model
+       building a model (only a layer class of the caller's own, passed as custom_objects, is
+       built alone to learn its weights' shapes); a class that is neither tinycnn's nor the
+       caller's is refused, never imported
     5. only then the arrays, in pieces of READ_PIECE_BYTES, and the checksum over everything.
 So the memory a file can make tinycnn allocate is bounded by the file's own size (its arrays,
 inflated by at most MAX_INFLATION_RATIO), and by nothing a header merely claims.
@@ -57,6 +59,7 @@ ALLOWED_DTYPES = ("float32", "float64", "int64", "int32", "uint8")
 MAX_HEADER_BYTES = 2**20        # a header describes layers and settings: kilobytes, not megabytes
 MAX_INFLATION_RATIO = 20        # float weights hardly compress (about 1.1x); far more is a zip bomb
 READ_PIECE_BYTES = 2**20        # members are inflated and copied this much at a time
+KERAS_EXTENSIONS = (".keras", ".h5", ".hdf5")   # Keras's file formats, which tinycnn never writes
 # Zip members tinycnn reads: stored as they are (what np.savez writes), or deflated.
 READABLE_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 ENCRYPTED_FLAGS = 0x0001 | 0x0040              # zip flag bits: encrypted, strongly encrypted
@@ -83,12 +86,31 @@ def _digest(header_bytes, arrays):
     return sha.digest()
 
 
+def refuse_keras_file_name(path, where="save"):
+    """Raise ValueError for a path ending in Keras's .keras, .h5 or .hdf5.
+
+    tinycnn writes its own format, one .npz archive, which Keras cannot open: a file named
+    "cnn.keras" holding it would only mislead whoever opens it with Keras. So the name is
+    refused, as Keras refuses an extension it does not write, and the message gives the
+    .npz name to use instead.
+    """
+    path = os.fspath(path)
+    stem, extension = os.path.splitext(path)
+    if extension.lower() in KERAS_EXTENSIONS:
+        raise ValueError(f"{where}: {path!r} ends in {extension}, a Keras format, but tinycnn writes its "
+                         f"own: one .npz archive (architecture, weights and optimizer state; no pickle) "
+                         f"that Keras cannot open. Save to {stem + '.npz'!r} instead, and load it with "
+                         f"tinycnn.models.load_model")
+
+
 def write_model_file(path, header, arrays):
     """Write `header` (JSON-able dict) and `arrays` ({name: numeric array}) to `path`, atomically.
 
     The header gets "format", "version" and the "arrays" table added. Returns the path.
+    A path ending in .keras or .h5 is refused (refuse_keras_file_name).
     """
     path = os.fspath(path)
+    refuse_keras_file_name(path)
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise IsADirectoryError(f"cannot save to {path!r}: it is a directory; give a file name, "
@@ -137,9 +159,11 @@ def _what_is_it(first_bytes):
     return "not a tinycnn model file (not an .npz archive)"
 
 
-def read_model_file(path, kinds=("model", "weights")):
+def read_model_file(path, kinds=("model", "weights"), custom_objects=None):
     """Read and fully check a file written by write_model_file -> (header dict, {name: array}).
 
+    custom_objects: {class name: layer class} for layers of the caller's own that the
+    architecture may hold (see load_model).
     Raises FileNotFoundError if there is no such file and ModelFileError for anything
     wrong with it: never returns a partly read file. See the module's docstring for the
     order of the checks.
@@ -157,7 +181,7 @@ def read_model_file(path, kinds=("model", "weights")):
         file.seek(0)
         try:
             with zipfile.ZipFile(file) as archive:
-                return _read_archive(archive, os.fstat(file.fileno()).st_size, kinds, fail)
+                return _read_archive(archive, os.fstat(file.fileno()).st_size, kinds, custom_objects, fail)
         except ModelFileError:
             raise
         except DAMAGE_ERRORS as error:
@@ -194,7 +218,7 @@ def _require_regular_file(mode, fail):
         raise fail(f"it is {kind}, not a tinycnn model file (a model file is a regular file)")
 
 
-def _read_archive(archive, file_size, kinds, fail):
+def _read_archive(archive, file_size, kinds, custom_objects, fail):
     """read_model_file's checks on an open zip archive, in the order of the module's docstring."""
     infos = archive.infolist()
     _check_members(infos, file_size, fail)
@@ -204,7 +228,7 @@ def _read_archive(archive, file_size, kinds, fail):
     header_bytes = _read_header_bytes(archive, members, layouts, fail)
     header = _parse_header(header_bytes, fail)
     _check_array_list(header, layouts, fail)
-    _check_architecture(header, layouts, fail)
+    _check_architecture(header, layouts, custom_objects, fail)
 
     arrays = {name: _read_array(archive, members[name], layouts[name])
               for name in layouts if name not in (HEADER, CHECKSUM)}
@@ -355,19 +379,62 @@ def _check_array_list(header, layouts, fail):
 
 
 # ---------------------------------------------------------------------------
+# The layer classes a file may name: tinycnn's own, and those the caller passes
+# ---------------------------------------------------------------------------
+class UnknownLayerError(ValueError):
+    """An architecture names a layer class that is neither tinycnn's nor in custom_objects."""
+
+
+def layer_classes(custom_objects=None):
+    """{class name: class} a saved architecture may use: tinycnn's layers, then the caller's.
+
+    custom_objects: {name: layer class}, as Keras's load_model takes it, for layers of your
+    own (subclasses of tinycnn.layers.Layer). A file only ever makes layers of these classes:
+    a name in a file is looked up here, never imported.
+    """
+    from tinycnn import layers as layers_module       # here: saving is imported by models
+    classes = dict(layers_module.LAYER_CLASSES)
+    for name, cls in (custom_objects or {}).items():
+        if not (isinstance(cls, type) and issubclass(cls, layers_module.Layer)):
+            raise ValueError(f"custom_objects[{name!r}] must be a layer class (a subclass of "
+                             f"tinycnn.layers.Layer), got {cls!r}")
+        classes[name] = cls
+    return classes
+
+
+def layer_class(entry, classes):
+    """The class of one saved layer entry {"class_name": ..., "config": {...}}, or UnknownLayerError."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+        raise UnknownLayerError(f"a layer entry must be {{'class_name': ..., 'config': {{...}}}}, "
+                                f"got {str(entry)[:200]}")
+    name = entry.get("class_name")
+    if not isinstance(name, str) or name not in classes:
+        shown = str(name)[:100]
+        yours = shown if shown.isidentifier() else "YourLayer"
+        raise UnknownLayerError(f"it holds a layer of unknown class {shown!r}; tinycnn knows {sorted(classes)}. "
+                                f"If it is a layer class of your own, pass it: "
+                                f"load_model(path, custom_objects={{{shown!r}: {yours}}})")
+    return classes[name]
+
+
+# ---------------------------------------------------------------------------
 # The weight shapes an architecture implies, without building it
 # ---------------------------------------------------------------------------
-def expected_weight_shapes(model_config):
+def expected_weight_shapes(model_config, custom_objects=None):
     """The shapes of the weights a Sequential built from `model_config` (its get_config()) has,
     in get_weights's order, computed without building it: no weight is allocated.
 
     Each layer is created from its config (a constructor allocates nothing) and asked for its
-    output shape (compute_output_shape), starting from the model's input shape. Only Conv2D
-    (kernel (kh, kw, in, filters), bias (filters,)) and Dense (kernel (in, units), bias
-    (units,)) have weights. Raises ValueError (or whatever a layer's constructor raises for a
-    bad config) if the architecture cannot be built.
+    output shape (compute_output_shape), starting from the model's input shape. Of tinycnn's
+    layers only Conv2D (kernel (kh, kw, in, filters), bias (filters,)) and Dense (kernel
+    (in, units), bias (units,)) have weights. A layer class from custom_objects is the
+    caller's own code, so it is built (on a saved random-number state, put back after) to
+    learn its weights' shapes. Raises UnknownLayerError for a class that is neither, and
+    ValueError (or whatever a layer's constructor raises for a bad config) if the
+    architecture cannot be built.
     """
-    from tinycnn import layers as layers_module       # here: saving is imported by models
+    from tinycnn import layers as layers_module
+    classes = layer_classes(custom_objects)
     if not isinstance(model_config, dict) or not isinstance(model_config.get("layers"), list) \
             or not model_config["layers"]:
         raise ValueError("it has no model architecture")
@@ -380,22 +447,34 @@ def expected_weight_shapes(model_config):
     shape = tuple(input_shape[1:])
     shapes = []
     for entry in model_config["layers"]:
-        if not isinstance(entry, dict) or entry.get("class_name") not in layers_module.LAYER_CLASSES \
-                or not isinstance(entry.get("config"), dict):
-            raise ValueError(f"unknown layer {str(entry)[:200]}; tinycnn has "
-                             f"{sorted(layers_module.LAYER_CLASSES)}")
-        layer = layers_module.LAYER_CLASSES[entry["class_name"]].from_config(dict(entry["config"]))
+        cls = layer_class(entry, classes)
+        layer = cls.from_config(dict(entry["config"]))
         if layer.input_shape is not None and layer.input_shape != shape:
             raise ValueError(f"layer {layer.name!r} was given input_shape={layer.input_shape}, "
                              f"but its input has shape {shape}")
-        output_shape = layer.compute_output_shape(shape)
-        shapes.extend(_weight_shapes(layer, shape, layers_module))
+        if cls in layers_module.LAYER_CLASSES.values():
+            output_shape = layer.compute_output_shape(shape)
+            shapes.extend(_weight_shapes(layer, shape, layers_module))
+        else:
+            output_shape = _build_custom_layer(layer, shape)
+            shapes.extend(p.shape for p in layer.params)
         shape = tuple(output_shape)
     return shapes
 
 
+def _build_custom_layer(layer, input_shape):
+    """Build a caller's layer to see its weights; the global random numbers stay as they were."""
+    from tinycnn import utils
+    rng_state = utils.get_rng().bit_generator.state
+    try:
+        return layer.build(input_shape)
+    finally:
+        utils.get_rng().bit_generator.state = rng_state
+
+
 def _weight_shapes(layer, input_shape, layers_module):
-    """The shapes of `layer`'s weights for inputs of `input_shape` (as its build would make them)."""
+    """The shapes of one of tinycnn's layers' weights for inputs of `input_shape` (as its build
+    would make them)."""
     if isinstance(layer, layers_module.Conv2D):
         kernel, bias = tuple(layer.kernel_size) + (input_shape[-1], layer.filters), (layer.filters,)
     elif isinstance(layer, layers_module.Dense):
@@ -409,10 +488,12 @@ def _is_positive_int(value):
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def _check_architecture(header, layouts, fail):
+def _check_architecture(header, layouts, custom_objects, fail):
     """The weight arrays have exactly the shapes the header's architecture implies."""
     try:
-        expected = expected_weight_shapes(header.get("model"))
+        expected = expected_weight_shapes(header.get("model"), custom_objects)
+    except UnknownLayerError as error:
+        raise fail(str(error)) from None
     except Exception as error:         # a crafted config can make a layer's constructor raise anything
         raise fail(f"its architecture is invalid: {error}") from None
     count = sum(1 for name in layouts if name.startswith("weight_"))
@@ -442,17 +523,22 @@ def weights_from(header, arrays, filepath):
     return [arrays[name] for name in names]
 
 
-def load_model(filepath, compile=True):
+def load_model(filepath, compile=True, custom_objects=None):
     """Rebuild a model saved with model.save: same architecture, weights, compile settings and
     optimizer state. Raises tinycnn.models.ModelFileError (a ValueError) for a damaged, edited,
     foreign or too-new file; never returns a half-loaded model. Loading draws no random
     numbers (tinycnn.utils.get_rng() is left as it was), and never runs code from the file.
+
+    custom_objects: {class name: class} for layers of your own, as in Keras:
+    load_model("scaled.npz", custom_objects={"Scale": Scale}). Only these classes and
+    tinycnn's own are ever made; a file that names any other class is refused, with a
+    message saying to pass it here.
     """
-    from tinycnn import layers as layers_module
     from tinycnn import optimizers as optimizers_module
     from tinycnn import utils
     from tinycnn.models import Sequential                # (models.py imports this module)
-    header, arrays = read_model_file(filepath, kinds=("model",))
+    classes = layer_classes(custom_objects)              # a bad custom_objects fails before any reading
+    header, arrays = read_model_file(filepath, kinds=("model",), custom_objects=custom_objects)
 
     def fail(problem):
         return ModelFileError(f"cannot load {filepath!r}: {problem}")
@@ -461,16 +547,17 @@ def load_model(filepath, compile=True):
     if not isinstance(config, dict) or not isinstance(config.get("layers"), list) or not config["layers"]:
         raise fail("it has no model architecture")
     for entry in config["layers"]:
-        if not isinstance(entry, dict) or entry.get("class_name") not in layers_module.LAYER_CLASSES \
-                or not isinstance(entry.get("config"), dict):
-            raise fail(f"unknown layer {entry!r}; tinycnn has {sorted(layers_module.LAYER_CLASSES)}")
+        try:
+            layer_class(entry, classes)
+        except UnknownLayerError as error:
+            raise fail(str(error)) from None
     if config.get("build_input_shape") is None:
         raise fail("the saved model was never built (no input shape)")
     weights = weights_from(header, arrays, filepath)
 
     rng_state = utils.get_rng().bit_generator.state       # building draws initial weights...
     try:
-        model = Sequential.from_config(config)
+        model = Sequential.from_config(config, custom_objects=custom_objects)
         model.set_weights(weights)                         # ...which are replaced at once
     except Exception as error:                             # a crafted file's odd config
         raise fail(f"its architecture or weights do not fit together ({error})") from None

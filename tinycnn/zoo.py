@@ -118,3 +118,14 @@ def get_spec(name):
 def get_model(name):
     """A fresh compiled zoo model by its short name, e.g. get_model("cnn_sparse")."""
     return get_spec(name).build()
+
+
+def __getattr__(name):
+    # PEP 562: zoo.cnn_categorical (a short name used as a function's) gets a message that
+    # lists what the zoo has, instead of Python's bare "has no attribute".
+    functions = ", ".join(f"{spec.build.__name__}()" for spec in MODELS.values())
+    by_name = ", ".join(f"get_model({short!r})" for short in MODELS)
+    hint = (f"; did you mean {MODELS[name].build.__name__}() or get_model({name!r})?"
+            if name in MODELS else "")
+    raise AttributeError(f"module 'tinycnn.zoo' has no attribute {name!r}{hint or '.'} "
+                         f"The zoo's models are {functions}, or by short name {by_name}")

@@ -17,10 +17,16 @@ For a long call (fit, evaluate or predict of MIN_PROCESS_BATCHES batches or more
 the second half runs in a forked worker process rather than a thread (no shared GIL). For
 that call the weights, gradients and optimizer slots are moved into shared memory
 (`_shared_model_arrays`), and moved back into the model's own arrays when it ends.
+
+numba compiles the kernels into machine code the first time they run and caches it on disk;
+the first call on a machine with an empty cache says so (`announce_first_compile`), since
+it would otherwise sit silent while numba works.
 """
 import contextlib
 import enum
 import math
+import os
+import sys
 import types
 
 import numpy as np
@@ -31,6 +37,41 @@ from tinycnn import utils
 from tinycnn.engines import Engine
 from tinycnn.engines.fast import kernels, parallel
 from tinycnn.engines.fast.ops import make_plan
+
+
+COMPILING_MESSAGE = ("tinycnn: compiling the fast engine's kernels for this machine "
+                     "(once; about 10-30 s)...")
+_first_compile_checked = []                    # one check (and at most one message) per process
+
+
+def kernel_cache_indexes():
+    """The paths of the index files in which numba caches each kernel's machine code: in the
+    __pycache__ folder beside kernels.py, or under NUMBA_CACHE_DIR. numba offers no public way
+    to ask, so this reads its dispatchers' cache objects; a kernel whose cache cannot be
+    located (no cache possible, another numba) is left out."""
+    indexes = []
+    for kernel in vars(kernels).values():
+        cache_file = getattr(getattr(kernel, "_cache", None), "_cache_file", None)
+        index = getattr(cache_file, "_index_path", None)
+        if isinstance(index, str):
+            indexes.append(index)
+    return indexes
+
+
+def kernel_cache_is_cold():
+    """True when numba has cached none of the kernels yet, so that the first batches will
+    compile them. False when any is cached, or when the cache cannot be located."""
+    indexes = kernel_cache_indexes()
+    return bool(indexes) and not any(os.path.exists(index) for index in indexes)
+
+
+def announce_first_compile():
+    """Print COMPILING_MESSAGE (to stderr) once per process, if the kernel cache is cold."""
+    if _first_compile_checked:
+        return
+    _first_compile_checked.append(True)
+    if kernel_cache_is_cold():
+        print(COMPILING_MESSAGE, file=sys.stderr, flush=True)
 
 
 class Job(enum.IntEnum):
@@ -190,6 +231,7 @@ class FastEngine(Engine):
         """Around one fit/evaluate/predict call: one BLAS thread (the halves share the work), and
         for a long call a worker process (`_worker_process_for`)."""
         self.model = model
+        announce_first_compile()                   # before a worker process is forked
         with parallel.blas_threads(), self._worker_process_for(model, batch_size, batches, x, y):
             yield
 
