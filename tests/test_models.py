@@ -655,6 +655,7 @@ def test_float_pixels_in_0_255_warn_as_integer_pixels_do(data):
 CTRL_C_SCRIPT = """
 import os, signal, sys, threading, time
 import numpy as np
+import tinycnn.callbacks
 from tinycnn import utils, zoo
 from tinycnn.datasets import fashion_mnist
 from tinycnn.engines.fast import parallel
@@ -665,8 +666,15 @@ y = utils.to_categorical(y[:3200], 10)
 utils.set_random_seed(1)
 model = zoo.cnn_categorical_model()
 
+training = threading.Event()                          # set once fit is well under way
+
+class Started(tinycnn.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == int(sys.argv[1]):
+            training.set()
+
 def press_ctrl_c_again_and_again():
-    time.sleep(float(sys.argv[1]))
+    training.wait(120)
     for _ in range(int(sys.argv[2])):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.0007)
@@ -675,7 +683,7 @@ outside_fit = []                                      # presses that come after 
 signal.signal(signal.SIGINT, lambda signum, frame: outside_fit.append(1))
 presser = threading.Thread(target=press_ctrl_c_again_and_again)
 presser.start()
-history = model.fit(x, y, epochs=3, batch_size=32, verbose=0)
+history = model.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[Started()])
 presser.join()
 assert all(np.isfinite(w).all() for w in model.get_weights())
 model.save(sys.argv[3])
@@ -690,7 +698,7 @@ except ChildProcessError:
 @pytest.mark.parametrize("presses", [1, 2, 25])
 def test_ctrl_c_any_number_of_times_stops_cleanly(tmp_path, presses):
     from tinycnn.models import load_model
-    done = subprocess.run([sys.executable, "-c", CTRL_C_SCRIPT, "1.5", str(presses), str(tmp_path / "m.npz")],
+    done = subprocess.run([sys.executable, "-c", CTRL_C_SCRIPT, "30", str(presses), str(tmp_path / "m.npz")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "no child left" in done.stdout and "Training interrupted (Ctrl-C)" in done.stderr

@@ -29,8 +29,10 @@ def batch_size_of(batch_size, where):
     return int(batch_size)
 
 
-def inputs(model, x, where, what="x"):
-    """x -> a float array of the model's dtype, (N, *input shape); builds the model if needed."""
+def inputs(model, x, where, what="x", stacklevel=3):
+    """x -> a float array of the model's dtype, (N, *input shape); builds the model if needed.
+
+    stacklevel: where a warning points, 3 for the caller of the method that called this."""
     try:
         x = np.asarray(x)
     except ValueError:                             # NumPy's "inhomogeneous shape" for a ragged list
@@ -53,7 +55,7 @@ def inputs(model, x, where, what="x"):
             warnings.warn(f"{where}: {what} holds integers ({x.dtype}, up to {x.max()}): pixels that are "
                           f"not normalized. Networks train badly on raw 0-255 values, and a model "
                           f"trained on one scale scores at chance on the other; scale them first, "
-                          f"e.g. {what} = {what}.astype('float32') / 255", UserWarning, stacklevel=3)
+                          f"e.g. {what} = {what}.astype('float32') / 255", UserWarning, stacklevel=stacklevel)
     elif not (math.isfinite(x.min()) and math.isfinite(x.max())):   # min/max see NaN and inf
         bad = np.argwhere(~np.isfinite(x))[0]
         raise ValueError(f"{where}: {what} holds NaN or infinite values (first at index "
@@ -63,7 +65,7 @@ def inputs(model, x, where, what="x"):
         warnings.warn(f"{where}: {what} looks like images with raw pixel values (floats from {x.min():g} "
                       f"to {x.max():g}). Networks train badly on 0-255 values, and a model trained on "
                       f"one scale scores at chance on the other; divide by 255 first, e.g. "
-                      f"{what} = {what} / 255.0", UserWarning, stacklevel=3)
+                      f"{what} = {what} / 255.0", UserWarning, stacklevel=stacklevel)
     return x.astype(model.dtype, copy=False)
 
 

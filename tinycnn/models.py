@@ -407,12 +407,12 @@ class Sequential:
 
     def _fit_data(self, x, y, validation_data, validation_split):
         """Check fit's data -> (x, y, labels, validation), validation = (x_val, y_val, labels_val) or None."""
-        x = checks.inputs(self, x, "fit")
+        x = checks.inputs(self, x, "fit", stacklevel=4)          # (fit -> _fit_data -> inputs)
         y, labels = checks.targets(self, y, len(x), "fit")
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
-            x_val = checks.inputs(self, validation_data[0], "fit", "validation_data[0]")
+            x_val = checks.inputs(self, validation_data[0], "fit", "validation_data[0]", stacklevel=4)
             y_val, labels_val = checks.targets(self, validation_data[1], len(x_val), "fit", "validation_data[1]")
             return x, y, labels, (x_val, y_val, labels_val)
         if validation_split > 0:
