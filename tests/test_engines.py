@@ -250,3 +250,38 @@ def test_after_each_fast_step_the_layers_grads_hold_the_whole_batchs_gradient(mo
     for fast_norms, reference_norms in zip(fast, reference):
         assert len(fast_norms) == 4
         np.testing.assert_allclose(fast_norms, reference_norms, rtol=1e-4)
+
+
+class CenterOverBatch(L.Layer):
+    """y = x - mean of x over the batch: a layer whose output depends on the whole batch."""
+
+    def forward(self, x, training=False):
+        x = self._check_input(x)
+        return x - x.mean(axis=0)
+
+    def backward(self, grad_out):
+        grad_out = self._check_grad(grad_out)
+        return grad_out - grad_out.mean(axis=0)       # dL/dx_i = g_i - mean_j g_j
+
+
+def test_a_layer_the_fast_engine_does_not_know_keeps_its_batch_whole(monkeypatch):
+    # Two halves would centre each half on its own mean: the fast engine runs such a model's
+    # batches whole (in one thread) and trains exactly as the reference does.
+    from tinycnn.engines.fast import parallel
+    monkeypatch.setattr(parallel, "MIN_MULTIPLY_ADDS", 0)
+    handovers = []
+    run_both = parallel.run_both
+    monkeypatch.setattr(parallel, "run_both", lambda a, b: handovers.append(1) or run_both(a, b))
+
+    def make():
+        model = Sequential([L.Conv2D(4, 3, activation="relu", input_shape=(8, 8, 1)), CenterOverBatch(),
+                            L.Flatten(), L.Dense(3, activation="softmax")])
+        model.compile(SGD(0.05, momentum=0.9), "sparse_categorical_crossentropy")
+        return model
+
+    utils.set_num_threads(2)
+    try:
+        assert_engines_agree(make, n=48, batch_size=12, epochs=5)
+    finally:
+        utils.set_num_threads(None)
+    assert handovers == []

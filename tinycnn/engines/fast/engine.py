@@ -36,7 +36,7 @@ from tinycnn import optimizers as optimizers_module
 from tinycnn import utils
 from tinycnn.engines import Engine
 from tinycnn.engines.fast import kernels, parallel
-from tinycnn.engines.fast.ops import make_plan
+from tinycnn.engines.fast.ops import LayerOp, make_plan
 
 
 COMPILING_MESSAGE = ("tinycnn: compiling the fast engine's kernels for this machine "
@@ -180,8 +180,12 @@ class FastEngine(Engine):
         return float(loss), grad.reshape(logits.shape)
 
     def _in_halves(self, model, batch_size):
-        """Cut this batch in two halves? With two threads, where it pays (parallel.worth_halves)."""
-        return utils.get_num_threads() >= 2 and parallel.worth_halves(model.layers, batch_size)
+        """Cut this batch in two halves? With two threads, where it pays (parallel.worth_halves),
+        and only when every layer has a fast op: a layer the engine does not know runs its own
+        passes, which may need the whole batch (a batch's statistics) or draw random numbers
+        (whose order two halves side by side would not keep)."""
+        return (utils.get_num_threads() >= 2 and parallel.worth_halves(model.layers, batch_size)
+                and not any(isinstance(op, LayerOp) for op in self.plans(model)[0]))
 
     # ------------------------------------------------------------------------------------------
     # The engine's interface
