@@ -133,3 +133,32 @@ def targets(model, y, n, where, what="y"):
                          f"found a negative value {y.min()}")
     return y.astype(model.dtype, copy=False), np.argmax(y, axis=1)
 
+
+def fit_data(model, x, y, epochs, initial_epoch, validation_data, validation_split):
+    """fit's arguments checked -> (x, y, labels, validation), validation = (x_val, y_val,
+    labels_val) or None; validation_split takes the LAST part of x and y, as Keras does."""
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
+    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) or initial_epoch < 0:
+        raise ValueError(f"fit: initial_epoch must be a non-negative integer, got {initial_epoch!r}")
+    if not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
+        raise ValueError(f"fit: validation_split must be a fraction in [0, 1), got {validation_split!r}")
+    if x is None or y is None:
+        raise ValueError("fit: give both the inputs x and the targets y")
+    x = inputs(model, x, "fit", stacklevel=4)                   # (user -> fit -> fit_data -> inputs)
+    y, labels = targets(model, y, len(x), "fit")
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
+        x_val = inputs(model, validation_data[0], "fit", "validation_data[0]", stacklevel=4)
+        y_val, labels_val = targets(model, validation_data[1], len(x_val), "fit", "validation_data[1]")
+        return x, y, labels, (x_val, y_val, labels_val)
+    if validation_split > 0:
+        split_at = int(math.floor(len(x) * (1.0 - validation_split)))   # Keras's rule: the last part
+        if split_at == 0 or split_at == len(x):
+            raise ValueError(f"fit: validation_split={validation_split} of {len(x)} samples leaves "
+                             f"{split_at} for training and {len(x) - split_at} for validation; "
+                             f"both need at least one")
+        validation = (x[split_at:], y[split_at:], labels[split_at:])
+        return x[:split_at], y[:split_at], labels[:split_at], validation
+    return x, y, labels, None

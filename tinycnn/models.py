@@ -333,17 +333,8 @@ class Sequential:
         self._require_compiled("fit")
         batch_size = checks.batch_size_of(batch_size, "fit")
         verbose = checks.verbose_level(verbose, "fit")
-        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-            raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
-        if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) \
-                or not 0 <= initial_epoch:
-            raise ValueError(f"fit: initial_epoch must be a non-negative integer, got {initial_epoch!r}")
-        if not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
-            raise ValueError(f"fit: validation_split must be a fraction in [0, 1), got {validation_split!r}")
-        if x is None or y is None:
-            raise ValueError("fit: give both the inputs x and the targets y")
-
-        x, y, labels, validation = self._fit_data(x, y, validation_data, validation_split)
+        x, y, labels, validation = checks.fit_data(self, x, y, epochs, initial_epoch, validation_data,
+                                                   validation_split)
 
         batch_size = min(batch_size, len(x))         # a batch larger than the data: the data is one batch
         n, steps = len(x), math.ceil(len(x) / batch_size)
@@ -404,26 +395,6 @@ class Sequential:
                   f"the model keeps its current weights, and the returned History holds the "
                   f"{len(history.epoch)} completed epoch(s).", file=sys.stderr)
         return history
-
-    def _fit_data(self, x, y, validation_data, validation_split):
-        """Check fit's data -> (x, y, labels, validation), validation = (x_val, y_val, labels_val) or None."""
-        x = checks.inputs(self, x, "fit", stacklevel=4)          # (fit -> _fit_data -> inputs)
-        y, labels = checks.targets(self, y, len(x), "fit")
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
-            x_val = checks.inputs(self, validation_data[0], "fit", "validation_data[0]", stacklevel=4)
-            y_val, labels_val = checks.targets(self, validation_data[1], len(x_val), "fit", "validation_data[1]")
-            return x, y, labels, (x_val, y_val, labels_val)
-        if validation_split > 0:
-            split_at = int(math.floor(len(x) * (1.0 - validation_split)))   # Keras's rule: the last part
-            if split_at == 0 or split_at == len(x):
-                raise ValueError(f"fit: validation_split={validation_split} of {len(x)} samples leaves "
-                                 f"{split_at} for training and {len(x) - split_at} for validation; "
-                                 f"both need at least one")
-            validation = (x[split_at:], y[split_at:], labels[split_at:])
-            return x[:split_at], y[:split_at], labels[:split_at], validation
-        return x, y, labels, None
 
     def _fit_epoch(self, x, y, labels, order, batch_size, callback_list):
         """One pass over the data in batches (in `order`, or as given when order is None).
