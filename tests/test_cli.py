@@ -347,7 +347,7 @@ def test_dense_model_run_has_no_conv_pictures_and_refuses_activation_maps(tmp_pa
 
 
 # ---------------------------------------------------------------------------
-# The accuracy targets on the full data (minutes each: `pytest -m slow`)
+# The notebook's accuracy on the full data (minutes each: `pytest -m slow`)
 # ---------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("name, target", [
