@@ -13,3 +13,16 @@ def dask_client():
                                        host="127.0.0.1", dashboard_address="127.0.0.1:0")
     with cluster, distributed.Client(cluster) as client:
         yield client
+
+
+@pytest.fixture
+def fresh_dask_client():
+    """Like dask_client, but a cluster of this test's own: for a test that kills a worker, so
+    that no other test meets a worker the nanny is still restarting."""
+    distributed = pytest.importorskip(
+        "distributed",
+        reason='Dask is not installed: pip install -e ".[dev,distributed]" to run the Dask tests')
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address="127.0.0.1:0")
+    with cluster, distributed.Client(cluster) as client:
+        yield client

@@ -388,13 +388,13 @@ def test_a_process_pool_of_your_own_broken_by_a_dead_worker_loses_no_fold_silent
     assert all(problem.startswith("lost") for problem in result.missing.values())
 
 
-def test_dask_moves_the_fold_of_a_killed_worker_to_another(dask_client, tmp_path):
+def test_dask_moves_the_fold_of_a_killed_worker_to_another(fresh_dask_client, tmp_path):
     x, y = tiny_data(120, contrast=0.3)
     reference = cross_validate(tiny_model, x, y, n_splits=3, epochs=1, batch_size=8, verbose=0)
     dies_once = make_model_fn(misbehave_on_fold=2, how="die once", folder=str(tmp_path))
     result = cross_validate(dies_once, x, y, n_splits=3, epochs=1, batch_size=8,
-                            executor=dask_client, verbose=0)
-    assert (tmp_path / "died").exists() and calls(tmp_path, 2) == 2
+                            executor=fresh_dask_client, verbose=0)
+    assert (tmp_path / "died").exists() and calls(tmp_path, 2) == 2, sorted(p.name for p in tmp_path.iterdir())
     assert result.fold_numbers == [1, 2, 3] and not result.partial
     assert_same_folds(result, reference)
 

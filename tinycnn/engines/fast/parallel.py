@@ -257,6 +257,19 @@ _worker_started = threading.Lock()
 _worker = []
 
 
+def _forget_the_parents_worker():
+    """In a child made by fork: a new queue and lock, and no worker yet. The parent's worker
+    thread was waiting inside the queue when the process was copied; the copies of the queue
+    and lock it held would never be released, since that thread does not exist here."""
+    global _jobs, _worker_started
+    _jobs, _worker_started = queue.SimpleQueue(), threading.Lock()
+    _worker.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_the_parents_worker)
+
+
 def _work_forever():
     while True:
         job = _jobs.get()
