@@ -103,7 +103,7 @@ def train_step(net, loss, optimizer, x, y):
     grad = net[-1].backward_from_logits(grad)
     for layer in reversed(net[:-1]):
         grad = layer.backward(grad)
-    optimizer.apply_gradients([(g, p) for layer in net for g, p in zip(layer.grads, layer.params)])
+    optimizer.apply_gradients([pair for layer in net for pair in layer.grads_and_params()])
 
 
 def with_softmax_layer(specs):

@@ -125,7 +125,7 @@ def check_layer(layer, x, eps=1e-6, seed=0, check_input=True):
     entries = []
     if check_input:
         entries.append(_entry(f"{net.name}: input", grad_x, numerical_gradient(loss, x, eps)))
-    for i, p in enumerate(net.params):
+    for i, p in enumerate(net.trainable_params):
         entries.append(_entry(f"{net.name}: param {i} {p.shape}", analytic[i], numerical_gradient(loss, p, eps)))
     return GradCheckReport(entries)
 
@@ -171,6 +171,6 @@ def check_model(model_or_layers, x, y_true, loss=None, eps=1e-6, check_input=Tru
     if check_input:
         entries.append(_entry("input", grad, numerical_gradient(value, x, eps)))
     for net, grads in zip(nets, analytic):
-        for i, p in enumerate(net.params):
+        for i, p in enumerate(net.trainable_params):
             entries.append(_entry(f"{net.name}: param {i} {p.shape}", grads[i], numerical_gradient(value, p, eps)))
     return GradCheckReport(entries)

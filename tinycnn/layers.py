@@ -6,7 +6,7 @@ Every layer follows one contract (see the README, "The layer contract"):
     layer.build(input_shape)        per-sample shape, no batch axis -> output shape; creates params
     y = layer.forward(x, training)  x has the batch axis; caches what backward needs
     dx = layer.backward(dy)         dL/dx from dL/dy; leaves dL/dparams in layer.grads
-                                    (same order and shapes as layer.params); never edits dy;
+                                    (same order and shapes as layer.trainable_params); never edits dy;
                                     returns None when layer.need_input_grad is False;
                                     one backward per forward pass
 
@@ -14,6 +14,13 @@ Parameters use Keras's layout and order, so weights move between Keras and tinyc
 unchanged: Conv2D [kernel (KH, KW, C, F), bias (F,)], Dense [kernel (in, units), bias (units,)].
 The arrays in `params` and `grads` are created once in build and then only updated in
 place, so an optimizer can keep its per-parameter state by position.
+
+Most weights are trainable: the optimizer moves them along their gradients. Some are not:
+BatchNormalization's moving mean and variance are averages its forward pass keeps. `params`
+holds them all (what get_weights returns, what a model file saves); `trainable_params` the
+ones the optimizer updates, and `grads` one gradient for each of those, in the same order.
+`layer.grads_and_params()` pairs them: the one place where engines and tests find what to
+hand to `optimizer.apply_gradients`.
 
 A layer whose activation is softmax also keeps its `logits` (the input of the softmax)
 and offers `backward_from_logits(dL/dlogits)`: with a cross-entropy loss the model
@@ -124,7 +131,7 @@ class Layer:
         self.output_shape = None
         self.built = False
         self.params = []                               # Keras order: what get_weights returns
-        self.grads = []                                # same shapes, filled by backward
+        self.grads = []                                # one per trainable param, filled by backward
         self.need_input_grad = True                    # the model sets False on the first layer
         self._output_tensor = None                     # set by the built Sequential that holds it
 
@@ -220,6 +227,25 @@ class Layer:
         raise TypeError(f"{self.name}: backward_from_logits needs a layer whose output is a softmax")
 
     # -- weights ------------------------------------------------------------------------------
+    @property
+    def trainable_params(self):
+        """The params the optimizer updates, in `params`'s order; `grads` matches them one
+        for one. All of them, unless a layer keeps weights of its own (BatchNormalization)."""
+        return self.params
+
+    @property
+    def non_trainable_params(self):
+        """The params the optimizer never touches (BatchNormalization's moving statistics)."""
+        return []
+
+    def grads_and_params(self):
+        """[(dL/dparam, param)] for each trainable param: what optimizer.apply_gradients takes."""
+        trainable = self.trainable_params
+        if len(self.grads) != len(trainable):
+            raise ValueError(f"{self.name}: has {len(self.grads)} gradient arrays for "
+                             f"{len(trainable)} trainable params")
+        return list(zip(self.grads, trainable))
+
     def get_weights(self):
         """Copies of the parameters, in Keras's order and shapes."""
         return [p.copy() for p in self.params]
@@ -243,10 +269,16 @@ class Layer:
             p[...] = w                     # in place: optimizer slots stay tied to these arrays
 
     def count_params(self):
-        """Number of scalar parameters."""
+        """Number of scalar parameters, trainable or not (as Keras counts them)."""
         if not self.built:
             raise ValueError(f"{self.name}: count_params before the layer is built")
         return int(sum(p.size for p in self.params))
+
+    def count_trainable_params(self):
+        """Number of scalar parameters the optimizer updates."""
+        if not self.built:
+            raise ValueError(f"{self.name}: count_trainable_params before the layer is built")
+        return int(sum(p.size for p in self.trainable_params))
 
     # -- config -------------------------------------------------------------------------------
     def get_config(self):

@@ -579,7 +579,7 @@ def load_model(filepath, compile=True, custom_objects=None):
                           engine=compile_config.get("engine", "auto"))
             if optimizer.slots is not None:
                 slot_shapes = [s.shape for slots in optimizer.slots for s in slots]
-                param_shapes = [p.shape for p in model._params() for _ in optimizer.slot_names]
+                param_shapes = [p.shape for p in model._trainable_params() for _ in optimizer.slot_names]
                 if slot_shapes != param_shapes:
                     raise ValueError(f"optimizer state shapes {slot_shapes} do not match the weights")
         except Exception as error:
