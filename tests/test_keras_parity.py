@@ -103,7 +103,7 @@ def train_step(net, loss, optimizer, x, y):
     grad = net[-1].backward_from_logits(grad)
     for layer in reversed(net[:-1]):
         grad = layer.backward(grad)
-    optimizer.apply_gradients([(g, p) for layer in net for g, p in zip(layer.grads, layer.params)])
+    optimizer.apply_gradients([pair for layer in net for pair in layer.grads_and_params()])
 
 
 def with_softmax_layer(specs):
@@ -235,3 +235,44 @@ def test_same_gradients_as_tensorflow(seed):
     errors = [rel_error(t, k.numpy()) for t, k in zip(t_grads, k_grads)]
     print(f"seed {seed}: gradient rel. errors (input, params...) max {max(errors):.2e}")
     assert max(errors) < 1e-5
+
+
+@pytest.mark.parametrize("shape,center,scale", [((9, 4), True, True), ((5, 6, 7, 3), True, True),
+                                                ((6, 5, 4, 2), False, True), ((8, 3), True, False)])
+def test_batch_normalization_matches_keras(shape, center, scale):
+    rng = np.random.default_rng(300)
+    klayer = keras.layers.BatchNormalization(momentum=0.9, center=center, scale=scale)
+    klayer.build((None,) + shape[1:])
+    klayer.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in klayer.get_weights()[:-2]]
+                       + [w for w in klayer.get_weights()[-2:]])
+    layer = L.BatchNormalization(momentum=0.9, center=center, scale=scale)
+    layer.build(shape[1:])
+    layer.set_weights(klayer.get_weights())                       # Keras's order: gamma, beta, moving stats
+    for step in range(4):                                         # training: output, gradients, moving stats
+        x = (rng.standard_normal(shape) * (step + 1) + step).astype(np.float32)
+        upstream = rng.standard_normal(shape).astype(np.float32)
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            k_out = klayer(xt, training=True)
+            k_loss = tf.reduce_sum(k_out * upstream)
+        k_grads = tape.gradient(k_loss, [xt] + klayer.trainable_weights)
+        out = layer.forward(x, training=True)
+        t_grads = [layer.backward(upstream)] + list(layer.grads)
+        assert rel_error(out, k_out.numpy()) < PREDICTION_TOL
+        errors = [rel_error(t, k.numpy()) for t, k in zip(t_grads, k_grads)]
+        assert max(errors) < 1e-5, errors
+        for kw, w in zip(klayer.get_weights(), layer.get_weights()):
+            assert rel_error(w, kw) < TRAINING_TOL
+    x = rng.standard_normal(shape).astype(np.float32)             # inference: the moving statistics
+    assert rel_error(layer.forward(x, training=False), klayer(x, training=False).numpy()) < PREDICTION_TOL
+
+
+@pytest.mark.parametrize("pool,strides,padding", [(2, None, "valid"), (3, 2, "same"), ((2, 3), 1, "same"),
+                                                  (3, None, "same"), ((3, 2), (2, 1), "valid")])
+def test_average_pooling_matches_keras(pool, strides, padding):
+    x = np.random.default_rng(301).standard_normal((3, 7, 8, 2)).astype(np.float32)
+    expected = keras.layers.AveragePooling2D(pool, strides, padding)(x).numpy()
+    assert rel_error(L.AveragePooling2D(pool, strides, padding).forward(x), expected) < PREDICTION_TOL
+    assert rel_error(L.GlobalAveragePooling2D().forward(x), keras.layers.GlobalAveragePooling2D()(x).numpy()) \
+        < PREDICTION_TOL

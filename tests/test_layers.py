@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import distinct_values, one_hot, rel_error
-from tinycnn import gradcheck, layers as L, losses
+from tinycnn import gradcheck, layers as L, losses, utils
 
 TOL = 1e-6
 
@@ -446,3 +446,224 @@ def test_backward_checks_the_gradient_it_is_given():
         pool.backward(np.zeros((1, 4, 4, 2)))
     # a float64 gradient given to a float32 layer comes back as float32
     assert dense.backward(np.ones((2, 3))).dtype == np.float32 and dense.grads[0].dtype == np.float32
+
+
+# ---------------------------------------------------------------------------
+# BatchNormalization
+# ---------------------------------------------------------------------------
+def naive_batch_norm(x, gamma, beta, mean, variance, epsilon):
+    """y = gamma * (x - mean) / sqrt(variance + epsilon) + beta on the last axis, as the definition."""
+    return gamma * (x - mean) / np.sqrt(variance + epsilon) + beta
+
+
+def random_bn_weights(layer, rng):
+    """Random gamma and beta (those present) and positive moving statistics, in get_weights's order."""
+    trainable = [rng.standard_normal(p.shape) for p in layer.trainable_params]
+    return trainable + [rng.standard_normal(layer.moving_mean.shape), rng.random(layer.moving_variance.shape) + 0.5]
+
+
+@pytest.mark.parametrize("batch_shape", [(7, 3), (2, 5), (3, 5, 4, 2), (2, 3, 1, 5), (1, 4, 3, 3)])
+@pytest.mark.parametrize("center,scale", [(True, True), (False, True), (True, False), (False, False)])
+def test_batch_normalization_gradients_in_training(batch_shape, center, scale):
+    layer = L.BatchNormalization(center=center, scale=scale, epsilon=0.01)
+    layer.build(batch_shape[1:])
+    rng = np.random.default_rng(20)
+    layer.set_weights(random_bn_weights(layer, rng))
+    report = gradcheck.check_layer(layer, 2 * rng.standard_normal(batch_shape) + 1)
+    assert report.max_error < TOL, str(report)
+    assert len(report.entries) == 1 + int(center) + int(scale)        # dL/dx and one per trainable param
+
+
+def test_batch_normalization_gradient_after_an_inference_forward():
+    # With training=False the moving statistics are constants: dL/dx = gamma * dy / sqrt(moving_variance + eps).
+    layer = L.BatchNormalization(dtype="float64")
+    layer.build((4, 3))
+    rng = np.random.default_rng(21)
+    layer.set_weights(random_bn_weights(layer, rng))
+    x, upstream = rng.standard_normal((2, 4, 3)), rng.standard_normal((2, 4, 3))
+    layer.forward(x, training=False)
+    dx = layer.backward(upstream)
+    analytic = [g.copy() for g in layer.grads]
+    loss = lambda _: float(np.sum(layer.forward(x, training=False) * upstream))     # noqa: E731
+    assert rel_error(dx, gradcheck.numerical_gradient(loss, x)) < TOL
+    for grad, param in zip(analytic, layer.trainable_params):
+        assert rel_error(grad, gradcheck.numerical_gradient(loss, param)) < TOL
+
+
+def test_batch_normalization_training_output_and_moving_statistics_follow_the_definition():
+    momentum, epsilon = 0.8, 1e-3
+    layer = L.BatchNormalization(momentum=momentum, epsilon=epsilon, dtype="float64")
+    layer.build((3, 2, 4))
+    rng = np.random.default_rng(22)
+    gamma, beta = rng.standard_normal(4), rng.standard_normal(4)
+    layer.set_weights([gamma, beta, np.zeros(4), np.ones(4)])
+    expected_mean, expected_variance = np.zeros(4), np.ones(4)
+    for step in range(5):
+        x = rng.standard_normal((6, 3, 2, 4)) * (step + 1) + step               # a different batch each step
+        batch_mean, batch_variance = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))   # biased
+        y = layer.forward(x, training=True)
+        np.testing.assert_allclose(y, naive_batch_norm(x, gamma, beta, batch_mean, batch_variance, epsilon),
+                                   rtol=1e-12, atol=1e-12)
+        expected_mean = expected_mean * momentum + batch_mean * (1 - momentum)
+        expected_variance = expected_variance * momentum + batch_variance * (1 - momentum)
+        np.testing.assert_allclose(layer.moving_mean, expected_mean, rtol=1e-12)
+        np.testing.assert_allclose(layer.moving_variance, expected_variance, rtol=1e-12)
+    assert not np.allclose(layer.moving_mean, 0)                              # they did move
+    x = rng.standard_normal((5, 3, 2, 4))
+    before = layer.get_weights()
+    y = layer.forward(x, training=False)                                      # inference: the moving statistics
+    np.testing.assert_allclose(y, naive_batch_norm(x, gamma, beta, expected_mean, expected_variance, epsilon),
+                               rtol=1e-12, atol=1e-12)
+    for a, b in zip(before, layer.get_weights()):                             # ... which inference leaves alone
+        np.testing.assert_array_equal(a, b)
+
+
+def test_batch_normalization_weights_in_keras_order():
+    bn = L.BatchNormalization()
+    assert bn.name == "batch_normalization" and L.BatchNormalization().name == "batch_normalization_1"
+    assert (bn.axis, bn.momentum, bn.epsilon, bn.center, bn.scale) == (-1, 0.99, 1e-3, True, True)
+    bn.build((5, 5, 3))
+    gamma, beta, moving_mean, moving_variance = bn.get_weights()
+    assert all(w.shape == (3,) and w.dtype == np.float32 for w in bn.get_weights())
+    assert gamma.tolist() == [1, 1, 1] and beta.tolist() == [0, 0, 0]
+    assert moving_mean.tolist() == [0, 0, 0] and moving_variance.tolist() == [1, 1, 1]
+    assert bn.trainable_params == bn.params[:2] and bn.non_trainable_params == bn.params[2:]
+    assert [g.shape for g in bn.grads] == [(3,), (3,)] and bn.count_params() == 12
+    assert bn.count_trainable_params() == 6
+    assert [p is q for (_, p), q in zip(bn.grads_and_params(), (bn.gamma, bn.beta))] == [True, True]
+    for center, scale, present in ((False, True, "gamma"), (True, False, "beta"), (False, False, None)):
+        layer = L.BatchNormalization(center=center, scale=scale)
+        layer.build((4,))
+        assert len(layer.params) == 2 + (present is not None) and len(layer.grads) == len(layer.trainable_params)
+        assert (layer.gamma is not None, layer.beta is not None) == (scale, center)
+        assert layer.moving_mean is layer.params[-2] and layer.moving_variance is layer.params[-1]
+    assert L.BatchNormalization(axis=3).build((2, 2, 5)) == (2, 2, 5)          # Keras counts the batch axis
+    with pytest.raises(ValueError, match="only the last axis"):
+        L.BatchNormalization(axis=1).build((2, 2, 5))
+    for bad in (dict(momentum=1.5), dict(momentum="high"), dict(epsilon=0), dict(epsilon=-1e-3), dict(axis=1.0)):
+        with pytest.raises(ValueError, match="momentum|epsilon|axis"):
+            L.BatchNormalization(**bad)
+
+
+# ---------------------------------------------------------------------------
+# Dropout
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("rate", [0.0, 0.25, 0.6])
+def test_dropout_gradients_in_training(rate):
+    report = gradcheck.check_layer(L.Dropout(rate), np.random.default_rng(23).standard_normal((3, 5, 4)))
+    assert report.max_error < TOL, str(report)
+
+
+def test_dropout_keeps_the_expected_fraction_and_the_mean():
+    utils.set_random_seed(24)
+    rate = 0.3
+    x = np.ones((400, 500), dtype=np.float32)
+    y = L.Dropout(rate).forward(x, training=True)
+    kept = y != 0
+    assert abs(kept.mean() - (1 - rate)) < 0.01                 # 200,000 draws: the std of the fraction is 0.001
+    np.testing.assert_allclose(y[kept], 1 / (1 - rate), rtol=1e-6)    # the kept values are scaled up...
+    assert abs(y.mean() - 1) < 0.02                              # ... so the mean is kept
+    assert y.dtype == np.float32
+
+
+def test_dropout_backward_uses_the_forward_mask():
+    utils.set_random_seed(25)
+    layer = L.Dropout(0.5, dtype="float64")
+    x = np.random.default_rng(25).standard_normal((6, 7)) + 3      # no zeros in x
+    y = layer.forward(x, training=True)
+    dx = layer.backward(np.ones_like(x))
+    np.testing.assert_array_equal(dx == 0, y == 0)
+    np.testing.assert_allclose(dx[y != 0], 2.0)
+
+
+def test_dropout_is_deterministic_under_one_seed_and_an_identity_without_training():
+    x = np.random.default_rng(26).standard_normal((8, 4, 4, 2)).astype(np.float32)
+    outputs = []
+    for _ in range(2):
+        utils.set_random_seed(3)
+        outputs.append(L.Dropout(0.4).forward(x, training=True))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    utils.set_random_seed(4)
+    assert not np.array_equal(L.Dropout(0.4).forward(x, training=True), outputs[0])
+    layer = L.Dropout(0.4)
+    state = utils.get_rng().bit_generator.state
+    np.testing.assert_array_equal(layer.forward(x, training=False), x)
+    np.testing.assert_array_equal(layer.backward(x), x)
+    np.testing.assert_array_equal(L.Dropout(0.0).forward(x, training=True), x)     # rate 0 passes through
+    assert utils.get_rng().bit_generator.state == state                           # and neither drew a number
+
+
+def test_dropout_rate_must_be_in_zero_to_one():
+    for bad in (-0.1, 1, 1.0, 1.5, "0.5", None, True):
+        with pytest.raises(ValueError, match=r"dropout.*rate must be a number in \[0, 1\)"):
+            L.Dropout(bad)
+    assert L.Dropout(0).rate == 0.0 and L.Dropout(0.5).get_config()["rate"] == 0.5
+
+
+# ---------------------------------------------------------------------------
+# AveragePooling2D and GlobalAveragePooling2D
+# ---------------------------------------------------------------------------
+def naive_average_pool(x, pool, strides, padding):
+    """Each window's mean over its cells inside x (TF's 'same' padding cells are not counted)."""
+    n, h, w, c = x.shape
+    (ph, pw), (sh, sw) = pool, strides
+    if padding == "same":
+        oh, ow = -(-h // sh), -(-w // sw)
+        top = max((oh - 1) * sh + ph - h, 0) // 2
+        left = max((ow - 1) * sw + pw - w, 0) // 2
+    else:
+        oh, ow, top, left = (h - ph) // sh + 1, (w - pw) // sw + 1, 0, 0
+    y = np.zeros((n, oh, ow, c))
+    for oy in range(oh):
+        for ox in range(ow):
+            rows = [r for r in range(oy * sh - top, oy * sh - top + ph) if 0 <= r < h]
+            cols = [q for q in range(ox * sw - left, ox * sw - left + pw) if 0 <= q < w]
+            y[:, oy, ox, :] = x[:, rows][:, :, cols].sum(axis=(1, 2)) / (len(rows) * len(cols))
+    return y
+
+
+@pytest.mark.parametrize("batch,input_shape,pool,strides,padding", random_pool_configs(seed=27))
+def test_average_pool_gradients(batch, input_shape, pool, strides, padding):
+    layer = L.AveragePooling2D(pool, strides, padding)
+    report = gradcheck.check_layer(layer, np.random.default_rng(28).standard_normal((batch,) + input_shape))
+    assert report.max_error < TOL, str(report)
+
+
+@pytest.mark.parametrize("batch,input_shape,pool,strides,padding", random_pool_configs(seed=29))
+def test_average_pool_forward_matches_the_definition(batch, input_shape, pool, strides, padding):
+    layer = L.AveragePooling2D(pool, strides, padding, dtype="float64")
+    x = np.random.default_rng(30).standard_normal((batch,) + input_shape) + 2     # away from 0: padding would show
+    ps = (pool, pool) if isinstance(pool, int) else pool
+    st = ps if strides is None else ((strides, strides) if isinstance(strides, int) else strides)
+    y = layer.forward(x)
+    assert y.shape == (batch,) + layer.output_shape
+    assert rel_error(y, naive_average_pool(x, ps, st, padding)) < 1e-12
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_global_average_pool_gradients_and_definition(keepdims):
+    layer = L.GlobalAveragePooling2D(keepdims=keepdims, dtype="float64")
+    x = np.random.default_rng(31).standard_normal((3, 5, 2, 4))
+    y = layer.forward(x)
+    expected = np.array([[x[n, :, :, c].sum() / 10 for c in range(4)] for n in range(3)])
+    assert y.shape == ((3, 1, 1, 4) if keepdims else (3, 4))
+    assert rel_error(y.reshape(3, 4), expected) < 1e-12
+    report = gradcheck.check_layer(layer, x)
+    assert report.max_error < TOL, str(report)
+
+
+def test_new_layers_names_shapes_and_config_round_trip():
+    made = [L.BatchNormalization(momentum=0.9, epsilon=1e-5, center=False), L.Dropout(0.2),
+            L.AveragePooling2D(3, 2, "same"), L.GlobalAveragePooling2D(keepdims=True)]
+    assert [l.name for l in made] == ["batch_normalization", "dropout", "average_pooling2d",
+                                      "global_average_pooling2d"]
+    assert [l.build((7, 6, 3)) for l in made] == [(7, 6, 3), (7, 6, 3), (4, 3, 3), (1, 1, 3)]
+    assert L.AveragePooling2D().strides == (2, 2) and L.GlobalAveragePooling2D().build((4, 4, 5)) == (5,)
+    for layer in made:
+        config = json.loads(json.dumps(layer.get_config()))
+        clone = L.LAYER_CLASSES[type(layer).__name__].from_config(config)
+        assert clone.get_config() == layer.get_config()
+    with pytest.raises(ValueError, match="average_pooling2d_2.*larger"):
+        L.AveragePooling2D(3).build((2, 2, 1))
+    with pytest.raises(ValueError, match="global_average_pooling2d_2.*rank 3"):
+        L.GlobalAveragePooling2D().build((4, 4))

@@ -704,3 +704,46 @@ def test_ctrl_c_any_number_of_times_stops_cleanly(tmp_path, presses):
     assert "no child left" in done.stdout and "Training interrupted (Ctrl-C)" in done.stderr
     assert "Traceback" not in done.stderr and "SystemError" not in done.stderr
     assert load_model(tmp_path / "m.npz").count_params() == 542230
+
+
+def batch_norm_model(engine):
+    """Dense -> BatchNormalization -> Dense(softmax), compiled with SGD with momentum on `engine`."""
+    utils.set_random_seed(40)
+    model = Sequential([Dense(6, input_shape=(5,)), layers.BatchNormalization(momentum=0.5), layers.Dropout(0.2),
+                        Dense(3, activation="softmax")])
+    model.compile(SGD(0.5, momentum=0.9), "sparse_categorical_crossentropy", engine=engine)
+    return model
+
+
+def test_summary_counts_the_moving_statistics_as_non_trainable():
+    layers.reset_name_counters()
+    model = batch_norm_model("reference")
+    lines = []
+    model.summary(print_fn=lines.append)
+    channels = model.layers[1].output_shape[-1]
+    total = sum(w.size for w in model.get_weights())
+    assert f"Total params: {total:,}" in lines
+    assert f"Trainable params: {total - 2 * channels:,}" in lines
+    assert f"Non-trainable params: {2 * channels:,}" in lines
+    assert any(line.startswith("batch_normalization (BatchNormalization)") and line.split()[-1] == str(4 * channels)
+               for line in lines)
+
+
+@pytest.mark.parametrize("engine", ["reference", "fast"])
+def test_the_optimizer_never_changes_the_moving_statistics(engine):
+    model = batch_norm_model(engine)
+    dense, bn = model.layers[0], model.layers[1]
+    rng = np.random.default_rng(41)
+    for step in range(3):
+        x = rng.standard_normal((16, 5)).astype(np.float32) * (step + 2)
+        y = rng.integers(0, 3, 16)
+        bn_input = x @ dense.kernel + dense.bias                      # what the step's BatchNormalization sees
+        moving_mean, moving_variance = bn.moving_mean.copy(), bn.moving_variance.copy()
+        gamma, beta = bn.gamma.copy(), bn.beta.copy()
+        model.train_on_batch(x, y)
+        # exactly the forward's update (momentum 0.5): whatever the optimizer did, it was not to these
+        np.testing.assert_allclose(bn.moving_mean, moving_mean * 0.5 + bn_input.mean(axis=0) * 0.5, rtol=1e-5)
+        np.testing.assert_allclose(bn.moving_variance, moving_variance * 0.5 + bn_input.var(axis=0) * 0.5, rtol=1e-5)
+        assert not np.array_equal(bn.gamma, gamma) and not np.array_equal(bn.beta, beta)   # trained
+    assert [s[0].shape for s in model.optimizer.slots] == [p.shape for _, p in model.grads_and_params()]
+    assert len(model.optimizer.slots) == len(model.get_weights()) - 2

@@ -514,12 +514,15 @@ def test_sizes_are_checked_before_any_memory_is_spent(saved, tmp_path, kind, wor
 
 
 def every_layer_model():
-    """A built model with every layer class tinycnn has, with and without biases."""
+    """A built model with every layer class tinycnn has, with and without biases (and a
+    BatchNormalization with each of gamma and beta left out)."""
     from tinycnn import layers
     model = Sequential([
         layers.Conv2D(4, (3, 2), strides=(2, 1), padding="same", use_bias=False, input_shape=(9, 8, 3)),
-        layers.ReLU(), layers.Conv2D(5, 2, activation="relu"), layers.MaxPooling2D(2, strides=1),
-        layers.Flatten(), layers.Dense(7, use_bias=False), layers.Activation("relu"),
+        layers.BatchNormalization(center=False), layers.ReLU(), layers.AveragePooling2D(2, 1, "same"),
+        layers.Conv2D(5, 2, activation="relu"), layers.BatchNormalization(), layers.MaxPooling2D(2, strides=1),
+        layers.Dropout(0.25), layers.GlobalAveragePooling2D(keepdims=True), layers.Flatten(),
+        layers.Dense(7, use_bias=False), layers.BatchNormalization(scale=False), layers.Activation("relu"),
         layers.Dense(3), layers.Softmax()])
     assert {type(layer) for layer in model.layers} == set(layers.LAYER_CLASSES.values())
     return model
@@ -659,3 +662,26 @@ def test_a_keras_file_name_is_refused_naming_the_npz_to_use(tmp_path, name):
         ModelCheckpoint(str(tmp_path / "best.keras"))
     model.save(tmp_path / "cnn.npz")                               # the name it suggests works
     assert load_model(tmp_path / "cnn.npz").count_params() == model.count_params()
+
+
+def test_a_model_with_every_layer_round_trips_with_its_moving_statistics(tmp_path):
+    utils.set_random_seed(50)
+    model = every_layer_model()
+    model.compile("adam", "sparse_categorical_crossentropy", engine="reference")
+    rng = np.random.default_rng(50)
+    x, y = rng.random((24, 9, 8, 3)).astype(np.float32), rng.integers(0, 3, 24)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    moving = [w for layer in model.layers for w in layer.non_trainable_params]
+    assert len(moving) == 6 and not any(np.array_equal(m, np.zeros_like(m)) or np.array_equal(m, np.ones_like(m))
+                                        for m in moving)      # trained away from their initial values
+    model.save(tmp_path / "all.npz")
+    loaded = load_model(tmp_path / "all.npz")
+    assert [type(l) for l in loaded.layers] == [type(l) for l in model.layers]
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    for trained in (model, loaded):                           # and training goes on alike (same Dropout masks)
+        utils.set_random_seed(51)
+        trained.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)

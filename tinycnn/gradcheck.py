@@ -17,12 +17,15 @@ differences. check_model does the same for a list of layers followed by a loss.
 The error of an array is max_i |analytic_i - numeric_i| / max(max_i |analytic_i|, max_i |numeric_i|):
 the worst difference relative to the gradient's size (tiny entries then do not blow it up).
 Float32 layers are checked on a float64 copy (same config and weights), so the check
-measures the maths, not float32 rounding. Layers with kinks (ReLU, max) need inputs away
+measures the maths, not float32 rounding. Every forward pass runs in training mode, from
+the same state of tinycnn.utils.get_rng(), so a layer that draws random numbers (Dropout)
+draws the same ones each time and is checked as the fixed function it is for one step. Layers with kinks (ReLU, max) need inputs away
 from the kinks: for max pooling use distinct, well-separated values.
 """
 import numpy as np
 
 from tinycnn import losses as losses_module
+from tinycnn import utils
 
 
 def numerical_gradient(f, x, eps=1e-6):
@@ -106,6 +109,17 @@ def float64_copy(layer, input_shape):
     return twin
 
 
+def _replayer():
+    """A function that puts tinycnn's random-number generator back to its state now, so each
+    forward pass after it draws the same numbers (the same Dropout masks)."""
+    rng = utils.get_rng()
+    state = rng.bit_generator.state
+
+    def replay():
+        rng.bit_generator.state = state
+    return replay
+
+
 def check_layer(layer, x, eps=1e-6, seed=0, check_input=True):
     """Check a layer's backward against central differences; returns a GradCheckReport.
 
@@ -116,16 +130,20 @@ def check_layer(layer, x, eps=1e-6, seed=0, check_input=True):
     net = float64_copy(layer, x.shape[1:])
     upstream = np.random.default_rng(seed).standard_normal((x.shape[0],) + net.output_shape)
 
+    replay_random_numbers = _replayer()
+
     def loss(_):
+        replay_random_numbers()
         return float(np.sum(net.forward(x, training=True) * upstream))
 
+    replay_random_numbers()
     net.forward(x, training=True)
     grad_x = net.backward(upstream.copy())
     analytic = [g.copy() for g in net.grads]
     entries = []
     if check_input:
         entries.append(_entry(f"{net.name}: input", grad_x, numerical_gradient(loss, x, eps)))
-    for i, p in enumerate(net.params):
+    for i, p in enumerate(net.trainable_params):
         entries.append(_entry(f"{net.name}: param {i} {p.shape}", analytic[i], numerical_gradient(loss, p, eps)))
     return GradCheckReport(entries)
 
@@ -150,7 +168,10 @@ def check_model(model_or_layers, x, y_true, loss=None, eps=1e-6, check_input=Tru
         nets.append(float64_copy(layer, shape))
         shape = nets[-1].output_shape
 
+    replay_random_numbers = _replayer()
+
     def forward_loss(_=None):
+        replay_random_numbers()
         out = x
         for net in nets:
             out = net.forward(out, training=True)
@@ -171,6 +192,6 @@ def check_model(model_or_layers, x, y_true, loss=None, eps=1e-6, check_input=Tru
     if check_input:
         entries.append(_entry("input", grad, numerical_gradient(value, x, eps)))
     for net, grads in zip(nets, analytic):
-        for i, p in enumerate(net.params):
+        for i, p in enumerate(net.trainable_params):
             entries.append(_entry(f"{net.name}: param {i} {p.shape}", grads[i], numerical_gradient(value, p, eps)))
     return GradCheckReport(entries)

@@ -6,7 +6,7 @@ Every layer follows one contract (see the README, "The layer contract"):
     layer.build(input_shape)        per-sample shape, no batch axis -> output shape; creates params
     y = layer.forward(x, training)  x has the batch axis; caches what backward needs
     dx = layer.backward(dy)         dL/dx from dL/dy; leaves dL/dparams in layer.grads
-                                    (same order and shapes as layer.params); never edits dy;
+                                    (same order and shapes as layer.trainable_params); never edits dy;
                                     returns None when layer.need_input_grad is False;
                                     one backward per forward pass
 
@@ -14,6 +14,13 @@ Parameters use Keras's layout and order, so weights move between Keras and tinyc
 unchanged: Conv2D [kernel (KH, KW, C, F), bias (F,)], Dense [kernel (in, units), bias (units,)].
 The arrays in `params` and `grads` are created once in build and then only updated in
 place, so an optimizer can keep its per-parameter state by position.
+
+Most weights are trainable: the optimizer moves them along their gradients. Some are not:
+BatchNormalization's moving mean and variance are averages its forward pass keeps. `params`
+holds them all (what get_weights returns, what a model file saves); `trainable_params` the
+ones the optimizer updates, and `grads` one gradient for each of those, in the same order.
+`layer.grads_and_params()` pairs them: the one place where engines and tests find what to
+hand to `optimizer.apply_gradients`.
 
 A layer whose activation is softmax also keeps its `logits` (the input of the softmax)
 and offers `backward_from_logits(dL/dlogits)`: with a cross-entropy loss the model
@@ -79,6 +86,15 @@ def _padding(value, owner):
     return value.lower()
 
 
+def _number_in(value, low, high, what, interval, owner, include_high=True):
+    """A real number in [low, high] (or [low, high) with include_high=False) as a float."""
+    is_number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    inside = is_number and low <= value and (value <= high if include_high else value < high)
+    if not inside:
+        raise ValueError(f"{owner}: {what} must be a number in {interval}, got {value!r}")
+    return float(value)
+
+
 def _shape_tuple(shape, what, owner):
     """A per-sample shape as a tuple of positive ints (accepts lists, e.g. from JSON)."""
     try:
@@ -124,7 +140,7 @@ class Layer:
         self.output_shape = None
         self.built = False
         self.params = []                               # Keras order: what get_weights returns
-        self.grads = []                                # same shapes, filled by backward
+        self.grads = []                                # one per trainable param, filled by backward
         self.need_input_grad = True                    # the model sets False on the first layer
         self._output_tensor = None                     # set by the built Sequential that holds it
 
@@ -220,6 +236,25 @@ class Layer:
         raise TypeError(f"{self.name}: backward_from_logits needs a layer whose output is a softmax")
 
     # -- weights ------------------------------------------------------------------------------
+    @property
+    def trainable_params(self):
+        """The params the optimizer updates, in `params`'s order; `grads` matches them one
+        for one. All of them, unless a layer keeps weights of its own (BatchNormalization)."""
+        return self.params
+
+    @property
+    def non_trainable_params(self):
+        """The params the optimizer never touches (BatchNormalization's moving statistics)."""
+        return []
+
+    def grads_and_params(self):
+        """[(dL/dparam, param)] for each trainable param: what optimizer.apply_gradients takes."""
+        trainable = self.trainable_params
+        if len(self.grads) != len(trainable):
+            raise ValueError(f"{self.name}: has {len(self.grads)} gradient arrays for "
+                             f"{len(trainable)} trainable params")
+        return list(zip(self.grads, trainable))
+
     def get_weights(self):
         """Copies of the parameters, in Keras's order and shapes."""
         return [p.copy() for p in self.params]
@@ -243,10 +278,16 @@ class Layer:
             p[...] = w                     # in place: optimizer slots stay tied to these arrays
 
     def count_params(self):
-        """Number of scalar parameters."""
+        """Number of scalar parameters, trainable or not (as Keras counts them)."""
         if not self.built:
             raise ValueError(f"{self.name}: count_params before the layer is built")
         return int(sum(p.size for p in self.params))
+
+    def count_trainable_params(self):
+        """Number of scalar parameters the optimizer updates."""
+        if not self.built:
+            raise ValueError(f"{self.name}: count_trainable_params before the layer is built")
+        return int(sum(p.size for p in self.trainable_params))
 
     # -- config -------------------------------------------------------------------------------
     def get_config(self):
@@ -408,16 +449,11 @@ class Conv2D(_WeightedLayer):
 
 
 # ---------------------------------------------------------------------------
-# MaxPooling2D
+# Pooling: MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D
 # ---------------------------------------------------------------------------
-class MaxPooling2D(Layer):
-    """Max over (PH, PW) windows moved by (sh, sw); strides default to the pool size.
-
-    x (N, H, W, C) -> y (N, OH, OW, C), sizes as in Conv2D; "same" padding cells are ignored.
-    Backward: each window's gradient goes to the pixel that won it (dL/dx = dL/dy there, 0 elsewhere);
-    a pixel that wins several overlapping windows receives the sum. Ties: the first maximum in
-    row-major order wins, as in TensorFlow, so exactly one pixel per window gets the gradient.
-    """
+class _Pooling2D(Layer):
+    """Shared by MaxPooling2D and AveragePooling2D: windows of (PH, PW) moved by (sh, sw) over
+    x (N, H, W, C), strides defaulting to the pool size, sizes and padding as in Conv2D."""
 
     def __init__(self, pool_size=2, strides=None, padding="valid", input_shape=None, name=None, dtype=None):
         super().__init__(input_shape, name, dtype)
@@ -439,21 +475,48 @@ class MaxPooling2D(Layer):
                              f"or padding='same'")
         return (oh, ow, input_shape[2])
 
+    def _pad_widths(self):
+        """np.pad's widths for an input (N, H, W, C) so that every window lies inside it:
+        ((0, 0), (top, bottom), (left, right), (0, 0)); zeros except with "same" padding."""
+        h, w, _ = self.input_shape
+        (ph, pw), (sh, sw) = self.pool_size, self.strides
+        oh, ow, pad_top, pad_left = self.geometry()
+        pad_bottom = max((oh - 1) * sh + ph - h - pad_top, 0)
+        pad_right = max((ow - 1) * sw + pw - w - pad_left, 0)
+        return (0, 0), (pad_top, pad_bottom), (pad_left, pad_right), (0, 0)
+
+    def _cell(self, padded, i, j):
+        """The view (N, OH, OW, C) of `padded` (the input padded by _pad_widths) holding cell (i, j)
+        of every window: padded[n, oy*sh + i, ox*sw + j, c] at [n, oy, ox, c]. Writes go into `padded`."""
+        (sh, sw), (oh, ow, _, _) = self.strides, self.geometry()
+        return padded[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(pool_size=list(self.pool_size), strides=list(self.strides), padding=self.padding)
+        return config
+
+
+class MaxPooling2D(_Pooling2D):
+    """Max over (PH, PW) windows moved by (sh, sw); strides default to the pool size.
+
+    x (N, H, W, C) -> y (N, OH, OW, C), sizes as in Conv2D; "same" padding cells are ignored.
+    Backward: each window's gradient goes to the pixel that won it (dL/dx = dL/dy there, 0 elsewhere);
+    a pixel that wins several overlapping windows receives the sum. Ties: the first maximum in
+    row-major order wins, as in TensorFlow, so exactly one pixel per window gets the gradient.
+    """
+
     def forward(self, x, training=False):
         """x (N, H, W, C) -> y (N, OH, OW, C); caches argmax (N, OH, OW, C): each winner's row*W + column."""
         x = self._check_input(x)
         n, h, w, c = x.shape
         (ph, pw), (sh, sw) = self.pool_size, self.strides
         oh, ow, pad_top, pad_left = self.geometry()
-        pad_bottom = max((oh - 1) * sh + ph - h - pad_top, 0)
-        pad_right = max((ow - 1) * sw + pw - w - pad_left, 0)
-        # padding with -inf: a padded cell never wins a window
-        x_padded = np.pad(x, ((0, 0), (pad_top, pad_bottom), (pad_left, pad_right), (0, 0)),
-                          constant_values=-np.inf)
+        x_padded = np.pad(x, self._pad_widths(), constant_values=-np.inf)   # -inf: a padded cell never wins
         windows = np.empty((n, oh, ow, c, ph * pw), dtype=x.dtype)         # each window's cells, row-major
         for i in range(ph):
             for j in range(pw):
-                windows[..., i * pw + j] = x_padded[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]
+                windows[..., i * pw + j] = self._cell(x_padded, i, j)
         winner = np.argmax(windows, axis=-1)     # (N, OH, OW, C): the winner's place in its window (first max)
         y = np.take_along_axis(windows, winner[..., None], axis=-1)[..., 0]
         winner_row = np.arange(oh)[None, :, None, None] * sh - pad_top + winner // pw   # its pixel in x
@@ -473,9 +536,77 @@ class MaxPooling2D(Layer):
         np.add.at(dx, (batch, self._argmax, channel), grad_out)   # add.at: a pixel may win twice
         return dx.reshape(n, h, w, c)
 
+
+class AveragePooling2D(_Pooling2D):
+    """Mean over (PH, PW) windows moved by (sh, sw); strides default to the pool size.
+
+    x (N, H, W, C) -> y (N, OH, OW, C), sizes as in Conv2D:
+        y[n, oy, ox, c] = sum of the window's real cells / count[oy, ox]
+    count is the number of the window's cells that lie in x: PH*PW everywhere with "valid",
+    fewer at the edges with "same", whose padded cells are left out of the mean (Keras's rule).
+    Backward: each cell of a window gets an equal share of its gradient, dL/dy / count,
+    added up where windows overlap.
+    """
+
+    def forward(self, x, training=False):
+        """x (N, H, W, C) -> y (N, OH, OW, C); caches count (1, OH, OW, 1), each window's real cells."""
+        x = self._check_input(x)
+        (ph, pw), pad = self.pool_size, self._pad_widths()
+        x_padded = np.pad(x, pad)                                        # zeros: they add nothing to a sum
+        real = np.pad(np.ones((1,) + x.shape[1:3] + (1,), x.dtype), pad)  # 1 on x's cells, 0 on padding
+        window_sum = sum(self._cell(x_padded, i, j) for i in range(ph) for j in range(pw))   # (N, OH, OW, C)
+        self._count = sum(self._cell(real, i, j) for i in range(ph) for j in range(pw))      # (1, OH, OW, 1)
+        return window_sum / self._count
+
+    def backward(self, grad_out):
+        """dL/dy (N, OH, OW, C) -> dL/dx (N, H, W, C): dL/dx += dL/dy / count over each window's cells."""
+        if not self.need_input_grad:
+            return None
+        grad_out = self._check_grad(grad_out)
+        (ph, pw), pad = self.pool_size, self._pad_widths()
+        n, h, w, c = (grad_out.shape[0],) + self.input_shape
+        (_, (top, bottom), (left, right), _) = pad
+        share = grad_out / self._count                                   # (N, OH, OW, C): each cell's part
+        dx_padded = np.zeros((n, top + h + bottom, left + w + right, c), dtype=grad_out.dtype)
+        for i in range(ph):
+            for j in range(pw):
+                self._cell(dx_padded, i, j)[...] += share                # a view: adds into dx_padded
+        return np.ascontiguousarray(dx_padded[:, top:top + h, left:left + w, :])
+
+
+class GlobalAveragePooling2D(Layer):
+    """The mean of each channel over all its pixels: x (N, H, W, C) -> y (N, C), or (N, 1, 1, C)
+    with keepdims=True.
+
+        y[n, c] = sum_{h, w} x[n, h, w, c] / (H * W)
+    Backward: every pixel has an equal share, dL/dx[n, h, w, c] = dL/dy[n, c] / (H * W).
+    """
+
+    def __init__(self, keepdims=False, input_shape=None, name=None, dtype=None):
+        super().__init__(input_shape, name, dtype)
+        self.keepdims = bool(keepdims)
+
+    def compute_output_shape(self, input_shape):
+        self._check_rank(input_shape, 3, "(height, width, channels)")
+        return (1, 1, input_shape[2]) if self.keepdims else (input_shape[2],)
+
+    def forward(self, x, training=False):
+        """x (N, H, W, C) -> y (N, C) (or (N, 1, 1, C)); nothing to cache but the shape."""
+        x = self._check_input(x)
+        return x.mean(axis=(1, 2), keepdims=self.keepdims)
+
+    def backward(self, grad_out):
+        """dL/dy (N, C) -> dL/dx (N, H, W, C) = dL/dy / (H * W) at every pixel."""
+        if not self.need_input_grad:
+            return None
+        grad_out = self._check_grad(grad_out)
+        n, (h, w, c) = grad_out.shape[0], self.input_shape
+        share = grad_out.reshape(n, 1, 1, c) / grad_out.dtype.type(h * w)      # (N, 1, 1, C)
+        return np.ascontiguousarray(np.broadcast_to(share, (n, h, w, c)))
+
     def get_config(self):
         config = super().get_config()
-        config.update(pool_size=list(self.pool_size), strides=list(self.strides), padding=self.padding)
+        config.update(keepdims=self.keepdims)
         return config
 
 
@@ -562,6 +693,192 @@ class Dense(_WeightedLayer):
 
 
 # ---------------------------------------------------------------------------
+# BatchNormalization
+# ---------------------------------------------------------------------------
+class BatchNormalization(Layer):
+    """Normalises each channel (the last axis) to mean 0 and variance 1, then scales and shifts it.
+
+    x (N, ..., C) -> y, the same shape; gamma (C,), beta (C,), moving_mean (C,), moving_variance (C,).
+    A channel's statistics are taken over its m values in the batch (every axis but the last:
+    m = N for (N, C) inputs, N*H*W for images).
+
+    Training, forward(x, training=True), with the batch's own statistics:
+        mu = mean(x),  var = mean((x - mu)^2)                 per channel; var is biased (/ m)
+        x_hat = (x - mu) / sqrt(var + eps)
+        y = gamma * x_hat + beta
+        moving_mean = moving_mean * momentum + mu * (1 - momentum)         (var likewise)
+    Inference, training=False: the same, with moving_mean and moving_variance for mu and var.
+
+    Weights, in Keras's order: [gamma (scale=True), beta (center=True), moving_mean,
+    moving_variance]. gamma and beta are trainable; the moving statistics are not: forward
+    updates them, the optimizer never sees them (trainable_params, non_trainable_params).
+
+    Backward in training, from the chain rule, per channel, with s = 1 / sqrt(var + eps):
+        dL/dbeta  = sum(dy)
+        dL/dgamma = sum(dy * x_hat)
+        x_hat_i = (x_i - mu) * s depends on x_j directly and through mu and var:
+            dmu/dx_j = 1/m,  dvar/dx_j = 2 (x_j - mu) / m,  so  ds/dx_j = -s^2 x_hat_j / m
+            dx_hat_i/dx_j = s (delta_ij - 1/m) - s x_hat_i x_hat_j / m
+        dL/dx_j = sum_i gamma dy_i dx_hat_i/dx_j
+                = gamma * s * (dy_j - mean(dy) - x_hat_j * mean(dy * x_hat))
+    After an inference forward, mu and var are constants: dL/dx = gamma * s * dy.
+    """
+
+    def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True, input_shape=None,
+                 name=None, dtype=None):
+        super().__init__(input_shape, name, dtype)
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+            raise ValueError(f"{self.name}: axis must be an int, got {axis!r}")
+        self.axis = int(axis)
+        self.momentum = _number_in(momentum, 0, 1, "momentum", "[0, 1]", self.name)
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.number)) or not epsilon > 0:
+            raise ValueError(f"{self.name}: epsilon must be a positive number, got {epsilon!r}")
+        self.epsilon = float(epsilon)
+        self.center, self.scale = bool(center), bool(scale)
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) < 1:
+            raise ValueError(f"{self.name}: expected a per-sample input of rank >= 1 (..., channels), "
+                             f"got shape {tuple(input_shape)}")
+        if self.axis not in (-1, len(input_shape)):           # Keras counts the batch axis: 3 for NHWC
+            raise ValueError(f"{self.name}: only the last axis (the channels) can be normalised: "
+                             f"axis=-1 or {len(input_shape)} for inputs (batch, {', '.join(map(str, input_shape))}), "
+                             f"got axis={self.axis}")
+        return tuple(input_shape)
+
+    def _create_params(self, input_shape):
+        channels = (input_shape[-1],)
+        self.params = []
+        if self.scale:
+            self.params.append(np.ones(channels, dtype=self.dtype))       # gamma
+        if self.center:
+            self.params.append(np.zeros(channels, dtype=self.dtype))      # beta
+        self.params += [np.zeros(channels, dtype=self.dtype),             # moving_mean
+                        np.ones(channels, dtype=self.dtype)]              # moving_variance
+        self.grads = [np.zeros_like(p) for p in self.trainable_params]
+
+    @property
+    def trainable_params(self):
+        """[gamma, beta], those present: what the optimizer updates."""
+        return self.params[:-2]
+
+    @property
+    def non_trainable_params(self):
+        """[moving_mean, moving_variance]: kept by forward in training, never by the optimizer."""
+        return self.params[-2:]
+
+    @property
+    def gamma(self):
+        """The scale (C,), params[0]; None with scale=False."""
+        return self.params[0] if self.scale and self.params else None
+
+    @property
+    def beta(self):
+        """The shift (C,), after gamma; None with center=False."""
+        return self.params[int(self.scale)] if self.center and self.params else None
+
+    @property
+    def moving_mean(self):
+        """The running mean (C,) that inference normalises with."""
+        return self.params[-2] if self.params else None
+
+    @property
+    def moving_variance(self):
+        """The running variance (C,) that inference normalises with."""
+        return self.params[-1] if self.params else None
+
+    def forward(self, x, training=False):
+        """x (N, ..., C) -> y (N, ..., C). Caches x_hat (M, C), M = N*..., and s = 1/sqrt(var + eps) (C,);
+        in training, also moves the moving statistics toward the batch's."""
+        x = self._check_input(x)
+        rows = x.reshape(-1, x.shape[-1])                              # (M, C): a channel per column
+        if training:
+            mean = rows.mean(axis=0)                                   # (C,)
+            variance = ((rows - mean) ** 2).mean(axis=0)               # (C,), biased: divided by M
+            keep = self.momentum                                       # moving = moving * momentum + batch * (1 - momentum)
+            self.moving_mean[...] = self.moving_mean * keep + mean * (1 - keep)
+            self.moving_variance[...] = self.moving_variance * keep + variance * (1 - keep)
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        self._used_batch_statistics = bool(training)
+        self._inv_std = 1 / np.sqrt(variance + x.dtype.type(self.epsilon))   # (C,): s
+        self._x_hat = (rows - mean) * self._inv_std                    # (M, C)
+        y = self._x_hat
+        if self.scale:
+            y = y * self.gamma
+        if self.center:
+            y = y + self.beta
+        return y.reshape(x.shape)
+
+    def backward(self, grad_out):
+        """dL/dy (N, ..., C) -> dL/dx (N, ..., C); fills grads [dL/dgamma, dL/dbeta] (those present)."""
+        grad_out = self._check_grad(grad_out)
+        dy = grad_out.reshape(self._x_hat.shape)                       # (M, C)
+        if self.scale:
+            self.grads[0][...] = (dy * self._x_hat).sum(axis=0)        # dL/dgamma = sum(dy * x_hat)
+        if self.center:
+            self.grads[-1][...] = dy.sum(axis=0)                       # dL/dbeta = sum(dy)
+        if not self.need_input_grad:
+            return None
+        gamma_s = self._inv_std * self.gamma if self.scale else self._inv_std     # (C,): gamma * s
+        if self._used_batch_statistics:
+            # dL/dx = gamma * s * (dy - mean(dy) - x_hat * mean(dy * x_hat))
+            dx = gamma_s * (dy - dy.mean(axis=0) - self._x_hat * (dy * self._x_hat).mean(axis=0))
+        else:
+            dx = gamma_s * dy                                          # dL/dx = gamma * s * dy
+        return dx.reshape(grad_out.shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(axis=self.axis, momentum=self.momentum, epsilon=self.epsilon, center=self.center,
+                      scale=self.scale)
+        return config
+
+
+# ---------------------------------------------------------------------------
+# Dropout
+# ---------------------------------------------------------------------------
+class Dropout(Layer):
+    """Inverted dropout: in training, each value is dropped (set to 0) with probability `rate`
+    and the kept ones are scaled by 1 / (1 - rate), so each output's expected value is its
+    input; at inference (training=False) the layer passes x through unchanged.
+
+    x (N, ...) -> y, the same shape:
+        keep = uniform[0, 1) >= rate           one draw per value, from tinycnn.utils.get_rng()
+        y = x * keep / (1 - rate)
+    Backward through the same mask: dL/dx = dL/dy * keep / (1 - rate) (dL/dy at inference).
+    With rate 0 nothing is dropped and no random number is drawn.
+    """
+
+    def __init__(self, rate, input_shape=None, name=None, dtype=None):
+        super().__init__(input_shape, name, dtype)
+        self.rate = _number_in(rate, 0, 1, "rate", "[0, 1) (the fraction of values to drop)", self.name,
+                               include_high=False)
+
+    def forward(self, x, training=False):
+        """x (N, ...) -> y (N, ...); in training caches the scaled mask keep / (1 - rate) (N, ...)."""
+        x = self._check_input(x)
+        if not training or self.rate == 0:
+            self._scaled_mask = None
+            return x
+        keep = utils.get_rng().random(x.shape) >= self.rate               # (N, ...): True where kept
+        self._scaled_mask = keep * x.dtype.type(1 / (1 - self.rate))        # 0 or 1 / (1 - rate)
+        return x * self._scaled_mask
+
+    def backward(self, grad_out):
+        """dL/dy (N, ...) -> dL/dx (N, ...) = dL/dy * the forward's scaled mask."""
+        if not self.need_input_grad:
+            return None
+        grad_out = self._check_grad(grad_out)
+        return grad_out.copy() if self._scaled_mask is None else grad_out * self._scaled_mask
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(rate=self.rate)
+        return config
+
+
+# ---------------------------------------------------------------------------
 # Activations as layers
 # ---------------------------------------------------------------------------
 class Activation(Layer):
@@ -622,4 +939,5 @@ class Softmax(Activation):
 
 
 LAYER_CLASSES = {cls.__name__: cls for cls in
-                 (Conv2D, MaxPooling2D, Flatten, Dense, Activation, ReLU, Softmax)}
+                 (Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, Flatten, Dense,
+                  BatchNormalization, Dropout, Activation, ReLU, Softmax)}

@@ -17,7 +17,7 @@ takes one step of gradient descent on it. The reference engine's step is the tex
                                              dL/dlogits = (softmax - onehot) / batch
     grad = layer.backward(grad)              each layer's backward, last to first; each
                                              leaves dL/dparams in its `grads`
-    optimizer.apply_gradients(zip(grads, params))
+    optimizer.apply_gradients(model.grads_and_params())   each trainable param with its gradient
 
 The fast engine computes the same step faster (tinycnn/engines/fast). compile(engine=...)
 chooses: "auto" (the fast one where numba is there), "reference" or "fast".
@@ -227,7 +227,17 @@ class Sequential:
     # Weights
     # ------------------------------------------------------------------------------------------
     def _params(self):
+        """Every weight, trainable or not, in get_weights's order."""
         return [p for layer in self._layers for p in layer.params]
+
+    def _trainable_params(self):
+        """The weights the optimizer updates (its slots match these, by position)."""
+        return [p for layer in self._layers for p in layer.trainable_params]
+
+    def grads_and_params(self):
+        """[(dL/dparam, param)] for every trainable weight, layer by layer (Layer.grads_and_params):
+        what the engines hand to optimizer.apply_gradients after a backward pass."""
+        return [pair for layer in self._layers for pair in layer.grads_and_params()]
 
     def get_weights(self):
         """Copies of all weights, one flat list in Keras's order (layer by layer, kernel then bias)."""
@@ -252,9 +262,14 @@ class Sequential:
             start += count
 
     def count_params(self):
-        """The number of scalar weights."""
+        """The number of scalar weights, trainable or not."""
         self._require_built("count_params")
         return sum(layer.count_params() for layer in self._layers)
+
+    def count_trainable_params(self):
+        """The number of scalar weights the optimizer updates."""
+        self._require_built("count_trainable_params")
+        return sum(layer.count_trainable_params() for layer in self._layers)
 
     # ------------------------------------------------------------------------------------------
     # compile
@@ -646,12 +661,13 @@ class Sequential:
         def format_row(row):
             return "".join(cell.ljust(width) for cell, width in zip(row, widths))
 
-        total = self.count_params()
+        total, trainable = self.count_params(), self.count_trainable_params()
         lines = [f'Model: "{self.name}"', "_" * line_length, format_row(rows[0]), "=" * line_length]
         for i, row in enumerate(rows[1:]):
             lines.append(format_row(row))
             lines.append("=" * line_length if i == len(rows) - 2 else "_" * line_length)
-        lines += [f"Total params: {total:,}", f"Trainable params: {total:,}", "Non-trainable params: 0",
+        lines += [f"Total params: {total:,}", f"Trainable params: {trainable:,}",
+                  f"Non-trainable params: {total - trainable:,}",
                   "_" * line_length]
         for line in lines:
             print_fn(line)

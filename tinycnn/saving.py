@@ -426,8 +426,9 @@ def expected_weight_shapes(model_config, custom_objects=None):
 
     Each layer is created from its config (a constructor allocates nothing) and asked for its
     output shape (compute_output_shape), starting from the model's input shape. Of tinycnn's
-    layers only Conv2D (kernel (kh, kw, in, filters), bias (filters,)) and Dense (kernel
-    (in, units), bias (units,)) have weights. A layer class from custom_objects is the
+    layers only Conv2D (kernel (kh, kw, in, filters), bias (filters,)), Dense (kernel
+    (in, units), bias (units,)) and BatchNormalization (gamma, beta, moving_mean,
+    moving_variance, each (channels,)) have weights. A layer class from custom_objects is the
     caller's own code, so it is built (on a saved random-number state, put back after) to
     learn its weights' shapes. Raises UnknownLayerError for a class that is neither, and
     ValueError (or whatever a layer's constructor raises for a bad config) if the
@@ -479,6 +480,9 @@ def _weight_shapes(layer, input_shape, layers_module):
         kernel, bias = tuple(layer.kernel_size) + (input_shape[-1], layer.filters), (layer.filters,)
     elif isinstance(layer, layers_module.Dense):
         kernel, bias = (input_shape[-1], layer.units), (layer.units,)
+    elif isinstance(layer, layers_module.BatchNormalization):
+        present = [layer.scale, layer.center, True, True]        # gamma, beta, moving_mean, moving_variance
+        return [(input_shape[-1],) for is_there in present if is_there]
     else:
         return []                      # tinycnn's other layers have no weights
     return [kernel, bias] if layer.use_bias else [kernel]
@@ -579,7 +583,7 @@ def load_model(filepath, compile=True, custom_objects=None):
                           engine=compile_config.get("engine", "auto"))
             if optimizer.slots is not None:
                 slot_shapes = [s.shape for slots in optimizer.slots for s in slots]
-                param_shapes = [p.shape for p in model._params() for _ in optimizer.slot_names]
+                param_shapes = [p.shape for p in model._trainable_params() for _ in optimizer.slot_names]
                 if slot_shapes != param_shapes:
                     raise ValueError(f"optimizer state shapes {slot_shapes} do not match the weights")
         except Exception as error:

@@ -7,7 +7,9 @@ One training step on a batch (x, y):
                   (a softmax output: dL/dlogits = (softmax - onehot) / batch, as Keras)
     3. backward:  grad = layer.backward(grad) for each layer, last to first;
                   each leaves dL/dparams in its `grads`
-    4. update:    optimizer.apply_gradients(zip(grads, params))
+    4. update:    optimizer.apply_gradients(model.grads_and_params()): each trainable
+                  param with its gradient (BatchNormalization's moving statistics are
+                  weights the optimizer leaves alone)
 
 Every pass here is a layer's own `forward` and `backward` (tinycnn/layers.py), the loss's
 (tinycnn/losses.py) and the optimizer's (tinycnn/optimizers.py). This engine is the
@@ -46,8 +48,7 @@ class ReferenceEngine(Engine):
         grad = last.backward_from_logits(grad) if last.outputs_softmax else last.backward(grad)
         for layer in reversed(layers[:-1]):
             grad = layer.backward(grad)
-        model.optimizer.apply_gradients(                            # 4. update
-            (g, p) for layer in layers for g, p in zip(layer.grads, layer.params))
+        model.optimizer.apply_gradients(model.grads_and_params())  # 4. update the trainable params
         return loss, out
 
     def predict_step(self, model, x):

@@ -107,7 +107,7 @@ def _shared_model_arrays(model):
     arrays a user holds (layer.kernel, ...) stay the model's."""
     optimizer = model.optimizer
     if optimizer is not None and optimizer.slots is None and optimizer.slot_names:
-        optimizer.build([p for layer in model.layers for p in layer.params])
+        optimizer.build([param for _, param in model.grads_and_params()])
     lists = [layer.params for layer in model.layers] + [layer.grads for layer in model.layers]
     lists += list(optimizer.slots or []) if optimizer is not None else []
     swapped = []                                         # (list, index, own array, shared copy)
@@ -395,7 +395,9 @@ class FastEngine(Engine):
 
     @staticmethod
     def _grads_and_params(model):
-        return [(g, p) for layer in model.layers for g, p in zip(layer.grads, layer.params)]
+        """The model's (grad, trainable param) pairs (Sequential.grads_and_params), in the order
+        of the optimizer's slots and of the ops' gradient lists."""
+        return model.grads_and_params()
 
     def _optimizer_arrays(self, model):
         """The optimizer and the arrays a worker process's part of its step writes to."""
