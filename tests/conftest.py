@@ -1,11 +1,13 @@
 """Fixtures shared by the test files."""
+import contextlib
+
 import pytest
 
 
-@pytest.fixture(scope="session")
-def dask_client():
-    """A Dask client of a LocalCluster of 2 worker processes (1 thread each) on 127.0.0.1,
-    shared by every Dask test; skipped where Dask is not installed."""
+@contextlib.contextmanager
+def _local_cluster_client():
+    """A Dask client of a LocalCluster of 2 worker processes (1 thread each) on 127.0.0.1;
+    the test is skipped where Dask is not installed."""
     distributed = pytest.importorskip(
         "distributed",
         reason='Dask is not installed: pip install -e ".[dev,distributed]" to run the Dask tests')
@@ -15,14 +17,16 @@ def dask_client():
         yield client
 
 
+@pytest.fixture(scope="session")
+def dask_client():
+    """The LocalCluster's client, shared by every Dask test."""
+    with _local_cluster_client() as client:
+        yield client
+
+
 @pytest.fixture
 def fresh_dask_client():
-    """Like dask_client, but a cluster of this test's own: for a test that kills a worker, so
-    that no other test meets a worker the nanny is still restarting."""
-    distributed = pytest.importorskip(
-        "distributed",
-        reason='Dask is not installed: pip install -e ".[dev,distributed]" to run the Dask tests')
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       host="127.0.0.1", dashboard_address="127.0.0.1:0")
-    with cluster, distributed.Client(cluster) as client:
+    """A cluster of this test's own: for a test that kills a worker, so that no other test
+    meets a worker the nanny is still restarting."""
+    with _local_cluster_client() as client:
         yield client
