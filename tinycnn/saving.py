@@ -541,22 +541,15 @@ def load_model(filepath, compile=True, custom_objects=None):
     from tinycnn import optimizers as optimizers_module
     from tinycnn import utils
     from tinycnn.models import Sequential                # (models.py imports this module)
-    classes = layer_classes(custom_objects)              # a bad custom_objects fails before any reading
+    layer_classes(custom_objects)                        # a bad custom_objects fails before any reading
+    # read_model_file has checked the architecture (known classes, an input shape, the weights'
+    # shapes) before reading any array
     header, arrays = read_model_file(filepath, kinds=("model",), custom_objects=custom_objects)
 
     def fail(problem):
         return ModelFileError(f"cannot load {filepath!r}: {problem}")
 
-    config = header.get("model")
-    if not isinstance(config, dict) or not isinstance(config.get("layers"), list) or not config["layers"]:
-        raise fail("it has no model architecture")
-    for entry in config["layers"]:
-        try:
-            layer_class(entry, classes)
-        except UnknownLayerError as error:
-            raise fail(str(error)) from None
-    if config.get("build_input_shape") is None:
-        raise fail("the saved model was never built (no input shape)")
+    config = header["model"]
     weights = weights_from(header, arrays, filepath)
 
     rng_state = utils.get_rng().bit_generator.state       # building draws initial weights...
