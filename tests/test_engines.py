@@ -309,3 +309,35 @@ def test_a_model_with_batch_norm_dropout_and_average_pooling_trains_alike_on_bot
         assert_engines_agree(make, n=48, batch_size=12, epochs=5, weights_tol=1e-9)
     finally:
         utils.set_floatx("float32")
+
+
+def test_batch_norm_in_two_halves_that_meet_trains_as_the_reference(monkeypatch):
+    # With BatchNormalization the fast engine's halves meet at each one (its statistics and its
+    # backward sums are the whole batch's): the same weights, moving statistics and loss curve
+    # as the reference engine's whole batches, here in float64 (see the test above for why;
+    # and as there, no bias straight before a BatchNormalization).
+    from tinycnn.engines.fast import parallel
+    monkeypatch.setattr(parallel, "MIN_MULTIPLY_ADDS", 0)
+    meetings = []
+    run_both = parallel.run_both
+    monkeypatch.setattr(parallel, "run_both", lambda a, b: meetings.append(1) or run_both(a, b))
+
+    def make():
+        model = Sequential([
+            L.Conv2D(6, 3, padding="same", use_bias=False, input_shape=(9, 9, 2)),
+            L.BatchNormalization(momentum=0.8), L.ReLU(),
+            L.MaxPooling2D(2), L.Conv2D(5, 3, use_bias=False), L.BatchNormalization(scale=False),
+            L.Activation("relu"), L.Flatten(), L.Dense(8, use_bias=False), L.BatchNormalization(center=False),
+            L.Dense(3, activation="softmax")])
+        model.compile(SGD(0.05, momentum=0.9), "sparse_categorical_crossentropy")
+        return model
+
+    utils.set_floatx("float64")
+    utils.set_num_threads(2)
+    try:
+        assert_engines_agree(make, n=52, batch_size=13, epochs=5, weights_tol=1e-9)
+    finally:
+        utils.set_floatx("float32")
+        utils.set_num_threads(None)
+    steps = 5 * 4
+    assert len(meetings) >= steps * (4 + 4)      # per step: 3 meetings forward, 3 backward, 2 at the ends, + the update

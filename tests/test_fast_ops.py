@@ -276,3 +276,111 @@ def test_fused_pair_leaves_out_the_conv_outputs_no_window_uses():
     dx = op.backward(np.ones((2, 5, 5, 4), np.float32))
     assert not dx[:, 12, :, :].any() and not dx[:, :, 12, :].any()
     assert rel_error(y, pool.forward(conv.forward(x))) < 1e-5
+
+
+# ---------------------------------------------------------------------------
+# BatchNormalization (with a ReLU folded in): one pass, and two halves meeting in the middle
+# ---------------------------------------------------------------------------
+BATCHNORM_CASES = [dict(), dict(scale=False), dict(center=False), dict(scale=False, center=False),
+                   dict(momentum=0.5, epsilon=0.1)]
+
+
+def batchnorm_and_op(input_shape, dtype, relu, settings, seed=0):
+    """A built BatchNormalization with random weights, and its op (with a ReLU after it, if relu)."""
+    layer = L.BatchNormalization(**settings, dtype=dtype)
+    layer.build(input_shape)
+    rng = np.random.default_rng(seed)
+    layer.set_weights([rng.standard_normal(p.shape) if i < len(layer.trainable_params) else rng.random(p.shape) + 0.5
+                       for i, p in enumerate(layer.params)])
+    layers = [layer, L.ReLU(dtype=dtype), L.Flatten(dtype=dtype)] if relu else [layer]
+    for other in layers[1:]:
+        other.build(input_shape)
+    return layers, ops.make_plan(layers, [lay.grads for lay in layers])[0]
+
+
+def textbook_passes(layers, x, upstream, training):
+    """[y, dL/dx, *grads, *moving statistics] of the textbook layers (the BN, and its ReLU)."""
+    y = x
+    for layer in layers[:2]:
+        y = layer.forward(y, training)
+    grad = upstream
+    for layer in reversed(layers[:2]):
+        grad = layer.backward(grad)
+    return [y, grad] + [g.copy() for g in layers[0].grads] + [p.copy() for p in layers[0].non_trainable_params]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("settings", BATCHNORM_CASES, ids=str)
+def test_batchnorm_op_equals_its_layers(settings, training, relu, dtype):
+    input_shape = (3, 5, 4)
+    layers, op = batchnorm_and_op(input_shape, dtype, relu, settings)
+    assert isinstance(op, ops.BatchNormOp) and op.layers == (2 if relu else 1)
+    start = [p.copy() for p in layers[0].params]
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((7,) + input_shape) * 3 + 1).astype(dtype)
+    upstream = rng.standard_normal(x.shape).astype(dtype)
+    fast = [np.array(op.forward(x, training)), np.array(op.backward(upstream))]
+    fast += [g.copy() for g in layers[0].grads] + [p.copy() for p in layers[0].non_trainable_params]
+    layers[0].set_weights(start)                       # the moving statistics as before the op's step
+    assert_same(fast, textbook_passes(layers, x, upstream, training), 1e-10 if dtype == "float64" else 2e-4)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("settings", BATCHNORM_CASES[:3], ids=str)
+def test_batchnorm_op_in_two_halves_that_meet_equals_one_pass(settings, relu):
+    # What FastEngine._train_in_synced_halves does: each half its sums, the batch's statistics
+    # from both, each half normalised with them; backward likewise.
+    input_shape = (4, 3, 5)
+    (layer, *_), whole = batchnorm_and_op(input_shape, "float64", relu, settings)
+    start = [p.copy() for p in layer.params]
+    halves = [ops.BatchNormOp(layer, [np.zeros_like(g) for g in layer.grads], relu) for _ in range(2)]
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((9,) + input_shape) * 2 - 1
+    upstream = rng.standard_normal(x.shape)
+    parts = (slice(0, 5), slice(5, 9))
+    statistics = halves[0].statistics([op.batch_sums(x[part]) for op, part in zip(halves, parts)])
+    y = np.concatenate([op.normalize(*statistics) for op in halves])
+    means = halves[0].backward_totals([op.backward_sums(upstream[part]) for op, part in zip(halves, parts)])
+    dx = np.concatenate([op.backward_input(means) for op in halves])
+    grads = [a + b for a, b in zip(halves[0].grads, halves[1].grads)]
+    moving = [p.copy() for p in layer.non_trainable_params]
+    layer.set_weights(start)
+    expected = [whole.forward(x, training=True), whole.backward(upstream)]
+    for a, b in zip([y, dx] + grads + moving, expected + list(layer.grads) + list(layer.non_trainable_params)):
+        assert rel_error(a, b) < 1e-12
+
+
+def test_batchnorm_gradients_through_the_op_match_central_differences():
+    # The op's dL/dx and dL/dgamma, dL/dbeta (in training, with the ReLU) against float64
+    # central differences of sum(upstream * op.forward(x)), on odd shapes.
+    (layer, *_), op = batchnorm_and_op((3, 5, 3), "float64", True, {})
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((5, 3, 5, 3))
+    upstream = rng.standard_normal(x.shape)
+    loss = lambda _: float((upstream * op.forward(x, training=True)).sum())   # noqa: E731
+    op.forward(x, training=True)
+    dx = op.backward(upstream)
+    grads = [g.copy() for g in layer.grads]
+    assert rel_error(dx, gradcheck.numerical_gradient(loss, x)) < 1e-6
+    for grad, param in zip(grads, layer.trainable_params):
+        assert rel_error(grad, gradcheck.numerical_gradient(loss, param)) < 1e-6
+
+
+def test_which_batchnorm_relu_pairs_fuse():
+    def plan(*layers):
+        for layer in layers:
+            layer.build((4, 4, 2))
+        return [type(op).__name__ for op in ops.make_plan(list(layers), [lay.grads for lay in layers])]
+
+    class OwnBatchNorm(L.BatchNormalization):
+        def forward(self, x, training=False):
+            return super().forward(x, training)
+
+    assert plan(L.BatchNormalization(), L.ReLU(), L.Flatten()) == ["BatchNormOp", "FlattenOp"]
+    assert plan(L.BatchNormalization(), L.Activation("relu"), L.Flatten()) == ["BatchNormOp", "FlattenOp"]
+    assert plan(L.BatchNormalization(), L.Activation("linear"), L.Flatten()) == ["BatchNormOp", "ActivationOp",
+                                                                               "FlattenOp"]
+    assert plan(L.BatchNormalization(), L.ReLU()) == ["BatchNormOp", "ActivationOp"]      # the model's last layer
+    assert plan(OwnBatchNorm(), L.ReLU(), L.Flatten()) == ["LayerOp", "ActivationOp", "FlattenOp"]

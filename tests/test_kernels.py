@@ -601,3 +601,30 @@ def test_softmax_cross_entropy_matches_its_twin(dtype):
             assert np.isfinite(loss) and grad.dtype == dtype and grad.shape == (m, c)
             assert abs(loss - loss_twin) <= (1e-5 if dtype == np.float32 else 1e-12) * max(1.0, abs(loss_twin))
             assert rel_error(grad, grad_twin) < (1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_kernels_match_their_numpy_twins(dtype, relu):
+    rng = np.random.default_rng(5)
+    for m, c in ((1, 1), (7, 3), (300, 17)):
+        rows = (rng.standard_normal((m, c)) * 2 + 1).astype(dtype)
+        for got, want in zip(K.channel_sums(rows), K.channel_sums_numpy(rows)):
+            assert got.dtype == np.float64
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        mean, inv_std, gamma, beta = (rng.standard_normal(c).astype(dtype) for _ in range(4))
+        inv_std = np.abs(inv_std) + dtype(0.5)
+        y = K.batchnorm_forward(rows, mean, inv_std, gamma, beta, relu)
+        assert y.dtype == dtype
+        np.testing.assert_allclose(y, K.batchnorm_forward_numpy(rows, mean, inv_std, gamma, beta, relu),
+                                   rtol=1e-6, atol=1e-6)
+        assert (y >= 0).all() if relu else (y < 0).any() or m == 1
+        dy = rng.standard_normal((m, c)).astype(dtype)
+        for got, want in zip(K.batchnorm_backward_sums(dy, y, rows, mean, inv_std, relu),
+                             K.batchnorm_backward_sums_numpy(dy, y, rows, mean, inv_std, relu)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        means = [rng.standard_normal(c).astype(dtype) for _ in range(2)]
+        dx = K.batchnorm_backward(dy, y, rows, mean, inv_std, gamma * inv_std, *means, relu)
+        assert dx.dtype == dtype
+        np.testing.assert_allclose(dx, K.batchnorm_backward_numpy(dy, y, rows, mean, inv_std, gamma * inv_std,
+                                                                  *means, relu), rtol=1e-5, atol=1e-5)

@@ -11,7 +11,10 @@ with its pooling (ops.make_plan). On two cores each batch runs in two halves sid
 second plan with gradient arrays of its own the second half's. Each half backpropagates
 its share of the batch's MEAN loss, so the two add up to the batch's gradient. The
 optimizer's step is then shared too: each core completes the batch's gradient for its part
-of every big parameter (parallel.part_of) and applies the rule to that part.
+of every big parameter (parallel.part_of) and applies the rule to that part. A model with
+BatchNormalization or random layers (Dropout, augmentation) runs its halves in stretches
+that meet at each BatchNormalization, whose statistics are the whole batch's
+(`_train_in_synced_halves`).
 
 For a long call (fit, evaluate or predict of MIN_PROCESS_BATCHES batches or more) on Linux,
 the second half runs in a forked worker process rather than a thread (no shared GIL). For
@@ -36,7 +39,7 @@ from tinycnn import optimizers as optimizers_module
 from tinycnn import utils
 from tinycnn.engines import Engine
 from tinycnn.engines.fast import kernels, parallel
-from tinycnn.engines.fast.ops import LayerOp, make_plan
+from tinycnn.engines.fast.ops import BatchNormOp, LayerOp, RandomLayerOp, make_plan
 
 
 COMPILING_MESSAGE = ("tinycnn: compiling the fast engine's kernels for this machine "
@@ -185,7 +188,13 @@ class FastEngine(Engine):
         passes, which may need the whole batch (a batch's statistics) or draw random numbers
         (whose order two halves side by side would not keep)."""
         return (utils.get_num_threads() >= 2 and parallel.worth_halves(model.layers, batch_size)
-                and not any(isinstance(op, LayerOp) for op in self.plans(model)[0]))
+                and not any(type(op) is LayerOp for op in self.plans(model)[0]))
+
+    def _halves_meet(self, model):
+        """True when a step in halves must meet in the middle: at a BatchNormalization (the
+        batch's statistics), or before it starts, to draw a random layer's numbers for the whole
+        batch. Such a model's halves run in threads (`_train_in_synced_halves`), never in a worker process."""
+        return any(isinstance(op, (BatchNormOp, RandomLayerOp)) for op in self.plans(model)[0])
 
     # ------------------------------------------------------------------------------------------
     # The engine's interface
@@ -197,7 +206,10 @@ class FastEngine(Engine):
         """
         self.model = model
         if self._in_halves(model, len(x)):
-            loss, probs, halves = self._train_in_halves(model, x, y)     # two halves' gradients
+            if self._halves_meet(model):
+                loss, probs, halves = self._train_in_synced_halves(model, x, y)
+            else:
+                loss, probs, halves = self._train_in_halves(model, x, y)     # two halves' gradients
             if math.isfinite(loss):
                 self._apply_gradients_in_halves(model, halves)
             return loss, probs
@@ -281,6 +293,76 @@ class FastEngine(Engine):
                         first_half, lambda: self._train_half(model, second_plan, x[h:], y[h:], n))
         halves = types.SimpleNamespace(worker=worker, deferred=deferred, n=n)
         return (loss_0 + loss_1) / n, np.concatenate([probs_0, probs_1]), halves
+
+    def _train_in_synced_halves(self, model, x, y):
+        """_train_in_halves for a model whose halves must meet (`_halves_meet`), in threads.
+
+        Random layers first draw their numbers for the whole batch, in the layers' order, as
+        one pass would (RandomLayerOp.drawn: each half its rows). Then forward runs in
+        stretches that end at a BatchNormalization: the two halves run a stretch side by
+        side, each ends with its sums (BatchNormOp.batch_sums), this thread works out the
+        batch's statistics from both, and the next stretch starts by normalising with them.
+        Backward likewise, from the loss down, meeting at each BatchNormalization to add up
+        its sums of dL/dz. Returns what _train_in_halves returns.
+        """
+        n, h = len(x), parallel.first_half_size(len(x))
+        plans = self.plans(model)
+        for ops in zip(*plans):
+            if isinstance(ops[0], RandomLayerOp):
+                drawn = ops[0].layer.draw(n)
+                ops[0].drawn, ops[1].drawn = tuple(a[:h] for a in drawn), tuple(a[h:] for a in drawn)
+        try:
+            meets = [i for i, op in enumerate(plans[0]) if isinstance(op, BatchNormOp)]
+            probs = self._synced_forward(plans, [x[:h], x[h:]], meets)
+            losses, grads = [], []
+            for plan, probs_half, y_half in zip(plans, probs, (y[:h], y[h:])):
+                loss, grad = self._loss_and_grad(model, y_half, probs_half, plan[-1])
+                grad *= grad.dtype.type(len(y_half) / n)      # d(mean over N)/dz = d(mean over rows)/dz * rows/N
+                losses.append(loss * len(y_half))
+                grads.append(grad)
+            self._synced_backward(plans, grads, meets)
+        finally:
+            for op in plans[0] + plans[1]:
+                if isinstance(op, RandomLayerOp):
+                    op.drawn = None
+        halves = types.SimpleNamespace(worker=None, deferred={}, n=n)
+        return sum(losses) / n, np.concatenate(probs), halves
+
+    def _synced_forward(self, plans, halves, meets):
+        """The two halves' outputs, meeting at each BatchNormOp (indexes `meets`)."""
+        start, statistics = 0, None
+        for stop in meets + [len(plans[0])]:
+            def stretch(k, start=start, stop=stop, statistics=statistics):
+                plan, x = plans[k], halves[k]
+                if statistics is not None:                 # the stretch starts at a BatchNormOp
+                    x = plan[start].normalize(*statistics)
+                    start += 1
+                for op in plan[start:stop]:
+                    x = op.forward(x, training=True)
+                return plan[stop].batch_sums(x) if stop < len(plan) else x
+            results = self._run_both(lambda: stretch(0), lambda: stretch(1))
+            if stop == len(plans[0]):
+                return list(results)
+            statistics = plans[0][stop].statistics(results)        # (also moves the moving statistics, once)
+            start = stop
+
+    def _synced_backward(self, plans, grads, meets):
+        """Backward of both halves from dL/dz of the output, meeting at each BatchNormOp."""
+        top, means = len(plans[0]), None
+        for bottom in reversed([-1] + meets):
+            def stretch(k, top=top, bottom=bottom, means=means):
+                plan, grad = plans[k], grads[k]
+                if means is not None:                      # the stretch starts at a BatchNormOp
+                    grad = plan[top].backward_input(means)
+                for i in range(top - 1, bottom, -1):
+                    op = plan[i]
+                    last = i == len(plan) - 1 and op.outputs_softmax
+                    grad = op.backward_from_logits(grad) if last else op.backward(grad)
+                return plan[bottom].backward_sums(grad) if bottom >= 0 else None
+            results = self._run_both(lambda: stretch(0), lambda: stretch(1))
+            if bottom >= 0:
+                means = plans[0][bottom].backward_totals(results)
+                top = bottom
 
     def _train_half(self, model, plan, x, y, n):
         """Forward and backward of (x, y), part of a batch of n rows, through `plan`:
@@ -419,7 +501,7 @@ class FastEngine(Engine):
         loaded the kernels' machine code, and the worker shares it instead of loading its own.
         """
         if (self._worker_run is not None or not parallel.can_fork() or batches < parallel.MIN_PROCESS_BATCHES
-                or not self._in_halves(model, batch_size)):
+                or not self._in_halves(model, batch_size) or self._halves_meet(model)):
             yield
             return
         with _shared_model_arrays(model):

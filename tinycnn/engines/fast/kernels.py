@@ -996,6 +996,98 @@ def column_sums_numpy(a):
 
 
 # ---------------------------------------------------------------------------
+# Batch normalisation (layers.BatchNormalization), optionally with the ReLU after it
+# ---------------------------------------------------------------------------
+# rows (M, C): one channel per column. The statistics are sums in float64, so two halves
+# of a batch can add theirs up (ops.BatchNormOp); relu=True folds a ReLU layer in.
+@_jit()
+def channel_sums(rows):
+    """rows (M, C) -> (sum (C,), sum of squares (C,)), both float64."""
+    m, c = rows.shape
+    total, squares = np.zeros(c), np.zeros(c)
+    for r in range(m):
+        for k in range(c):
+            v = np.float64(rows[r, k])
+            total[k] += v
+            squares[k] += v * v
+    return total, squares
+
+
+def channel_sums_numpy(rows):
+    """NumPy twin of `channel_sums`."""
+    wide = rows.astype(np.float64)
+    return wide.sum(axis=0), (wide * wide).sum(axis=0)
+
+
+@_jit()
+def batchnorm_forward(rows, mean, inv_std, gamma, beta, relu):
+    """y = (x - mean) * inv_std * gamma + beta per channel, then max(y, 0) if relu.
+
+    rows (M, C); mean, inv_std, gamma, beta (C,) of rows' dtype. The textbook's order of
+    operations: x_hat = (x - mean) * inv_std, then x_hat * gamma + beta. Returns y (M, C)."""
+    m, c = rows.shape
+    y = np.empty_like(rows)
+    for r in range(m):
+        for k in range(c):
+            v = (rows[r, k] - mean[k]) * inv_std[k] * gamma[k] + beta[k]
+            y[r, k] = v if not (relu and v <= 0) else 0
+    return y
+
+
+def batchnorm_forward_numpy(rows, mean, inv_std, gamma, beta, relu):
+    """NumPy twin of `batchnorm_forward`."""
+    y = (rows - mean) * inv_std * gamma + beta
+    return np.maximum(y, 0) if relu else y
+
+
+@_jit()
+def batchnorm_backward_sums(dy, y, rows, mean, inv_std, relu):
+    """(sum of dz (C,), sum of dz * x_hat (C,)) in float64; dz = dy, or dy where y > 0 if relu.
+
+    dy, y, rows (M, C); mean, inv_std (C,). dL/dbeta and dL/dgamma, and what dL/dx needs."""
+    m, c = rows.shape
+    dz_sum, dz_x_hat_sum = np.zeros(c), np.zeros(c)
+    for r in range(m):
+        for k in range(c):
+            if relu and not y[r, k] > 0:
+                continue
+            dz = np.float64(dy[r, k])
+            dz_sum[k] += dz
+            dz_x_hat_sum[k] += dz * ((rows[r, k] - mean[k]) * inv_std[k])
+    return dz_sum, dz_x_hat_sum
+
+
+def batchnorm_backward_sums_numpy(dy, y, rows, mean, inv_std, relu):
+    """NumPy twin of `batchnorm_backward_sums`."""
+    dz = np.where(y > 0, dy, 0) if relu else dy
+    x_hat = (rows - mean) * inv_std
+    return dz.sum(axis=0, dtype=np.float64), (dz.astype(np.float64) * x_hat).sum(axis=0)
+
+
+@_jit()
+def batchnorm_backward(dy, y, rows, mean, inv_std, gamma_s, dz_mean, dz_x_hat_mean, relu):
+    """dL/dx = gamma * s * (dz - mean(dz) - x_hat * mean(dz * x_hat)) per channel (M, C).
+
+    dz = dy (or dy where y > 0 if relu); gamma_s = gamma * inv_std, and the two means
+    (over the whole batch) are (C,) of rows' dtype. After an inference forward, pass
+    zeros for the means: dL/dx = gamma * s * dz."""
+    m, c = rows.shape
+    dx = np.empty_like(rows)
+    for r in range(m):
+        for k in range(c):
+            dz = dy[r, k] if not (relu and not y[r, k] > 0) else 0
+            x_hat = (rows[r, k] - mean[k]) * inv_std[k]
+            dx[r, k] = gamma_s[k] * (dz - dz_mean[k] - x_hat * dz_x_hat_mean[k])
+    return dx
+
+
+def batchnorm_backward_numpy(dy, y, rows, mean, inv_std, gamma_s, dz_mean, dz_x_hat_mean, relu):
+    """NumPy twin of `batchnorm_backward`."""
+    dz = np.where(y > 0, dy, 0).astype(dy.dtype) if relu else dy
+    return gamma_s * (dz - dz_mean - (rows - mean) * inv_std * dz_x_hat_mean)
+
+
+# ---------------------------------------------------------------------------
 # Fused bias + ReLU, and ReLU's backward
 # ---------------------------------------------------------------------------
 @_jit()

@@ -18,7 +18,7 @@ import copy
 import numpy as np
 
 from tinycnn.engines.fast import kernels
-from tinycnn.layers import Activation, Conv2D, Dense, Flatten, MaxPooling2D
+from tinycnn.layers import Activation, BatchNormalization, Conv2D, Dense, Flatten, MaxPooling2D
 
 
 class Op:
@@ -299,6 +299,109 @@ class ActivationOp(Op):
         return np.array(grad_logits) if self.layer.need_input_grad else None
 
 
+class BatchNormOp(Op):
+    """BatchNormalization through kernels.batchnorm_*, with a ReLU layer right after it folded
+    in (relu=True: then the op runs both layers, and dL/dy of the BN's output is never written).
+
+    In training a channel's statistics are the WHOLE batch's. One pass over a batch runs
+    forward(x, True) and backward(dy) as the layer does. A step in two halves runs each in
+    two stages, and the engine adds up the halves' sums between them (FastEngine._train_in_synced_halves):
+        forward:  sums = batch_sums(x) in each half -> mean, inv_std = statistics(sums of both)
+                  -> y = normalize(mean, inv_std) in each half
+        backward: sums = backward_sums(dy) in each half (and this half's dL/dgamma, dL/dbeta)
+                  -> dx = backward_input(backward_totals(sums of both)) in each half
+    The sums are float64, so the result does not depend on how the batch was cut, up to rounding.
+    """
+
+    def __init__(self, layer, grads, relu=False):
+        super().__init__(layer, grads)
+        self.relu, self.layers = relu, 2 if relu else 1
+        channels, dtype = layer.input_shape[-1], np.dtype(layer.dtype)
+        self._ones, self._zeros = np.ones(channels, dtype), np.zeros(channels, dtype)
+
+    def _gamma_beta(self):
+        layer = self.layer
+        return (layer.gamma if layer.scale else self._ones), (layer.beta if layer.center else self._zeros)
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, x, training=False):
+        """x (N, ..., C) -> y (N, ..., C): both stages on this batch alone."""
+        if not training:
+            layer = self.layer
+            self.rows_shape, self.batch_statistics = x.shape, False
+            self.rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+            inv_std = 1 / np.sqrt(layer.moving_variance + self.rows.dtype.type(layer.epsilon))
+            return self.normalize(layer.moving_mean, inv_std, batch_statistics=False)
+        return self.normalize(*self.statistics([self.batch_sums(x)]))
+
+    def batch_sums(self, x):
+        """Stage 1: x (N, ..., C) -> (rows M, sum (C,), sum of squares (C,)) of this part of the batch; caches x."""
+        self.rows_shape = x.shape
+        self.rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])          # (M, C)
+        return (len(self.rows),) + kernels.channel_sums(self.rows)
+
+    def statistics(self, sums):
+        """The batch's (mean, inv_std) (C,) from every part's batch_sums; moves the layer's
+        moving statistics toward them (once per batch: call it on one op only)."""
+        layer, dtype = self.layer, np.dtype(self.layer.dtype).type
+        m = sum(part[0] for part in sums)
+        mean64 = sum(part[1] for part in sums) / m
+        variance64 = np.maximum(sum(part[2] for part in sums) / m - mean64 * mean64, 0)   # biased: / M
+        mean, variance = mean64.astype(dtype), variance64.astype(dtype)
+        keep = layer.momentum                               # moving = moving * momentum + batch * (1 - momentum)
+        layer.moving_mean[...] = layer.moving_mean * keep + mean * (1 - keep)
+        layer.moving_variance[...] = layer.moving_variance * keep + variance * (1 - keep)
+        return mean, 1 / np.sqrt(variance + dtype(layer.epsilon))
+
+    def normalize(self, mean, inv_std, batch_statistics=True):
+        """Stage 2: the cached x -> y = gamma * (x - mean) * inv_std + beta (then ReLU)."""
+        self.mean, self.inv_std, self.batch_statistics = mean, inv_std, batch_statistics
+        gamma, beta = self._gamma_beta()
+        self.y = kernels.batchnorm_forward(self.rows, mean, inv_std, gamma, beta, self.relu)
+        return self.y.reshape(self.rows_shape)
+
+    # -- backward -----------------------------------------------------------------------------
+    def backward(self, grad_out):
+        """dL/dy (N, ..., C) -> dL/dx (N, ..., C): both stages on this batch alone."""
+        sums = self.backward_sums(grad_out)
+        return self.backward_input(self.backward_totals([sums]) if self.batch_statistics else None)
+
+    def backward_sums(self, grad_out):
+        """Stage 1: this part's (rows, sum dz, sum dz * x_hat); fills its dL/dgamma, dL/dbeta."""
+        self.dy = np.ascontiguousarray(grad_out, dtype=self.y.dtype).reshape(self.y.shape)
+        dz_sum, dz_x_hat_sum = kernels.batchnorm_backward_sums(self.dy, self.y, self.rows, self.mean,
+                                                                self.inv_std, self.relu)
+        layer, dtype = self.layer, self.y.dtype
+        if layer.scale:
+            self.grads[0][...] = dz_x_hat_sum.astype(dtype)      # dL/dgamma = sum(dz * x_hat)
+        if layer.center:
+            self.grads[-1][...] = dz_sum.astype(dtype)           # dL/dbeta = sum(dz)
+        return len(self.rows), dz_sum, dz_x_hat_sum
+
+    def backward_totals(self, sums):
+        """(mean dz, mean dz * x_hat) (C,) over the whole batch, from every part's backward_sums."""
+        m, dtype = sum(part[0] for part in sums), self.y.dtype
+        return (sum(part[1] for part in sums) / m).astype(dtype), (sum(part[2] for part in sums) / m).astype(dtype)
+
+    def backward_input(self, means):
+        """Stage 2: dL/dx (N, ..., C) = gamma * s * (dz - mean(dz) - x_hat * mean(dz * x_hat)),
+        `means` from backward_totals; None after an inference forward (mean and var were constants)."""
+        if not self.layer.need_input_grad:
+            return None
+        if means is None:
+            means = (self._zeros, self._zeros)
+        gamma_s = self._gamma_beta()[0] * self.inv_std
+        dx = kernels.batchnorm_backward(self.dy, self.y, self.rows, self.mean, self.inv_std, gamma_s,
+                                        *means, self.relu)
+        return dx.reshape(self.rows_shape)
+
+
+def fuses_with_relu(batchnorm, after):
+    """True for a BatchNormalization followed by a plain ReLU (a ReLU or Activation("relu") layer)."""
+    return (isinstance(batchnorm, BatchNormalization) and type(batchnorm).forward is BatchNormalization.forward
+            and isinstance(after, Activation) and type(after).forward is Activation.forward and after.activation.name == "relu")
+
+
 class LayerOp(Op):
     """Any other layer: its own textbook passes. For a second half, on a shallow copy of the
     layer (the same weights, its own caches and `grads`)."""
@@ -319,13 +422,26 @@ class LayerOp(Op):
         return self.layer.backward_from_logits(grad_logits)
 
 
+class RandomLayerOp(LayerOp):
+    """A layer that draws random numbers in training (Dropout, the augmentation layers): its own
+    textbook passes, on random numbers drawn for the whole batch. For a step in two halves the
+    engine sets `drawn` to this half's rows of layer.draw(batch size), drawn once, in the
+    layers' order, as one pass over the batch would draw them; with drawn None the layer draws."""
+    drawn = None
+
+    def forward(self, x, training=False):
+        if not training or self.drawn is None:
+            return super().forward(x, training)
+        return self.layer.apply(self.layer._check_input(x), self.drawn)
+
+
 _OPS = {Conv2D: ConvOp, MaxPooling2D: PoolOp, Flatten: FlattenOp, Dense: DenseOp}
 
 
 def make_plan(layers, grads):
     """The ops that run `layers` (built), with each layer's gradients in grads[i] (a list
     like layers[i].grads). A Conv2D(relu) -> MaxPooling2D(2) pair, unless it ends the model,
-    becomes one ConvReluPoolOp."""
+    becomes one ConvReluPoolOp; a BatchNormalization -> ReLU pair one BatchNormOp."""
     plan, i = [], 0
     while i < len(layers):
         layer = layers[i]
@@ -333,7 +449,15 @@ def make_plan(layers, grads):
             plan.append(ConvReluPoolOp(layer, layers[i + 1], grads[i]))
             i += 2
             continue
-        if type(layer) in _OPS:
+        if i + 2 < len(layers) and fuses_with_relu(layer, layers[i + 1]):
+            plan.append(BatchNormOp(layer, grads[i], relu=True))
+            i += 2
+            continue
+        if isinstance(layer, BatchNormalization) and type(layer).forward is BatchNormalization.forward:
+            plan.append(BatchNormOp(layer, grads[i]))
+        elif getattr(layer, "draws_random_numbers", False):
+            plan.append(RandomLayerOp(layer, grads[i]))
+        elif type(layer) in _OPS:
             plan.append(_OPS[type(layer)](layer, grads[i]))
         elif isinstance(layer, Activation) and type(layer).forward is Activation.forward:
             plan.append(ActivationOp(layer, grads[i]))
