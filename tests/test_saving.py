@@ -515,10 +515,12 @@ def test_sizes_are_checked_before_any_memory_is_spent(saved, tmp_path, kind, wor
 
 def every_layer_model():
     """A built model with every layer class tinycnn has, with and without biases (and a
-    BatchNormalization with each of gamma and beta left out)."""
+    BatchNormalization with each of gamma and beta left out), and the augmentation layers first."""
     from tinycnn import layers
     model = Sequential([
-        layers.Conv2D(4, (3, 2), strides=(2, 1), padding="same", use_bias=False, input_shape=(9, 8, 3)),
+        layers.RandomFlip(input_shape=(9, 8, 3)), layers.RandomTranslation(0.2, (-0.3, 0.1), fill_mode="nearest"),
+        layers.RandomErasing(0.7, value="random"),
+        layers.Conv2D(4, (3, 2), strides=(2, 1), padding="same", use_bias=False),
         layers.BatchNormalization(center=False), layers.ReLU(), layers.AveragePooling2D(2, 1, "same"),
         layers.Conv2D(5, 2, activation="relu"), layers.BatchNormalization(), layers.MaxPooling2D(2, strides=1),
         layers.Dropout(0.25), layers.GlobalAveragePooling2D(keepdims=True), layers.Flatten(),

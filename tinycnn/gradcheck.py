@@ -109,14 +109,17 @@ def float64_copy(layer, input_shape):
     return twin
 
 
-def _replayer():
-    """A function that puts tinycnn's random-number generator back to its state now, so each
-    forward pass after it draws the same numbers (the same Dropout masks)."""
-    rng = utils.get_rng()
-    state = rng.bit_generator.state
+def _replayer(nets=()):
+    """A function that puts tinycnn's random-number generator, and the own generators of the
+    layers in `nets` given a seed=..., back to their states now, so each forward pass after it
+    draws the same numbers (the same Dropout masks)."""
+    generators = [utils.get_rng()] + [net.rng for net in nets
+                                  if getattr(net, "draws_random_numbers", False) and net.seed is not None]
+    states = [rng.bit_generator.state for rng in generators]
 
     def replay():
-        rng.bit_generator.state = state
+        for rng, state in zip(generators, states):
+            rng.bit_generator.state = state
     return replay
 
 
@@ -130,7 +133,7 @@ def check_layer(layer, x, eps=1e-6, seed=0, check_input=True):
     net = float64_copy(layer, x.shape[1:])
     upstream = np.random.default_rng(seed).standard_normal((x.shape[0],) + net.output_shape)
 
-    replay_random_numbers = _replayer()
+    replay_random_numbers = _replayer([net])
 
     def loss(_):
         replay_random_numbers()
@@ -168,7 +171,7 @@ def check_model(model_or_layers, x, y_true, loss=None, eps=1e-6, check_input=Tru
         nets.append(float64_copy(layer, shape))
         shape = nets[-1].output_shape
 
-    replay_random_numbers = _replayer()
+    replay_random_numbers = _replayer(nets)
 
     def forward_loss(_=None):
         replay_random_numbers()

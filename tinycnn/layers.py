@@ -120,6 +120,7 @@ def _window_geometry(input_shape, window, strides, padding):
 # ---------------------------------------------------------------------------
 class Layer:
     """Base class: naming, shape checks, weights in and out, config. Subclasses add the maths."""
+    draws_random_numbers = False      # True on the layers that draw random numbers in training
 
     def __init__(self, input_shape=None, name=None, dtype=None):
         cls = type(self).__name__
@@ -836,41 +837,120 @@ class BatchNormalization(Layer):
 
 
 # ---------------------------------------------------------------------------
-# Dropout
+# Layers that draw random numbers in training: Dropout (and tinycnn/augmentation.py's)
 # ---------------------------------------------------------------------------
-class Dropout(Layer):
+class _RandomLayer(Layer):
+    """Shared by the layers that draw random numbers in training: Dropout here, RandomFlip,
+    RandomTranslation and RandomErasing in tinycnn/augmentation.py.
+
+    A batch's random numbers are drawn for the whole batch first, then applied to any of its
+    rows, so a batch cut into two halves run side by side (the fast engine) meets the same
+    numbers as the whole batch:
+
+        drawn = layer.draw(n)         a tuple of arrays, each with leading axis n (a built layer)
+        y = layer.apply(x, drawn)     x (rows, ...), drawn sliced to the same rows:
+                                      tuple(a[start:stop] for a in drawn); caches self._drawn
+        forward(x, training=True)  is apply(x, draw(len(x)));  forward(x) at inference is x itself
+        backward(dy)               the gradient of the last apply (dy itself after an inference forward)
+
+    draw takes its numbers, in a fixed order, from tinycnn.utils.get_rng() (seeded by
+    set_random_seed), or from the layer's own np.random.default_rng(seed) when it was given
+    seed=... (Keras's seed argument). Subclasses write draw, apply and _backward_drawn.
+    """
+    draws_random_numbers = True
+
+    def __init__(self, seed=None, input_shape=None, name=None, dtype=None):
+        super().__init__(input_shape, name, dtype)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f"{self.name}: seed must be None or a non-negative integer, got {seed!r}")
+        self.seed = None if seed is None else int(seed)
+        self._own_rng = None if seed is None else np.random.default_rng(self.seed)
+        self._drawn = None                       # the last apply's draws; None: the identity
+
+    @property
+    def rng(self):
+        """The Generator draw takes its numbers from: the layer's own (seed=...) or tinycnn's."""
+        return utils.get_rng() if self._own_rng is None else self._own_rng
+
+    def draw(self, n):
+        """The random numbers for n samples: a tuple of arrays, each with leading axis n."""
+        raise NotImplementedError
+
+    def apply(self, x, drawn):
+        """x (rows, ...) -> y with the draws `drawn` (each with leading axis rows)."""
+        raise NotImplementedError
+
+    def _backward_drawn(self, grad_out, drawn):
+        """dL/dy (rows, ...) -> dL/dx through the transform that `drawn` made."""
+        raise NotImplementedError
+
+    def forward(self, x, training=False):
+        """x (N, ...) -> y: apply(x, draw(N)) in training; x itself at inference (nothing drawn)."""
+        x = self._check_input(x)
+        if not training:
+            self._drawn = None
+            return x
+        return self.apply(x, self.draw(len(x)))
+
+    def _start_apply(self, x, drawn):
+        """For apply: x checked, and `drawn` checked to hold one draw per row of x and cached."""
+        x = self._check_input(x)
+        drawn = tuple(drawn)
+        if any(len(a) != len(x) for a in drawn):
+            raise ValueError(f"{self.name}: apply got draws for {[len(a) for a in drawn]} samples but x has "
+                             f"{len(x)} rows; slice the draws to x's rows: tuple(a[start:stop] for a in drawn)")
+        self._drawn = drawn
+        return x, drawn
+
+    def backward(self, grad_out):
+        """dL/dy -> dL/dx through the last apply (a copy of dL/dy after an inference forward)."""
+        if not self.need_input_grad:
+            return None
+        grad_out = self._check_grad(grad_out)
+        return grad_out.copy() if self._drawn is None else self._backward_drawn(grad_out, self._drawn)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(seed=self.seed)
+        return config
+
+
+class Dropout(_RandomLayer):
     """Inverted dropout: in training, each value is dropped (set to 0) with probability `rate`
     and the kept ones are scaled by 1 / (1 - rate), so each output's expected value is its
     input; at inference (training=False) the layer passes x through unchanged.
 
     x (N, ...) -> y, the same shape:
-        keep = uniform[0, 1) >= rate           one draw per value, from tinycnn.utils.get_rng()
+        keep = uniform[0, 1) >= rate           one draw per value
         y = x * keep / (1 - rate)
     Backward through the same mask: dL/dx = dL/dy * keep / (1 - rate) (dL/dy at inference).
-    With rate 0 nothing is dropped and no random number is drawn.
+    draw(n) -> (keep (n, ...) bool,); with rate 0 nothing is dropped and no random number is drawn.
     """
 
-    def __init__(self, rate, input_shape=None, name=None, dtype=None):
-        super().__init__(input_shape, name, dtype)
+    def __init__(self, rate, seed=None, input_shape=None, name=None, dtype=None):
+        super().__init__(seed, input_shape, name, dtype)
         self.rate = _number_in(rate, 0, 1, "rate", "[0, 1) (the fraction of values to drop)", self.name,
                                include_high=False)
 
-    def forward(self, x, training=False):
-        """x (N, ...) -> y (N, ...); in training caches the scaled mask keep / (1 - rate) (N, ...)."""
-        x = self._check_input(x)
-        if not training or self.rate == 0:
-            self._scaled_mask = None
-            return x
-        keep = utils.get_rng().random(x.shape) >= self.rate               # (N, ...): True where kept
-        self._scaled_mask = keep * x.dtype.type(1 / (1 - self.rate))        # 0 or 1 / (1 - rate)
-        return x * self._scaled_mask
+    def draw(self, n):
+        """(keep (n, *input_shape) bool,): True where a value is kept."""
+        shape = (n,) + self.input_shape
+        if self.rate == 0:
+            return (np.ones(shape, dtype=bool),)
+        return (self.rng.random(shape) >= self.rate,)
 
-    def backward(self, grad_out):
-        """dL/dy (N, ...) -> dL/dx (N, ...) = dL/dy * the forward's scaled mask."""
-        if not self.need_input_grad:
-            return None
-        grad_out = self._check_grad(grad_out)
-        return grad_out.copy() if self._scaled_mask is None else grad_out * self._scaled_mask
+    def apply(self, x, drawn):
+        """x (rows, ...) -> y = x * keep / (1 - rate)."""
+        x, (keep,) = self._start_apply(x, drawn)
+        return x * self._scaled_mask(keep, x.dtype)
+
+    def _scaled_mask(self, keep, dtype):
+        return keep * np.dtype(dtype).type(1 / (1 - self.rate))        # 0 or 1 / (1 - rate)
+
+    def _backward_drawn(self, grad_out, drawn):
+        """dL/dx = dL/dy * keep / (1 - rate)."""
+        (keep,) = drawn
+        return grad_out * self._scaled_mask(keep, grad_out.dtype)
 
     def get_config(self):
         config = super().get_config()
@@ -938,6 +1018,24 @@ class Softmax(Activation):
         return config
 
 
-LAYER_CLASSES = {cls.__name__: cls for cls in
-                 (Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, Flatten, Dense,
-                  BatchNormalization, Dropout, Activation, ReLU, Softmax)}
+_CORE_LAYERS = (Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, Flatten, Dense,
+                BatchNormalization, Dropout, Activation, ReLU, Softmax)
+_AUGMENTATION_NAMES = ("RandomFlip", "RandomTranslation", "RandomErasing")
+
+
+def __getattr__(name):
+    """LAYER_CLASSES (every layer class by name, for saving and loading) and the augmentation
+    layers, RandomFlip, RandomTranslation and RandomErasing, which live in tinycnn/augmentation.py.
+    That module subclasses Layer, so it imports this one; looking it up here on first use
+    (PEP 562) lets either module be imported first."""
+    if name != "LAYER_CLASSES" and name not in _AUGMENTATION_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from tinycnn import augmentation
+    found = {cls.__name__: cls for cls in (augmentation.RandomFlip, augmentation.RandomTranslation,
+                                           augmentation.RandomErasing)}
+    globals().update(found, LAYER_CLASSES={**{cls.__name__: cls for cls in _CORE_LAYERS}, **found})
+    return globals()[name]
+
+
+def __dir__():
+    return sorted(list(globals()) + ["LAYER_CLASSES", *_AUGMENTATION_NAMES])
