@@ -288,8 +288,8 @@ def test_a_layer_the_fast_engine_does_not_know_keeps_its_batch_whole(monkeypatch
 
 
 def test_a_model_with_batch_norm_dropout_and_average_pooling_trains_alike_on_both_engines():
-    # The fast engine runs these layers' own passes (LayerOp), each batch whole: the same batch
-    # statistics and the same Dropout masks, drawn in the same order, as the reference engine.
+    # The fast engine runs the pooling layers' own passes (LayerOp), so each batch whole: the
+    # same batch statistics and the same Dropout masks, drawn in the same order, as the reference engine.
     # (A bias straight before a BatchNormalization gets a gradient of exactly 0 in theory, and
     # rounding noise in practice, which two engines need not share: that Conv2D has none.)
     # In float64, so that the comparison is of the maths: in float32 the engines' rounding
@@ -341,3 +341,32 @@ def test_batch_norm_in_two_halves_that_meet_trains_as_the_reference(monkeypatch)
         utils.set_num_threads(None)
     steps = 5 * 4
     assert len(meetings) >= steps * (4 + 4)      # per step: 3 meetings forward, 3 backward, 2 at the ends, + the update
+
+
+def test_random_layers_in_two_halves_draw_what_one_pass_draws(monkeypatch):
+    # Augmentation and Dropout draw for the whole batch before the halves start, in the layers'
+    # order, so the fast engine's halves see the reference engine's numbers (float64, as above).
+    from tinycnn.engines.fast import parallel
+    monkeypatch.setattr(parallel, "MIN_MULTIPLY_ADDS", 0)
+    meetings = []
+    run_both = parallel.run_both
+    monkeypatch.setattr(parallel, "run_both", lambda a, b: meetings.append(1) or run_both(a, b))
+
+    def make():
+        model = Sequential([
+            L.RandomFlip("horizontal", input_shape=(10, 10, 1)), L.RandomTranslation(0.2, 0.2),
+            L.RandomErasing(probability=0.6, value="random"),
+            L.Conv2D(6, 3, padding="same", use_bias=False), L.BatchNormalization(), L.ReLU(), L.MaxPooling2D(2),
+            L.Dropout(0.3), L.Conv2D(5, 3, activation="relu"), L.Flatten(), L.Dropout(0.2),
+            L.Dense(3, activation="softmax")])
+        model.compile(Adam(0.01), "sparse_categorical_crossentropy")
+        return model
+
+    utils.set_floatx("float64")
+    utils.set_num_threads(2)
+    try:
+        assert_engines_agree(make, n=45, batch_size=9, epochs=4, weights_tol=1e-9)
+    finally:
+        utils.set_floatx("float32")
+        utils.set_num_threads(None)
+    assert len(meetings) >= 4 * 5 * 4
