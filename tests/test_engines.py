@@ -11,7 +11,9 @@ import pytest
 from helpers import rel_error
 from tinycnn import engines, layers as L, utils, zoo
 from tinycnn.models import Sequential, load_model
-from tinycnn.optimizers import SGD, Adam
+from tinycnn.losses import CategoricalCrossentropy
+from tinycnn.optimizers import SGD, Adam, AdamW
+from tinycnn.schedules import CosineDecay, OneCycle
 
 
 def twins(make_model):
@@ -370,3 +372,23 @@ def test_random_layers_in_two_halves_draw_what_one_pass_draws(monkeypatch):
         utils.set_floatx("float32")
         utils.set_num_threads(None)
     assert len(meetings) >= 4 * 5 * 4
+
+
+@pytest.mark.parametrize("dtype, make_optimizer", [
+    ("float64", lambda: SGD(CosineDecay(0.01, 20, alpha=0.1, warmup_target=0.05, warmup_steps=4),
+                            momentum=0.9, weight_decay=0.01)),
+    ("float64", lambda: AdamW(OneCycle(0.01, 24), weight_decay=0.05)),
+    ("float32", lambda: AdamW(CosineDecay(0.001, 20, warmup_target=0.01, warmup_steps=4), weight_decay=0.05)),
+    ("float32", lambda: SGD(0.05, weight_decay=0.01)),
+])
+def test_weight_decay_schedules_and_label_smoothing_train_alike_on_both_engines(dtype, make_optimizer):
+    def make():
+        model = Sequential([L.Conv2D(6, 3, activation="relu", input_shape=(10, 10, 2), dtype=dtype),
+                            L.MaxPooling2D(2, dtype=dtype), L.Flatten(dtype=dtype),
+                            L.Dense(8, activation="relu", dtype=dtype), L.Dense(3, activation="softmax", dtype=dtype)])
+        optimizer = make_optimizer()
+        optimizer.exclude_from_weight_decay(var_names=["bias"])
+        model.compile(optimizer, CategoricalCrossentropy(label_smoothing=0.1))
+        return model
+    tight = dtype == "float64"
+    assert_engines_agree(make, n=48, batch_size=8, epochs=4, weights_tol=1e-10 if tight else 1e-4)

@@ -118,3 +118,68 @@ def test_bad_targets_raise_clear_errors():
         CCE.from_logits(np.array([0, 1, 2, 0]), z)
     with pytest.raises(ValueError, match=r"\(batch, classes\)"):
         CCE.from_logits(np.zeros(3), np.zeros(3))
+
+
+# ---------------------------------------------------------------------------
+# Label smoothing (Keras 3: y * (1 - ls) + ls / C, categorical only)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_label_smoothing_value_and_gradient_from_logits(dtype):
+    rng = np.random.default_rng(4)
+    z = rng.standard_normal((6, 5)).astype(dtype)
+    y = one_hot(rng.integers(0, 5, 6), 5, dtype)
+    smooth = losses.CategoricalCrossentropy(label_smoothing=0.1)
+    t = y * dtype(0.9) + dtype(0.1) / dtype(5)
+    p = softmax(z.astype(np.float64))
+    loss, grad = smooth.from_logits(y, z)
+    assert loss == pytest.approx(-(t * np.log(p)).sum(axis=1).mean(), rel=1e-6 if dtype == np.float32 else 1e-13)
+    assert grad.dtype == dtype
+    assert rel_error(grad, (p - t) / 6) < (1e-6 if dtype == np.float32 else 1e-14)
+    plain = losses.CategoricalCrossentropy()
+    assert smooth.from_logits(y, z)[0] > plain.from_logits(y, z)[0] - 1     # (different, and finite)
+    assert plain.from_logits(t, z)[0] == loss                               # the same as pre-smoothed targets
+
+
+def test_label_smoothing_gradients_are_derivatives_of_the_loss_in_float64():
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((4, 3))
+    y = one_hot(np.array([2, 0, 1, 1]), 3)
+    smooth = losses.CategoricalCrossentropy(label_smoothing=0.3)
+    _, grad = smooth.from_logits(y, z)
+    numeric = gradcheck.numerical_gradient(lambda zz: smooth.from_logits(y, zz)[0], z.copy())
+    assert rel_error(grad, numeric) < 1e-8
+    probs = softmax(z)
+    _, grad = smooth.from_probs(y, probs)
+    numeric = gradcheck.numerical_gradient(lambda pp: smooth.from_probs(y, pp)[0], probs.copy(), eps=1e-7)
+    assert rel_error(grad, numeric) < 1e-6
+
+
+def test_label_smoothing_through_a_whole_model_passes_the_gradient_check():
+    from tinycnn import layers as L, models
+    model = models.Sequential([L.Flatten(input_shape=(2, 3)), L.Dense(4, activation="relu"),
+                               L.Dense(3, activation="softmax")])
+    model.compile(optimizer="sgd", loss=losses.CategoricalCrossentropy(label_smoothing=0.2))
+    x = np.random.default_rng(6).standard_normal((3, 2, 3))
+    report = gradcheck.check_model(model, x, one_hot(np.array([0, 2, 1]), 3))
+    assert report.max_error < 1e-6, str(report)
+
+
+def test_label_smoothing_arguments_configs_and_the_sparse_loss():
+    assert losses.get("categorical_crossentropy").label_smoothing == 0.0
+    smooth = losses.get({"class_name": "CategoricalCrossentropy",
+                         "config": {"name": "categorical_crossentropy", "label_smoothing": 0.1}})
+    assert smooth.label_smoothing == 0.1 and smooth.get_config()["label_smoothing"] == 0.1
+    assert losses.get(smooth) is smooth
+    assert losses.CategoricalCrossentropy().get_config() == {"name": "categorical_crossentropy"}
+    with pytest.raises(ValueError, match=r"label_smoothing must be a number in \[0, 1\]"):
+        losses.CategoricalCrossentropy(label_smoothing=1.5)
+    with pytest.raises(TypeError):                            # as Keras 3: the sparse loss has no smoothing
+        losses.SparseCategoricalCrossentropy(label_smoothing=0.1)
+
+
+def test_a_model_saves_and_loads_its_label_smoothing(tmp_path):
+    from tinycnn import layers as L, models
+    model = models.Sequential([L.Dense(3, activation="softmax", input_shape=(2,))])
+    model.compile("sgd", losses.CategoricalCrossentropy(label_smoothing=0.25), engine="reference")
+    model.save(tmp_path / "m.npz")
+    assert models.load_model(tmp_path / "m.npz").loss.label_smoothing == 0.25

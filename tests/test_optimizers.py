@@ -147,3 +147,103 @@ def test_restored_state_takes_the_params_float_type():
     opt.apply_gradients([(np.ones(3, np.float32), w)])
     assert opt.iterations == 3 and all(s.dtype == np.float32 for s in opt.slots[0])
     assert w.dtype == np.float32 and np.all(w < 1)
+
+
+# ---------------------------------------------------------------------------
+# Weight decay (Keras 3's decoupled decay: w = w - w * wd * lr, then the rule) and AdamW
+# ---------------------------------------------------------------------------
+def sgd_with_decay_by_hand(w, grads, lr, momentum, wd, dtype):
+    f = np.dtype(dtype).type
+    w, v = w.astype(dtype), np.zeros_like(w, dtype=dtype)
+    for g in grads:
+        g = g.astype(dtype)
+        w = w - w * f(wd) * f(lr)
+        v = f(momentum) * v - g * f(lr)
+        w = w + v
+    return w
+
+
+def adam_with_decay_by_hand(w, grads, lr, wd, dtype, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+    f = np.dtype(dtype).type
+    w = w.astype(dtype)
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    for t, g in enumerate(grads, start=1):
+        g = g.astype(dtype)
+        w = w - w * f(wd) * f(lr)
+        alpha = f(lr) * np.sqrt(f(1) - f(beta_2) ** f(t)) / (f(1) - f(beta_1) ** f(t))
+        m = m + (g - m) * f(1 - beta_1)
+        v = v + (g * g - v) * f(1 - beta_2)
+        w = w - (m * alpha) / (np.sqrt(v) + f(epsilon))
+    return w
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sgd_weight_decay_steps_as_by_hand(problem, dtype):
+    w0, grads = problem
+    opt = O.SGD(0.05, momentum=0.9, weight_decay=0.1)
+    got = run_steps(opt, w0.astype(dtype), [g.astype(dtype) for g in grads])
+    np.testing.assert_array_equal(got, sgd_with_decay_by_hand(w0, grads, 0.05, 0.9, 0.1, dtype))
+    plain = run_steps(O.SGD(0.05, weight_decay=0.1), w0.astype(dtype), [g.astype(dtype) for g in grads])
+    expected = w0.astype(dtype)
+    for g in grads:
+        expected = expected - expected * dtype(0.1) * dtype(0.05)
+        expected = expected - g.astype(dtype) * dtype(0.05)
+    np.testing.assert_array_equal(plain, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adamw_and_adam_with_weight_decay_step_as_by_hand(problem, dtype):
+    w0, grads = problem
+    expected = adam_with_decay_by_hand(w0, grads, 0.01, 0.004, dtype)
+    for opt in (O.AdamW(0.01), O.Adam(0.01, weight_decay=0.004)):
+        got = run_steps(opt, w0.astype(dtype), [g.astype(dtype) for g in grads])
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_weight_decay_uses_the_scheduled_rate_of_the_step():
+    from tinycnn.schedules import PiecewiseConstantDecay
+    opt = O.SGD(PiecewiseConstantDecay([0], [0.1, 0.01]), weight_decay=0.5)
+    w = np.ones(2)
+    opt.apply_gradients([(np.zeros(2), w)])                     # step 0: lr 0.1
+    opt.apply_gradients([(np.zeros(2), w)])                     # step 1: lr 0.01
+    np.testing.assert_array_equal(w, (1 - 1 * 0.5 * 0.1) * (1 - 0.5 * 0.01))
+
+
+def test_adamw_needs_a_weight_decay_and_bad_values_are_refused():
+    with pytest.raises(ValueError, match="weight_decay=None"):
+        O.AdamW(weight_decay=None)
+    with pytest.raises(ValueError, match="weight_decay must be None or a non-negative number"):
+        O.SGD(weight_decay=-0.1)
+    assert O.get("adamw").weight_decay == 0.004
+    config = O.AdamW(0.002, weight_decay=0.01).get_config()
+    assert O.get(dict(config, class_name="AdamW")).get_config() == config
+    assert "weight_decay" not in O.Adam().get_config()          # unchanged configs without decay
+
+
+def test_exclude_from_weight_decay_by_layer_and_weight_name():
+    from tinycnn import layers as L
+    from tinycnn.models import Sequential
+    model = Sequential([L.Dense(3, input_shape=(2,), name="hidden"), L.BatchNormalization(name="norm"),
+                        L.Dense(2, activation="softmax", name="out")])
+    opt = O.SGD(0.1, weight_decay=0.5)
+    opt.exclude_from_weight_decay(var_names=["bias", "norm/gamma"])
+    model.compile(opt, "sparse_categorical_crossentropy", engine="reference")
+    assert model._trainable_weight_paths() == ["hidden/kernel", "hidden/bias", "norm/gamma", "norm/beta",
+                                               "out/kernel", "out/bias"]
+    before = [p.copy() for _, p in model.grads_and_params()]
+    opt.apply_gradients([(np.zeros_like(p), p) for _, p in model.grads_and_params()])
+    after = [p for _, p in model.grads_and_params()]
+    decayed = [not np.array_equal(a, b) or not b.any() for a, b in zip(after, before)]
+    assert opt._decay_mask == [True, False, False, True, True, False]
+    for a, b, decays in zip(after, before, opt._decay_mask):
+        np.testing.assert_array_equal(a, b - b * 0.5 * 0.1 if decays else b)
+    assert all(decayed[i] for i in (0, 4))
+    with pytest.raises(ValueError, match="before the optimizer is built"):
+        opt.exclude_from_weight_decay(var_names=["kernel"])
+    with pytest.raises(ValueError, match="var_list is not supported"):
+        O.SGD(weight_decay=0.1).exclude_from_weight_decay(var_list=[np.ones(2)])
+    lone = O.SGD(weight_decay=0.1)
+    lone.exclude_from_weight_decay(var_names=["bias"])
+    with pytest.raises(ValueError, match="needs the parameters' names"):
+        lone.apply_gradients([(np.ones(2), np.ones(2))])

@@ -14,7 +14,8 @@ from tinycnn.engines.fast import parallel
 from tinycnn.engines.fast.engine import Job
 from tinycnn.layers import Conv2D, Dense, Flatten, MaxPooling2D
 from tinycnn.models import Sequential
-from tinycnn.optimizers import SGD, Adam
+from tinycnn.optimizers import SGD, Adam, AdamW
+from tinycnn.schedules import CosineDecay, OneCycle
 
 
 class ThreadSetting:
@@ -630,7 +631,9 @@ def optimizer_cnn(optimizer):
 
 
 OPTIMIZERS = [lambda: SGD(0.05, momentum=0.9), lambda: SGD(0.05, momentum=0.9, nesterov=True),
-              lambda: SGD(0.05), lambda: Adam()]
+              lambda: SGD(0.05), lambda: Adam(),
+              lambda: SGD(CosineDecay(0.01, 6, warmup_target=0.05, warmup_steps=3), momentum=0.9, weight_decay=0.1),
+              lambda: AdamW(OneCycle(0.01, 6), weight_decay=0.1)]
 
 
 @pytest.mark.parametrize("make_optimizer", OPTIMIZERS)
@@ -680,7 +683,7 @@ def test_a_step_in_halves_leaves_the_batch_gradient_in_every_layer(threads, monk
 
 
 @needs_fork
-@pytest.mark.parametrize("make_optimizer", OPTIMIZERS[::3])
+@pytest.mark.parametrize("make_optimizer", OPTIMIZERS[:4:3] + OPTIMIZERS[4:])
 def test_the_worker_process_takes_its_part_of_the_optimizer_step(threads, monkeypatch, workers, make_optimizer):
     # The second part runs in the worker process on the shared gradients, weights, slots and
     # the Dense layers' rows: the same bits as with the worker thread.

@@ -22,7 +22,7 @@ _SUBMODULES = (
     "activations", "callbacks", "checks", "cli", "data", "datasets", "engines", "executors", "functional",
     "gradcheck", "im2col",
     "initializers", "layers", "losses", "model_selection", "models", "optimizers",
-    "plot", "saving", "utils", "zoo",
+    "plot", "saving", "schedules", "utils", "zoo",
 )
 
 # Names Keras has at its top level (tf.keras.Sequential), found in tinycnn.models.

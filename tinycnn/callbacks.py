@@ -587,6 +587,8 @@ class LearningRateScheduler(Callback):
 
     schedule(epoch, lr) -> new lr (epoch counts from 0; lr is the current rate). A schedule
     taking only `epoch` works too. The rate used is recorded in the logs as "learning_rate".
+    For an optimizer whose learning rate is already a tinycnn.schedules schedule (per step)
+    this raises TypeError at the first epoch, as Keras's does (its rate cannot be set).
     """
 
     def __init__(self, schedule, verbose=0):
@@ -612,6 +614,11 @@ class LearningRateScheduler(Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         optimizer = self.model.optimizer
+        if getattr(optimizer, "schedule", None) is not None:
+            raise TypeError(f"LearningRateScheduler: the optimizer's learning rate is the schedule "
+                            f"{optimizer.schedule!r}, which sets the rate at every step, so it cannot "
+                            f"also be set per epoch; use one of the two (a number learning_rate with "
+                            f"this callback, or the schedule alone)")
         lr = float(optimizer.learning_rate)
         new_lr = self.schedule(epoch, lr) if self._takes_lr else self.schedule(epoch)
         if (isinstance(new_lr, bool) or not isinstance(new_lr, (int, float, np.floating, np.integer))

@@ -16,6 +16,12 @@ A loss object offers
                                                              clipped to [1e-7, 1 - 1e-7] as Keras does
     loss(y_true, probs)         -> mean loss                 (Keras's call convention)
 Outputs of higher rank (N, ..., C) are treated as N*... samples, as Keras does.
+
+Label smoothing (CategoricalCrossentropy(label_smoothing=ls), Keras 3's): the one-hot rows
+are replaced by t = y * (1 - ls) + ls / C before the loss (keras/src/losses/losses.py,
+categorical_crossentropy: `y_true * (1.0 - label_smoothing) + (label_smoothing / num_classes)`),
+so the gradient from the logits is (softmax - t) / N. Keras 3's SparseCategoricalCrossentropy
+has no label_smoothing argument, and neither has tinycnn's.
 """
 import numpy as np
 
@@ -46,7 +52,12 @@ class _SoftmaxCrossEntropy:
                     or y_true.shape == tuple(output_shape[:-1]) + (1,) else "")
             raise ValueError(f"{self.name}: y_true must have the output's shape {tuple(output_shape)} "
                              f"(one-hot rows), got {y_true.shape}{hint}")
-        return y_true.reshape(-1, c).astype(dtype, copy=False)
+        t = y_true.reshape(-1, c).astype(dtype, copy=False)
+        ls = getattr(self, "label_smoothing", 0.0)
+        if ls:                                              # Keras's order, in the output's dtype
+            f = np.dtype(dtype).type
+            t = t * f(1.0 - ls) + f(ls) / f(c)
+        return t
 
     @staticmethod
     def _check_output(values, what):
@@ -87,9 +98,27 @@ class _SoftmaxCrossEntropy:
 
 
 class CategoricalCrossentropy(_SoftmaxCrossEntropy):
-    """Cross-entropy with one-hot targets y_true (N, C)."""
+    """Cross-entropy with one-hot targets y_true (N, C); label_smoothing in [0, 1] softens them
+    to y * (1 - label_smoothing) + label_smoothing / C."""
     name = "categorical_crossentropy"
     sparse = False
+
+    def __init__(self, label_smoothing=0.0):
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float, np.floating, np.integer)) \
+                or not 0 <= label_smoothing <= 1:
+            raise ValueError(f"CategoricalCrossentropy: label_smoothing must be a number in [0, 1], "
+                             f"got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+
+    def get_config(self):
+        config = super().get_config()
+        if self.label_smoothing:
+            config["label_smoothing"] = self.label_smoothing
+        return config
+
+    def __repr__(self):
+        return f"CategoricalCrossentropy(label_smoothing={self.label_smoothing!r})" if self.label_smoothing \
+            else "CategoricalCrossentropy()"
 
     def from_probs(self, y_true, probs):
         """As Keras: q = p / sum(p), c = clip(q, eps, 1 - eps), loss = -sum t log c (mean over rows).
@@ -162,7 +191,9 @@ _ALIASES = {"CategoricalCrossentropy": "categorical_crossentropy",
 
 
 def get(name):
-    """The loss called `name` ("categorical_crossentropy" or "sparse_categorical_crossentropy").
+    """The loss called `name` ("categorical_crossentropy" or "sparse_categorical_crossentropy",
+    or the class names), or described by a config {"class_name": ..., "config": {...}} (what a
+    model file holds, e.g. a label_smoothing).
 
     A loss object (anything with from_logits and from_probs) is returned unchanged.
     """
@@ -172,4 +203,9 @@ def get(name):
         key = _ALIASES.get(name, name.lower())
         if key in _LOSSES:
             return _LOSSES[key]()
+    if isinstance(name, dict) and isinstance(name.get("class_name"), str) and isinstance(name.get("config", {}), dict):
+        key = _ALIASES.get(name["class_name"], name["class_name"].lower())
+        if key in _LOSSES:
+            config = {k: v for k, v in name.get("config", {}).items() if k != "name"}
+            return _LOSSES[key](**config)
     raise ValueError(f"Unknown loss {name!r}; choose one of {sorted(_LOSSES)}")

@@ -234,6 +234,21 @@ class Sequential:
         """The weights the optimizer updates (its slots match these, by position)."""
         return [p for layer in self._layers for p in layer.trainable_params]
 
+    def _trainable_weight_paths(self):
+        """"<layer name>/<weight name>" for each trainable param, in grads_and_params's order
+        (kernel, bias, gamma, beta; "param_<i>" for a weight of another name), what
+        optimizer.exclude_from_weight_decay(var_names=...) searches."""
+        paths = []
+        for layer in self._layers:
+            roles = {}
+            for role in ("kernel", "bias", "gamma", "beta"):
+                try:
+                    roles[id(getattr(layer, role))] = role
+                except Exception:                  # no such weight, or the layer not built
+                    pass
+            paths += [f"{layer.name}/{roles.get(id(p), f'param_{i}')}" for i, p in enumerate(layer.trainable_params)]
+        return paths
+
     def grads_and_params(self):
         """[(dL/dparam, param)] for every trainable weight, layer by layer (Layer.grads_and_params):
         what the engines hand to optimizer.apply_gradients after a backward pass."""
@@ -283,6 +298,7 @@ class Sequential:
         self.engine = engines.get(engine)
         self._engine_choice = engine if isinstance(engine, str) else self.engine.name
         self.optimizer = optimizers_module.get(optimizer)
+        self.optimizer._weight_paths = self._trainable_weight_paths     # for exclude_from_weight_decay
         self.loss = losses_module.get(loss)
         if metrics is None:
             metrics = []
@@ -697,7 +713,10 @@ class Sequential:
         return model
 
     def _compile_config(self):
-        return {"loss": self.loss.name, "metrics": list(self._metrics), "engine": self._engine_choice,
+        loss_config = self.loss.get_config() if hasattr(self.loss, "get_config") else {"name": self.loss.name}
+        loss = self.loss.name if set(loss_config) <= {"name"} else {"class_name": type(self.loss).__name__,
+                                                                     "config": loss_config}
+        return {"loss": loss, "metrics": list(self._metrics), "engine": self._engine_choice,
                 "optimizer": {"class_name": type(self.optimizer).__name__,
                               "config": self.optimizer.get_config()}}
 

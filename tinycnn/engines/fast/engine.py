@@ -256,14 +256,17 @@ class FastEngine(Engine):
     # ------------------------------------------------------------------------------------------
     def _apply_gradients(self, model):
         """The optimizer's step on the whole batch: the textbook rule for other optimizers, the
-        same rule through numba (kernels.*_update_) for tinycnn's SGD and Adam."""
+        same rule through numba (kernels.*_update_) for tinycnn's SGD, Adam and AdamW, after the
+        weight decay (optimizer.apply_weight_decay) where the optimizer has one."""
         optimizer, pairs = model.optimizer, self._grads_and_params(model)
-        if type(optimizer) not in (optimizers_module.SGD, optimizers_module.Adam):
+        if type(optimizer) not in _NUMBA_OPTIMIZERS:
             optimizer.apply_gradients(pairs)
             return
         optimizer._check_pairs(pairs)                           # checks shapes; makes the slots at the first step
         coefficients = optimizer.coefficients_for([param for _, param in pairs])
-        for (grad, param), slots, numbers in zip(pairs, optimizer.slots, coefficients):
+        for i, ((grad, param), slots, numbers) in enumerate(zip(pairs, optimizer.slots, coefficients)):
+            if optimizer.decays(i):
+                optimizer.apply_weight_decay(param, numbers)
             _update(optimizer, grad, param, slots, numbers)
         optimizer.iterations += 1
 
@@ -460,8 +463,8 @@ class FastEngine(Engine):
         first_plan, second_plan = self.plans(model)
         second_grads = [g for op in second_plan for g in op.grads]
         later = {id(first_plan[i].layer.kernel): rows for i, rows in deferred.items()}
-        for (grad, param), second_grad, slots, numbers in zip(self._grads_and_params(model), second_grads,
-                                                              optimizer.slots, coefficients):
+        for index, ((grad, param), second_grad, slots, numbers) in enumerate(zip(
+                self._grads_and_params(model), second_grads, optimizer.slots, coefficients)):
             values = parallel.part_of(param.shape, part)
             if values.start == values.stop:             # a small parameter: all in the other part
                 continue
@@ -472,8 +475,10 @@ class FastEngine(Engine):
                 kernels.matmul(x_rows[:n, first:last].T, dz_rows[:n], out=grad[first:last])
             else:
                 grad_part += second_grad.reshape(-1)[values]      # the two halves' gradients
-            _update(optimizer, grad_part, param.reshape(-1)[values], [s.reshape(-1)[values] for s in slots],
-                    numbers)
+            param_part = param.reshape(-1)[values]
+            if optimizer.decays(index):                 # weight decay, on this part's values
+                optimizer.apply_weight_decay(param_part, numbers)
+            _update(optimizer, grad_part, param_part, [s.reshape(-1)[values] for s in slots], numbers)
 
     @staticmethod
     def _grads_and_params(model):
@@ -576,15 +581,19 @@ class FastEngine(Engine):
         return run.worker, shared
 
 
+_NUMBA_OPTIMIZERS = (optimizers_module.SGD, optimizers_module.Adam, optimizers_module.AdamW)
+
+
 def _update(optimizer, grad, param, slots, coefficients):
-    """optimizer's rule on one parameter (or a part of it): numba for SGD and Adam, bit for bit
-    the textbook's arithmetic (kernels.*_update_); the optimizer's own `update` for others."""
+    """optimizer's rule on one parameter (or a part of it): numba for SGD, Adam and AdamW, bit
+    for bit the textbook's arithmetic (kernels.*_update_); the optimizer's own `update` for
+    others. The weight decay is not in here (the callers apply it first)."""
     flat = [a.reshape(-1) for a in (param, grad, *slots)] if all(
         a.flags.c_contiguous for a in (param, grad, *slots)) else None
     if type(optimizer) is optimizers_module.SGD and slots and flat:
-        lr, momentum = coefficients
+        lr, momentum = coefficients[:2]
         kernels.sgd_momentum_update_(*flat, lr, momentum, optimizer.nesterov)
-    elif type(optimizer) is optimizers_module.Adam and flat:
-        kernels.adam_update_(*flat, *coefficients)
+    elif type(optimizer) in (optimizers_module.Adam, optimizers_module.AdamW) and flat:
+        kernels.adam_update_(*flat, *coefficients[:4])
     else:
         optimizer.update(grad, param, slots, coefficients)
