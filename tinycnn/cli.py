@@ -34,13 +34,14 @@ and matplotlib load when a command needs them.
 """
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
 import sys
 import time
 
-MODEL_NAMES = ("cnn_categorical", "simple_dense", "cnn_sparse")
+MODEL_NAMES = ("cnn_categorical", "simple_dense", "cnn_sparse", "best")
 MODEL_FILE_NAME = "model.npz"
 
 
@@ -232,9 +233,11 @@ def build_parser():
 def _add_model_options(parser, epochs):
     parser.add_argument("--model", choices=MODEL_NAMES, default="cnn_categorical",
                         help="which of the notebook's models (default: cnn_categorical)")
-    parser.add_argument("--epochs", type=_positive_int, default=epochs,
-                        help=f"default: {epochs}")
-    parser.add_argument("--batch-size", type=_positive_int, default=32, help="default: 32")
+    parser.add_argument("--epochs", type=_positive_int, default=None,
+                        help=f"default: {epochs} (best: its recipe's 30)")
+    parser.add_argument("--batch-size", type=_positive_int, default=None,
+                        help="default: 32 (best: its recipe's 128)")
+    parser.set_defaults(default_epochs=epochs)
     parser.add_argument("--limit", type=_positive_int,
                         help="use only the first N training (and test) images, for a quick run")
     parser.add_argument("--seed", type=_non_negative_int, default=1,
@@ -242,6 +245,16 @@ def _add_model_options(parser, epochs):
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                         help="0 silent, 1 progress bar, 2 one line per epoch (default: 1)")
     _add_engine_option(parser)
+
+
+def _fill_in_model_defaults(args):
+    """--epochs and --batch-size where not given: the zoo model's recipe, else the command's defaults."""
+    from tinycnn.zoo import get_spec
+    spec = get_spec(args.model)
+    if args.epochs is None:
+        args.epochs = spec.epochs or args.default_epochs
+    if args.batch_size is None:
+        args.batch_size = spec.batch_size or 32
 
 
 def _add_engine_option(parser):
@@ -292,7 +305,7 @@ def command_train(args):
           f"epochs: {args.epochs}, batch size: {args.batch_size}, seed: {args.seed}")
 
     set_random_seed(args.seed)
-    model = spec.build()
+    model = spec.build_for(args.epochs, args.batch_size, len(x_train))
     if not model.built:
         model.build((None,) + spec.input_shape)    # simple_dense has no input_shape of its own
     if args.verbose:
@@ -378,7 +391,9 @@ def _run_cv(args, client):
     print(f"{args.folds}-fold cross-validation of {args.model} on {len(x_train)} training images; "
           f"epochs: {args.epochs}, batch size: {args.batch_size}")
     start = time.perf_counter()
-    result = cross_validate(spec.build, x_train, y_train, n_splits=args.folds, epochs=args.epochs,
+    fold_images = len(x_train) * (args.folds - 1) // args.folds        # what each fold trains on
+    build = functools.partial(spec.build_for, args.epochs, args.batch_size, fold_images)
+    result = cross_validate(build, x_train, y_train, n_splits=args.folds, epochs=args.epochs,
                             batch_size=args.batch_size, random_state=args.seed,
                             n_jobs=args.jobs if client is None else 1, executor=client,
                             verbose=2 if args.verbose == 2 else 1)
@@ -644,6 +659,8 @@ def main(argv=None):
     """Run the `tinycnn` command with `argv` (default: sys.argv[1:]); return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "default_epochs"):
+        _fill_in_model_defaults(args)
     engine_before = os.environ.get("TINYCNN_ENGINE")
     if getattr(args, "engine", None):        # what compile's engine="auto" means, here and in cv's workers
         os.environ["TINYCNN_ENGINE"] = args.engine
