@@ -360,3 +360,16 @@ def test_full_training_reaches_the_notebooks_accuracy(name, target, tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["train_images"] == 60000 and results["test_images"] == 10000
     assert results["test_accuracy"] >= target
+
+
+@pytest.mark.parametrize("argv, epochs, batch_size", [
+    (["train", "--model", "best"], 30, 128),                       # the recipe's
+    (["train", "--model", "best", "--epochs", "3"], 3, 128),
+    (["train", "--model", "cnn_sparse"], 5, 32),                   # the command's own defaults
+    (["cv", "--model", "cnn_categorical", "--batch-size", "64"], 10, 64),
+])
+def test_epochs_and_batch_size_default_to_the_models_recipe(argv, epochs, batch_size):
+    from tinycnn import cli
+    args = cli.build_parser().parse_args(argv)
+    cli._fill_in_model_defaults(args)
+    assert (args.epochs, args.batch_size) == (epochs, batch_size)

@@ -20,6 +20,7 @@ EXPECTED = {
                                           "confusion_matrix_normalized.png", "misclassified.png",
                                           "confident_mistakes.png", "prediction.png"],
                                          "test accuracy"),
+    "07_beyond_the_notebook.py": (["ablation.png"], "| BN | dropout | augmentation |"),
 }
 
 
@@ -60,3 +61,8 @@ def test_example_runs_in_quick_mode(script, tmp_path):
     if script == "05_cross_validation.py":
         fold_lines = [line for line in done.stdout.splitlines() if line.startswith("> ")]
         assert len(fold_lines) == 5
+    if script == "07_beyond_the_notebook.py":       # the ablation table: all 8 variants, BN's layers counted
+        table = [line for line in done.stdout.splitlines() if line.startswith("| ") and "BN" not in line]
+        assert len(table) == 8
+        params = {line.split(" | ")[0].strip("| ") + "bn": line.split(" | ")[3] for line in table}
+        assert params["onbn"] != params["-bn"]
