@@ -52,7 +52,7 @@ def test_every_cell_runs_in_the_environments_python(executed):
 
 def test_the_pictures_come_out_where_the_notebook_draws(executed):
     drawing = [cell for cell in executed.cells if "picture" in cell.metadata.get("tags", [])]
-    assert len(drawing) == 8                                 # 3x3 grids, curves, activation grids, box plot
+    assert len(drawing) == 9                                 # 3x3 grids, curves, activation grids, box plot, augmented
     for cell in drawing:
         pictures = [output for output in cell.outputs if "image/png" in output.get("data", {})]
         assert len(pictures) == 1, cell.source[:200]         # exactly one: no picture drawn twice
@@ -62,10 +62,11 @@ def test_the_pictures_come_out_where_the_notebook_draws(executed):
 
 def test_the_notebooks_numbers(executed):
     text = "\n".join(printed(cell) for cell in executed.cells if cell.cell_type == "code")
-    for total in ("Total params: 542,230", "Total params: 101,770", "Total params: 243,786"):
+    for total in ("Total params: 542,230", "Total params: 101,770", "Total params: 243,786", "Total params: 468,778"):
         assert total in text
     assert "model has 5 layers" in text and "layer 0, shape = (1, 26, 26, 32)" in text
     assert "layer 3, shape = (1, 5, 5, 64)" in text
     scores = [line for line in text.splitlines() if line.startswith("> ")]
     assert len(scores) == 1 + 3                              # model 1's test score, then one per fold
     assert "Accuracy: mean=" in text and "n=3" in text
+    assert "best model after 2 epochs: test accuracy" in text
