@@ -392,3 +392,23 @@ def test_weight_decay_schedules_and_label_smoothing_train_alike_on_both_engines(
         return model
     tight = dtype == "float64"
     assert_engines_agree(make, n=48, batch_size=8, epochs=4, weights_tol=1e-10 if tight else 1e-4)
+
+
+def test_the_best_model_runs_on_both_cores_and_trains_as_the_reference(monkeypatch):
+    # Every layer of zoo.best_model has a fast op that can take half a batch (no LayerOp, which
+    # would keep batches whole), and its halves meet; in float64 its steps are the reference's.
+    from tinycnn.engines.fast import parallel
+    from tinycnn.engines.fast.ops import LayerOp
+    model = zoo.best_model()
+    model.compile(model.optimizer, model.loss, engine="fast")
+    assert not [op for op in model.engine.plans(model)[0] if type(op) is LayerOp]
+    assert model.engine._halves_meet(model)
+    monkeypatch.setattr(parallel, "MIN_MULTIPLY_ADDS", 0)
+    utils.set_floatx("float64")
+    utils.set_num_threads(2)
+    try:
+        assert_engines_agree(lambda: zoo.best_model(epochs=5, batch_size=8, train_images=32),
+                             n=32, batch_size=8, epochs=5, weights_tol=1e-9)
+    finally:
+        utils.set_floatx("float32")
+        utils.set_num_threads(None)
