@@ -1,4 +1,4 @@
-"""One side of the tinycnn-vs-Keras comparison, run in a process of its own.
+"""One side (tinycnn, Keras or PyTorch) of the side-by-side comparison, in a process of its own.
 
 `benchmarks/vs_keras.py` starts this script once per (side, model, repeat), so that each
 side's memory (VmHWM, the process's peak resident set) is its own and neither library
@@ -7,11 +7,13 @@ warms the other's caches. It prints one JSON object on its last line of stdout.
     python3 benchmarks/_sides.py --side keras --model cnn_categorical --epochs 3
 
 What it measures, in order (all wall-clock, time.perf_counter):
-  import_s         importing the library (tensorflow + keras, or tinycnn + its modules)
+  import_s         importing the library (tensorflow + keras, tinycnn + its modules, or torch)
   rss_after_*      VmRSS after the imports and after loading + preparing the data
   epoch_s          each training epoch, timed by an epoch-begin/epoch-end callback inside one
                    `fit(..., epochs=E, batch_size=32, verbose=0)` call. Epoch 1 holds the
                    warm-up (TF tracing / numba compilation); the caller drops it.
+                   PyTorch has no fit: a plain loop over shuffled batches of 32 (zero_grad,
+                   forward, CrossEntropyLoss, backward, step), timed per epoch the same way
   peak_train_mb    VmHWM right after fit: the peak of the process up to then; for tinycnn
                    plus the private memory of its worker process (the second halves, Linux)
   predict_s        `predict` of the 10,000 test images: the first call (warm-up) and
@@ -30,7 +32,8 @@ import time
 
 import numpy as np
 
-MODELS = ("cnn_categorical", "simple_dense", "cnn_sparse")
+MODELS = ("cnn_categorical", "simple_dense", "cnn_sparse", "bn_dropout_cnn")
+SIDES = ("tinycnn", "keras", "torch")
 DATA_DIRS = ("/usr/share/datasets/fashion-mnist",
              os.path.expanduser("~/.keras/datasets/fashion-mnist"))
 
@@ -189,6 +192,20 @@ def keras_build(name):
         ])
         model.compile(optimizer=keras.optimizers.Adam(),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    elif name == "bn_dropout_cnn":
+        def conv_block(filters):
+            out = []
+            for _ in range(2):
+                out += [layers.Conv2D(filters, (3, 3), padding="same"), layers.BatchNormalization(), layers.ReLU()]
+            return out + [layers.MaxPooling2D((2, 2)), layers.Dropout(0.25)]
+        model = keras.Sequential([keras.Input((28, 28, 1))] + conv_block(32) + conv_block(64) + [
+            layers.Flatten(),
+            layers.Dense(128), layers.BatchNormalization(), layers.ReLU(),
+            layers.Dropout(0.5),
+            layers.Dense(10, activation="softmax"),
+        ])
+        model.compile(optimizer=keras.optimizers.Adam(),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     else:
         raise ValueError(name)
     return model
@@ -234,7 +251,26 @@ def tinycnn_import():
 
 
 def tinycnn_build(name):
-    """The notebook's model `name` from tinycnn's zoo, and how it was built (for the report)."""
+    """The notebook's model `name` from tinycnn's zoo (bn_dropout_cnn: built here), and how it was built."""
+    if name == "bn_dropout_cnn":
+        from tinycnn.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D, ReLU
+        from tinycnn.models import Sequential
+        from tinycnn.optimizers import Adam
+
+        def conv_block(filters, **first):
+            out = []
+            for _ in range(2):
+                out += [Conv2D(filters, (3, 3), padding="same", **first), BatchNormalization(), ReLU()]
+                first = {}
+            return out + [MaxPooling2D((2, 2)), Dropout(0.25)]
+        model = Sequential(conv_block(32, input_shape=(28, 28, 1)) + conv_block(64) + [
+            Flatten(),
+            Dense(128), BatchNormalization(), ReLU(),
+            Dropout(0.5),
+            Dense(10, activation="softmax"),
+        ])
+        model.compile(optimizer=Adam(), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return model, "benchmarks/_sides.py tinycnn_build('bn_dropout_cnn')"
     import tinycnn.zoo as zoo
     return zoo.get_model(name), f"tinycnn.zoo.get_model({name!r})"
 
@@ -300,9 +336,110 @@ def tinycnn_run(args, x, y, xt):
 
 
 # ---------------------------------------------------------------------------
+# PyTorch (optional: `pip install -e ".[torch]"`)
+# ---------------------------------------------------------------------------
+def torch_import():
+    import torch  # noqa: F401
+    import torch.nn  # noqa: F401
+
+
+def torch_build(name):
+    """The same model in PyTorch (NCHW), Keras's initializers, and its optimizer.
+
+    No softmax layer: CrossEntropyLoss takes the logits (Keras too computes the loss from them);
+    predict applies the softmax. BatchNorm: Keras's momentum 0.99 is PyTorch's 0.01, epsilon 1e-3.
+    Adam with Keras's epsilon 1e-7. Parameters match Keras's count once BN's running mean and
+    variance (buffers in PyTorch) are counted.
+    """
+    import torch
+    from torch import nn
+
+    def init(layer, how="glorot"):
+        if how == "he":
+            nn.init.kaiming_uniform_(layer.weight, nonlinearity="relu")   # sqrt(6 / fan_in)
+        else:
+            nn.init.xavier_uniform_(layer.weight)                          # sqrt(6 / (fan_in + fan_out))
+        nn.init.zeros_(layer.bias)
+        return layer
+
+    if name == "cnn_categorical":
+        model = nn.Sequential(init(nn.Conv2d(1, 32, 3), "he"), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                              init(nn.Linear(13 * 13 * 32, 100), "he"), nn.ReLU(), init(nn.Linear(100, 10)))
+        return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    if name == "simple_dense":
+        model = nn.Sequential(nn.Flatten(), init(nn.Linear(784, 128)), nn.ReLU(), init(nn.Linear(128, 10)))
+    elif name == "cnn_sparse":
+        model = nn.Sequential(init(nn.Conv2d(1, 64, 3)), nn.ReLU(), nn.MaxPool2d(2),
+                              init(nn.Conv2d(64, 64, 3)), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                              init(nn.Linear(5 * 5 * 64, 128)), nn.ReLU(), init(nn.Linear(128, 10)))
+    elif name == "bn_dropout_cnn":
+        def block(cin, filters):
+            out = []
+            for c in (cin, filters):
+                out += [init(nn.Conv2d(c, filters, 3, padding=1)),
+                        nn.BatchNorm2d(filters, eps=1e-3, momentum=0.01), nn.ReLU()]
+            return out + [nn.MaxPool2d(2), nn.Dropout(0.25)]
+        model = nn.Sequential(*block(1, 32), *block(32, 64), nn.Flatten(),
+                              init(nn.Linear(7 * 7 * 64, 128)), nn.BatchNorm1d(128, eps=1e-3, momentum=0.01),
+                              nn.ReLU(), nn.Dropout(0.5), init(nn.Linear(128, 10)))
+    else:
+        raise ValueError(name)
+    return model, torch.optim.Adam(model.parameters(), eps=1e-7)
+
+
+def torch_run(args, x, y, xt):
+    import torch
+    from torch import nn
+    torch.manual_seed(args.seed)
+    model, opt = torch_build(args.model)
+    to_nchw = lambda a: a.transpose(0, 3, 1, 2) if a.ndim == 4 else a  # noqa: E731
+    X = torch.from_numpy(np.ascontiguousarray(to_nchw(x)))            # once, up front
+    XT = torch.from_numpy(np.ascontiguousarray(to_nchw(xt)))
+    Y = torch.from_numpy(y)               # one-hot float32 (class probabilities) or int64 labels
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(args.seed)
+    n, bs = len(X), args.batch_size
+    times, losses = [], []
+    model.train()
+    t = time.perf_counter()
+    for _ in range(args.epochs):
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=gen)
+        total = torch.zeros(())
+        for i in range(0, n, bs):
+            idx = perm[i:i + bs]
+            xb, yb = X[idx], Y[idx]
+            opt.zero_grad()
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * len(idx)
+        times.append(time.perf_counter() - t0)
+        losses.append(float(total) / n)
+    fit_s = time.perf_counter() - t
+    peak = proc_status_mb("VmHWM")
+
+    def predict():
+        model.eval()
+        with torch.inference_mode():
+            out = [torch.softmax(model(XT[i:i + args.predict_batch_size]), dim=1)
+                   for i in range(0, len(XT), args.predict_batch_size)]
+        return torch.cat(out).numpy()
+
+    trainable = sum(p.numel() for p in model.parameters())
+    stats = sum(b.numel() for name, b in model.named_buffers() if name.endswith(("running_mean", "running_var")))
+    threads = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+               "torch_interop_threads": torch.get_num_interop_threads(),
+               "cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: None)(),
+               "mkldnn": torch.backends.mkldnn.is_available(), "trainable_params": trainable,
+               "loop": "zero_grad, forward, CrossEntropyLoss, backward, step; NCHW tensors"}
+    return trainable + stats, times, fit_s, losses, peak, predict, threads
+
+
+# ---------------------------------------------------------------------------
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--side", choices=("tinycnn", "keras"), required=True)
+    p.add_argument("--side", choices=SIDES, required=True)
     p.add_argument("--model", choices=MODELS, required=True)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--train-samples", type=int, default=60000,
@@ -315,7 +452,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     t = time.perf_counter()
-    (keras_import if args.side == "keras" else tinycnn_import)()
+    {"keras": keras_import, "tinycnn": tinycnn_import, "torch": torch_import}[args.side]()
     import_s = time.perf_counter() - t
     rss_import = proc_status_mb("VmRSS")
 
@@ -324,7 +461,7 @@ def main(argv=None):
     xt, _ = prepare(args.model, xt, yt)
     rss_data = proc_status_mb("VmRSS")
 
-    run = keras_run if args.side == "keras" else tinycnn_run
+    run = {"keras": keras_run, "tinycnn": tinycnn_run, "torch": torch_run}[args.side]
     n_params, times, fit_s, losses, peak_train, predict, threads = run(args, x, y, xt)
 
     pred_times = []
