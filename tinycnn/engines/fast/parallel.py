@@ -146,11 +146,11 @@ def first_half_size(n):
 # ---------------------------------------------------------------------------
 # NumPy's BLAS threads
 # ---------------------------------------------------------------------------
-_openblas = []          # [(set_threads, get_threads)] once looked up; [None] where there is none
+_openblas = []          # [(library, prefix, suffix)] once looked up; [None] where there is none
 
 
-def _openblas_thread_functions():
-    """OpenBLAS's set/get_num_threads from the library NumPy loaded, or None (other BLAS, other OS)."""
+def _openblas_library():
+    """(the OpenBLAS library NumPy loaded, its functions' prefix and suffix), or None (other BLAS, other OS)."""
     if not _openblas:
         _openblas.append(None)
         try:
@@ -166,12 +166,34 @@ def _openblas_thread_functions():
                 continue
             for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""),
                                    ("openblas", "64_"), ("openblas", "")):
-                setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                if setter is not None and getter is not None:
-                    _openblas[0] = (setter, getter)
+                if (getattr(lib, f"{prefix}_set_num_threads{suffix}", None) is not None
+                        and getattr(lib, f"{prefix}_get_num_threads{suffix}", None) is not None):
+                    _openblas[0] = (lib, prefix, suffix)
                     return _openblas[0]
     return _openblas[0]
+
+
+def _openblas_thread_functions():
+    """OpenBLAS's set/get_num_threads from the library NumPy loaded, or None (other BLAS, other OS)."""
+    found = _openblas_library()
+    if found is None:
+        return None
+    lib, prefix, suffix = found
+    return getattr(lib, f"{prefix}_set_num_threads{suffix}"), getattr(lib, f"{prefix}_get_num_threads{suffix}")
+
+
+def openblas_core_name():
+    """The kernel OpenBLAS picked for this CPU ("SkylakeX", "Haswell", "Zen"...), or None."""
+    found = _openblas_library()
+    if found is None:
+        return None
+    lib, prefix, suffix = found
+    get_corename = getattr(lib, f"{prefix}_get_corename{suffix}", None)
+    if get_corename is None:
+        return None
+    get_corename.restype = ctypes.c_char_p
+    name = get_corename()
+    return name.decode(errors="replace").strip() if name else None
 
 
 @contextlib.contextmanager
