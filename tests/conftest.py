@@ -1,7 +1,14 @@
 """Fixtures shared by the test files."""
 import contextlib
+import os
 
 import pytest
+
+# The fast engine's speed choices (tinycnn.engines.fast.tuning) take their safe defaults in
+# the tests, here and in the Python processes they start: no measuring, no back-off from a
+# busy core (other programs on the machine must not change which path a test takes), and
+# no cache file read or written. tests/test_tuning.py turns tuning on with a cache of its own.
+os.environ["TINYCNN_TUNING"] = "off"
 
 
 @contextlib.contextmanager

@@ -277,6 +277,15 @@ MATMUL_CASES = [
 ]
 
 
+@pytest.fixture
+def cuts_on(monkeypatch):
+    """kernels.matmul cuts wherever its rules say, as on a machine where every cut pays
+    (the tests' default is tuning off: no cuts; tests/test_tuning.py holds both to the reference)."""
+    from tinycnn.engines.fast import tuning
+    for way in K.CUTS:
+        monkeypatch.setitem(tuning._decided, f"matmul_cut_{way}", True)
+
+
 def matmul_path(a, b):
     """Which way kernels.matmul computes a @ b (mirrors its rules)."""
     m, k = a.shape
@@ -294,7 +303,7 @@ def matmul_path(a, b):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("a_shape,b_shape,transposed,path", MATMUL_CASES)
-def test_matmul_in_pieces_is_the_product(a_shape, b_shape, transposed, path, dtype):
+def test_matmul_in_pieces_is_the_product(a_shape, b_shape, transposed, path, dtype, cuts_on):
     # kernels.matmul cuts a product into pieces OpenBLAS does fast: whichever way it takes,
     # the result is the product to float rounding, C-contiguous, written into out= when given,
     # and the same bits at every call.
@@ -302,6 +311,7 @@ def test_matmul_in_pieces_is_the_product(a_shape, b_shape, transposed, path, dty
     a = rng.standard_normal(a_shape).astype(dtype)
     b = rng.standard_normal(b_shape[::-1]).astype(dtype).T if transposed else rng.standard_normal(b_shape).astype(dtype)
     assert matmul_path(a, b) == path
+    assert K.cut_for(a, b) == (path if path in K.CUTS else None)
     exact = a.astype(np.float64) @ b.astype(np.float64)
     got = K.matmul(a, b)
     assert got.dtype == dtype and got.shape == exact.shape and got.flags.c_contiguous
@@ -314,7 +324,7 @@ def test_matmul_in_pieces_is_the_product(a_shape, b_shape, transposed, path, dty
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_matmul_of_stacks_is_each_product(dtype):
+def test_matmul_of_stacks_is_each_product(dtype, cuts_on):
     # A stack (P, M, K) @ (P, K, N), as Winograd's dU = V^T @ dM: each matrix's product, cut the
     # same way as a lone one (here blocks of the sum), into out= when given.
     rng = np.random.default_rng(10)
@@ -332,7 +342,7 @@ def test_matmul_of_stacks_is_each_product(dtype):
     np.testing.assert_array_equal(out, got)
 
 
-def test_matmul_into_a_view_of_a_kernel_gradient():
+def test_matmul_into_a_view_of_a_kernel_gradient(cuts_on):
     # Conv2D writes dW into grads[0].reshape(-1, F), a view: the pieces must land in the array itself.
     rng = np.random.default_rng(3)
     cols, dz = rng.standard_normal((21632, 9), dtype=np.float32), rng.standard_normal((21632, 32), dtype=np.float32)

@@ -188,6 +188,7 @@ class FastEngine(Engine):
         passes, which may need the whole batch (a batch's statistics) or draw random numbers
         (whose order two halves side by side would not keep)."""
         return (utils.get_num_threads() >= 2 and parallel.worth_halves(model.layers, batch_size)
+                and parallel.halves_welcome()
                 and not any(type(op) is LayerOp for op in self.plans(model)[0]))
 
     def _halves_meet(self, model):

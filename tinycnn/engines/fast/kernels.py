@@ -41,6 +41,7 @@ import warnings
 import numba
 import numpy as np
 
+from tinycnn.engines.fast import tuning
 from tinycnn.im2col import output_size
 
 
@@ -278,9 +279,13 @@ def col2im_numpy(dcols, n, h, w, c, kh, kw, sh, sw, pad_top, pad_left, out_h, ou
 # A third case is a product with a transposed big matrix, dZ (16, 100) @ kernel.T (100, 5408),
 # a Dense layer's dL/dx: OpenBLAS packs the transposed kernel slowly, so computing
 # (kernel @ dZ.T).T instead, then copying the (16, 5408) result into place, is faster while
-# a has few rows: up to 32 (`_transposed_is_faster`); with more it is slower. With other
-# BLAS libraries the cuts cost a few extra calls and change nothing else. (Each case's
+# a has few rows: up to 32 (`_transposed_is_faster`); with more it is slower. (Each case's
 # timings: benchmarks/README.md, "Where the fast engine's thresholds come from".)
+# Other machines differ: with OpenBLAS's AVX2 ("Haswell") kernels on a Zen 3 all three cuts
+# of a Dense layer's products were slower than np.matmul. So each way of cutting is used
+# only where it has been measured to pay on this machine (`cut_pays`, tinycnn.engines.fast.tuning):
+# the first product that would be cut that way times the cut against np.matmul on
+# cnn_categorical's products of that kind (CUT_SAMPLES), once per machine.
 SMALL_PRODUCT = 100 ** 3        # multiply-adds of the biggest product OpenBLAS does directly
 MIN_BLOCK_ROWS = 256            # smaller blocks of rows cost more in calls than they save
 MIN_BLOCK_INNER = 128           # the same for blocks of the inner dimension (the sum)
@@ -293,16 +298,60 @@ def _transposed_is_faster(a, b):
             and (m <= 16 and b.size >= 16_384 or m <= 32 and b.size >= 65_536))
 
 
+def cut_for(a, b):
+    """The way matmul would cut a @ b (2-D, K > 1) where cuts pay: "transposed", "rows",
+    "inner", or None (one product)."""
+    m, k = a.shape
+    n = b.shape[1]
+    if _transposed_is_faster(a, b):
+        return "transposed"
+    if MIN_BLOCK_ROWS <= SMALL_PRODUCT // (k * n) < m:
+        return "rows"
+    if MIN_BLOCK_INNER <= SMALL_PRODUCT // (m * n) < k:
+        return "inner"
+    return None
+
+
+def _transposed(a, b, out):
+    out[...] = (b.T @ a.T).T
+    return out
+
+
+def _in_blocks_of_rows(a, b, out):
+    rows = SMALL_PRODUCT // (a.shape[1] * b.shape[1])
+    for start in range(0, a.shape[0], rows):
+        np.matmul(a[start:start + rows], b, out=out[start:start + rows])
+    return out
+
+
+def _in_blocks_of_the_sum(a, b, out):
+    inner = SMALL_PRODUCT // (a.shape[0] * b.shape[1])
+    np.matmul(a[:, :inner], b[:inner], out=out)
+    for start in range(inner, a.shape[1], inner):
+        out += a[:, start:start + inner] @ b[start:start + inner]
+    return out
+
+
+CUTS = {"transposed": _transposed, "rows": _in_blocks_of_rows, "inner": _in_blocks_of_the_sum}
+
+
+def cut_pays(way):
+    """True if cutting products `way` (a key of CUTS) beats np.matmul on this machine
+    (measured once per machine: `measure_cut`; np.matmul where tuning is off)."""
+    return tuning.choice(f"matmul_cut_{way}")
+
+
 def matmul(a, b, out=None):
-    """a @ b for 2-D arrays a (M, K), b (K, N) -> out (M, N), cut into small products (see above).
+    """a @ b for 2-D arrays a (M, K), b (K, N) -> out (M, N), cut into small products (see
+    above) where that pays on this machine (`cut_pays`):
 
     - K*N small: blocks of rows of a, each product written straight into its rows of out;
     - else M*N small: blocks of the inner dimension K, the block products added in order;
     - b a transposed matrix and M <= 32: (b.T @ a.T).T, copied into out;
     - K = 1: the outer product, a * b.
     Each way gives np.matmul's result up to float rounding (OpenBLAS's kernels round
-    differently), and the cuts depend only on the shapes, so a product gives the same bits
-    at every call.
+    differently), and the cuts depend only on the shapes and on the machine's choices (made
+    once per process), so a product gives the same bits at every call.
     `out`, if given, must be C-contiguous (M, N) of the result's dtype.
     Stacks of matrices, a (P, M, K) and b (P, K, N) -> (P, M, N), go one product at a time,
     each cut as above (Winograd's V^T @ dM, 16 products of (64, 576) @ (576, 64) for
@@ -313,27 +362,63 @@ def matmul(a, b, out=None):
         for p in range(a.shape[0]):
             matmul(a[p], b[p], out=out[p])
         return out
-    m, k = a.shape
-    n = b.shape[1]
     if out is None:
-        out = np.empty((m, n), dtype=np.result_type(a, b))
-    if k == 1:                  # an outer product (a batch of one's dW): np.matmul does it
+        out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+    if a.shape[1] == 1:         # an outer product (a batch of one's dW): np.matmul does it
         return np.multiply(a, b, out=out)       # without BLAS, slower than this a * b
-    if _transposed_is_faster(a, b):
-        out[...] = (b.T @ a.T).T
-        return out
-    rows = SMALL_PRODUCT // (k * n)
-    if MIN_BLOCK_ROWS <= rows < m:
-        for start in range(0, m, rows):
-            np.matmul(a[start:start + rows], b, out=out[start:start + rows])
-        return out
-    inner = SMALL_PRODUCT // (m * n)
-    if MIN_BLOCK_INNER <= inner < k:
-        np.matmul(a[:, :inner], b[:inner], out=out)
-        for start in range(inner, k, inner):
-            out += a[:, start:start + inner] @ b[start:start + inner]
-        return out
+    way = cut_for(a, b)
+    if way is not None and cut_pays(way):
+        return CUTS[way](a, b, out)
     return np.matmul(a, b, out=out)
+
+
+# The products each way is measured on: cnn_categorical's in halves of 16 images (its first
+# conv's im2col columns (10816, 9), 32 filters; its Dense layer 5408 -> 100), float32.
+# (a's shape, b's shape, b given transposed)
+CUT_SAMPLES = {
+    "rows": [((5408, 16), (16, 100), False),         # the Dense layer's dW = x.T @ dZ
+             ((10816, 9), (9, 32), False)],          # the conv's forward, cols @ W
+    "inner": [((16, 5408), (5408, 100), False),      # the Dense layer's forward, x @ W
+              ((9, 10816), (10816, 32), False)],     # the conv's dW = cols.T @ dZ
+    "transposed": [((16, 100), (100, 5408), True)],  # the Dense layer's dL/dx = dZ @ W.T
+}
+
+
+def measure_cut(way, rounds=9, calls=5):
+    """True if the `way` cut of CUT_SAMPLES's products takes less time than np.matmul of them.
+
+    One BLAS thread (as the engine runs them). Each round times `calls` calls of each
+    product both ways, in alternating order; the medians of the rounds are compared, summed
+    over the samples. About 0.1 s.
+    """
+    import time
+    from tinycnn.engines.fast import parallel
+    rng = np.random.default_rng(0)
+    totals = {"cut": 0.0, "plain": 0.0}
+    with parallel.blas_threads(1):
+        for a_shape, b_shape, transposed in CUT_SAMPLES[way]:
+            a = rng.standard_normal(a_shape, dtype=np.float32)
+            b = rng.standard_normal(b_shape[::-1], dtype=np.float32).T if transposed else \
+                rng.standard_normal(b_shape, dtype=np.float32)
+            out = np.empty((a_shape[0], b_shape[1]), np.float32)
+            assert cut_for(a, b) == way, (way, a_shape, b_shape)
+            ways = {"cut": lambda: CUTS[way](a, b, out), "plain": lambda: np.matmul(a, b, out=out)}
+            times = {"cut": [], "plain": []}
+            for name in ways:                                 # warm the caches and BLAS's buffers
+                ways[name]()
+            for r in range(rounds):
+                for name in (("cut", "plain") if r % 2 == 0 else ("plain", "cut")):
+                    start = time.perf_counter()
+                    for _ in range(calls):
+                        ways[name]()
+                    times[name].append(time.perf_counter() - start)
+            for name in totals:
+                totals[name] += float(np.median(times[name]))
+    return totals["cut"] < totals["plain"]
+
+
+for _way in CUTS:
+    tuning.register(f"matmul_cut_{_way}", lambda way=_way: measure_cut(way), default=False)
 
 
 def matmul_numpy(a, b, out=None):

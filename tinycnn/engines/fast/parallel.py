@@ -53,6 +53,7 @@ import warnings
 
 import numpy as np
 
+from tinycnn.engines.fast import tuning
 from tinycnn.layers import Conv2D, Dense
 
 
@@ -144,13 +145,81 @@ def first_half_size(n):
 
 
 # ---------------------------------------------------------------------------
+# Backing off when the second core is taken
+# ---------------------------------------------------------------------------
+# The halves exist to use the second core. When another program holds it, the second half
+# starts late or runs slowly, the caller waits for it (or runs it itself), and a step in
+# halves takes longer than one thread's whole batch would (benchmarks/README.md, "Where the
+# fast engine's thresholds come from"). So each hand-over (run_both, WorkerProcess.run_both)
+# reports whether its second half was LATE: the caller ran it itself, or waited for it more
+# than LATE_FRACTION of the time its own half took. (With two halves side by side, a wait
+# of half the caller's own time is about where one thread would have been as fast.)
+# After LATE_IN_A_ROW late hand-overs in a row, the engine runs whole batches in one thread
+# (halves_welcome() is False) for a cool-down, then tries halves again; each back-off lasts
+# twice as long as the one before (up to MAX_COOL_DOWN seconds), until CALM_IN_A_ROW
+# hand-overs in a row are on time. Halves shorter than MIN_HALF_SECONDS are not judged:
+# their hand-over's own cost, not a busy core, decides how long the caller waits.
+LATE_FRACTION = 0.5
+LATE_IN_A_ROW = 6
+CALM_IN_A_ROW = 100
+FIRST_COOL_DOWN = 2.0           # seconds
+MAX_COOL_DOWN = 60.0
+MIN_HALF_SECONDS = 0.0003
+
+
+class Backoff:
+    """Whether halves are welcome now, from how late the recent second halves were (see above)."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.late_in_a_row = self.calm_in_a_row = 0
+        self.cool_down = FIRST_COOL_DOWN         # the next back-off's length
+        self.until = -math.inf                   # one thread until then
+        self.backoffs = 0                        # how many so far (for tests and benchmarks)
+
+    def halves_welcome(self):
+        return self.clock() >= self.until
+
+    def record(self, own_seconds, waited_seconds, ran_it_here):
+        """One hand-over: the caller's half took own_seconds, then it waited waited_seconds
+        for the second half, or ran the second half itself (ran_it_here)."""
+        if own_seconds < MIN_HALF_SECONDS:
+            return
+        self.observe(ran_it_here or waited_seconds > LATE_FRACTION * own_seconds)
+
+    def observe(self, late):
+        if not late:
+            self.late_in_a_row = 0
+            self.calm_in_a_row += 1
+            if self.calm_in_a_row >= CALM_IN_A_ROW:
+                self.cool_down = FIRST_COOL_DOWN
+            return
+        self.calm_in_a_row = 0
+        self.late_in_a_row += 1
+        if self.late_in_a_row >= LATE_IN_A_ROW:
+            self.late_in_a_row = 0
+            self.until = self.clock() + self.cool_down
+            self.cool_down = min(2 * self.cool_down, MAX_COOL_DOWN)
+            self.backoffs += 1
+
+
+backoff = Backoff()             # one for the process: a busy core is the machine's, not a model's
+
+
+def halves_welcome():
+    """False while the engine should run whole batches in one thread (the second core has
+    been busy: Backoff); always True where tuning is off (TINYCNN_TUNING=off)."""
+    return backoff.halves_welcome() or not tuning.enabled()
+
+
+# ---------------------------------------------------------------------------
 # NumPy's BLAS threads
 # ---------------------------------------------------------------------------
-_openblas = []          # [(set_threads, get_threads)] once looked up; [None] where there is none
+_openblas = []          # [(library, prefix, suffix)] once looked up; [None] where there is none
 
 
-def _openblas_thread_functions():
-    """OpenBLAS's set/get_num_threads from the library NumPy loaded, or None (other BLAS, other OS)."""
+def _openblas_library():
+    """(the OpenBLAS library NumPy loaded, its functions' prefix and suffix), or None (other BLAS, other OS)."""
     if not _openblas:
         _openblas.append(None)
         try:
@@ -166,12 +235,34 @@ def _openblas_thread_functions():
                 continue
             for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""),
                                    ("openblas", "64_"), ("openblas", "")):
-                setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                if setter is not None and getter is not None:
-                    _openblas[0] = (setter, getter)
+                if (getattr(lib, f"{prefix}_set_num_threads{suffix}", None) is not None
+                        and getattr(lib, f"{prefix}_get_num_threads{suffix}", None) is not None):
+                    _openblas[0] = (lib, prefix, suffix)
                     return _openblas[0]
     return _openblas[0]
+
+
+def _openblas_thread_functions():
+    """OpenBLAS's set/get_num_threads from the library NumPy loaded, or None (other BLAS, other OS)."""
+    found = _openblas_library()
+    if found is None:
+        return None
+    lib, prefix, suffix = found
+    return getattr(lib, f"{prefix}_set_num_threads{suffix}"), getattr(lib, f"{prefix}_get_num_threads{suffix}")
+
+
+def openblas_core_name():
+    """The kernel OpenBLAS picked for this CPU ("SkylakeX", "Haswell", "Zen"...), or None."""
+    found = _openblas_library()
+    if found is None:
+        return None
+    lib, prefix, suffix = found
+    get_corename = getattr(lib, f"{prefix}_get_corename{suffix}", None)
+    if get_corename is None:
+        return None
+    get_corename.restype = ctypes.c_char_p
+    name = get_corename()
+    return name.decode(errors="replace").strip() if name else None
 
 
 @contextlib.contextmanager
@@ -290,20 +381,27 @@ def run_both(first, second):
     """(first(), second()): first here, second in the worker thread if it is free in time.
 
     If the worker has not started `second` by the time `first` returns, this thread runs it
-    too. An exception from either is raised here (after both have stopped).
+    too. An exception from either is raised here (after both have stopped). How late the
+    second was goes to `backoff`.
     """
     _start_worker()
     context = contextvars.copy_context()         # the caller's settings, np.errstate among them
     job = _Job(lambda: context.run(second))
     _jobs.put(job)
+    started = time.perf_counter()
     try:
         result = first()
     except BaseException:
         if not job.claim():                      # the worker is running it: let it finish first
             job.wait_quietly()
         raise
+    own = time.perf_counter() - started
     if job.claim():                              # the worker never got to it: run it here
         job.run()
+        backoff.record(own, 0.0, ran_it_here=True)
+        return result, job.wait()
+    job.wait_quietly()
+    backoff.record(own, time.perf_counter() - started - own, ran_it_here=False)
     return result, job.wait()
 
 
@@ -380,6 +478,7 @@ class WorkerProcess:
         self._claim_lock = multiprocessing.get_context("fork").Lock()
         self._started = 0                                  # jobs started so far; the last one's number
         self._job = None
+        tuning.decide_all()                                # the worker gets this process's choices
         command_read, self._command_write = os.pipe()
         self._reply_read, reply_write = os.pipe()
         with warnings.catch_warnings():
@@ -456,24 +555,32 @@ class WorkerProcess:
     def finish(self, run_late_job=True):
         """The job started last: run here if the worker has not started it (unless
         run_late_job is False: then it is dropped), else wait for the worker; the worker's
-        warnings are issued here, its error raised here."""
+        warnings are issued here, its error raised here. -> (True if it ran here, seconds
+        waited for the worker)."""
         if self._claim_job(self._started, 2):
             if run_late_job:
                 job, rows, n = self._job
                 self.jobs[job](rows, n)
-            return
+            return True, 0.0
+        started = time.perf_counter()
         _poll(self._reply_read, POLL_SECONDS)
         while True:
             number, data = self._read_reply()
             if number == self._started:
                 break                                      # older replies: jobs this process ran
+        waited = time.perf_counter() - started
+        self._raise_the_workers(data)
+        return False, waited
+
+    def _raise_the_workers(self, data):
+        """Issue the worker's warnings here, raise its error here (data: its reply's JSON, or None)."""
         if data is None:
             return
         reply = json.loads(data)
         for message, category in reply.get("warnings", []):
             category = getattr(builtins, category, None)
             warnings.warn(message, category if isinstance(category, type) and issubclass(category, Warning)
-                          else RuntimeWarning, stacklevel=3)
+                          else RuntimeWarning, stacklevel=4)
         if "error" in reply:
             name, message, trace = reply["error"]
             error_type = getattr(builtins, name, None)
@@ -497,14 +604,18 @@ class WorkerProcess:
 
     def run_both(self, first, job, rows, n):
         """first() here while jobs[job](rows, n) runs in the worker (or here, after first(),
-        if the worker has not started it) -> first()'s result."""
+        if the worker has not started it) -> first()'s result. How late the worker was goes
+        to `backoff`."""
         self.start(job, rows, n)
+        started = time.perf_counter()
         try:
             result = first()
         except BaseException:
             self.finish(run_late_job=False)    # the worker's job, if running, ends first: the next starts clean
             raise
-        self.finish()
+        own = time.perf_counter() - started
+        ran_it_here, waited = self.finish()
+        backoff.record(own, waited, ran_it_here)      # how late the worker was
         return result
 
     def close(self):
