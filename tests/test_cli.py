@@ -41,9 +41,12 @@ def test_help_everywhere(argv, capsys):
 
 
 def test_defaults_are_the_notebooks():
+    from tinycnn.cli import _fill_in_model_defaults
     args = build_parser().parse_args(["train"])
+    _fill_in_model_defaults(args)
     assert (args.model, args.epochs, args.batch_size) == ("cnn_categorical", 5, 32)
     args = build_parser().parse_args(["cv"])
+    _fill_in_model_defaults(args)
     assert (args.folds, args.epochs, args.batch_size, args.jobs) == (5, 10, 32, 1)
     args = build_parser().parse_args(["plot", "activations", "m.npz"])
     assert (args.images, args.filter_index) == ([0, 7, 26], 1)
