@@ -1,9 +1,17 @@
-"""tinycnn against Keras, side by side: the notebook's three models, real data, batch 32.
+"""tinycnn against Keras (and PyTorch), side by side: the notebook's three models and the
+BN + Dropout CNN, real data, batch 32.
 
-    python3 benchmarks/vs_keras.py                  # all three models, 3 epochs, 2 repeats
+    python3 benchmarks/vs_keras.py                  # the notebook's three models, 3 epochs, 2 repeats
     python3 benchmarks/vs_keras.py --quick          # 200 steps an epoch, scaled to 60,000 images
-    python3 benchmarks/vs_keras.py --model cnn_sparse --epochs 5 --repeats 1
+    python3 benchmarks/vs_keras.py --model bn_dropout_cnn --epochs 3 --repeats 2
+    python3 benchmarks/vs_keras.py --side tinycnn --side keras --side torch   # PyTorch too
     python3 benchmarks/vs_keras.py --variant blas1:OPENBLAS_NUM_THREADS=1   # a third side
+
+Before the first run and after the last, it records the machine (benchmarks/_machine.py: CPU
+model, ISA, BLAS library and kernel, versions) and times NumPy's float32 2048^2 product on
+two threads. The FLOP floor of a model's epoch is its training FLOPs (benchmarks/_flops.py)
+at the median of those rates; each tinycnn side is reported against it, and every ratio is
+printed against the targets in TARGETS.
 
 Each (side, model, repeat) is a process of its own (benchmarks/_sides.py), so peak memory
 is that side's alone. Within a repeat the two sides run back to back and the order flips
@@ -44,17 +52,27 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _sides import MODELS, cpu_model  # noqa: E402
+import _flops  # noqa: E402
+import _machine  # noqa: E402
+from _sides import MODELS, SIDES  # noqa: E402
 
 FULL_EPOCH = 60000
-TARGETS = {  # issue 6: tinycnn / Keras
-    ("cnn_categorical", "epoch"): 0.35,
-    ("cnn_sparse", "epoch"): 0.5,
-    ("simple_dense", "epoch"): 0.5,
-    ("*", "predict"): 0.5,
-    ("cnn_sparse", "peak"): 0.4,
+NOTEBOOK_MODELS = ("cnn_categorical", "simple_dense", "cnn_sparse")
+DEFAULT_MODELS = NOTEBOOK_MODELS
+# What tinycnn aims at, as ratios measured in one run: (model, what, baseline) -> at most.
+# "epoch" is s/epoch, "predict" the 10,000 test images; "*" is every model.
+TARGETS = {
+    ("cnn_categorical", "epoch", "keras"): 0.25,
+    ("cnn_sparse", "epoch", "keras"): 0.25,
+    ("simple_dense", "epoch", "keras"): 0.15,
+    ("bn_dropout_cnn", "epoch", "keras"): 0.4,
+    ("*", "predict", "keras"): 0.3,
+    ("cnn_categorical", "epoch", "torch"): 0.5,
+    ("cnn_sparse", "epoch", "torch"): 0.5,
+    ("simple_dense", "epoch", "torch"): 0.5,
+    ("cnn_categorical", "epoch", "floor"): 2.0,
 }
-FLOOR_S = {"cnn_categorical": 1.2, "cnn_sparse": 9.0}  # ../shared/REFERENCE.md, 200 GFLOP/s
+BASELINES = ("keras", "torch")
 
 
 def median(xs):
@@ -130,30 +148,37 @@ def summarize(runs, models, labels):
                 "import_s": median([r["import_s"] for r in rs]),
                 "params": rs[0]["params"],
             }
-        k = s.get("keras")
-        for label in labels:
-            t = s.get(label)
-            if label == "keras" or not t or not k:
-                continue
-            ratio = lambda key: t[key] / k[key] if t[key] and k[key] else None  # noqa: E731
-            rs = {key: ratio(key) for key in ("s_per_epoch", "predict_s", "peak_train_mb",
-                                              "train_increment_mb", "import_s")}
-            # ratios within a repeat (same moment of the machine), then their median
-            paired = []
-            for rep in sorted({r["repeat"] for r in runs if r["model"] == m}):
-                a = [r for r in runs if r["model"] == m and r["repeat"] == rep and "error" not in r]
-                ta = [r for r in a if r["side"] == label]
-                ka = [r for r in a if r["side"] == "keras"]
-                if ta and ka:
-                    paired.append(ta[0]["s_per_epoch"] / ka[0]["s_per_epoch"])
-            rs["s_per_epoch_paired"] = [round(p, 3) for p in paired]
-            s["ratio"][label] = rs
+        for base in BASELINES:
+            k = s.get(base)
+            for label in labels:
+                t = s.get(label)
+                if label in BASELINES or not t or not k:
+                    continue
+                ratio = lambda key: t[key] / k[key] if t[key] and k[key] else None  # noqa: E731
+                rs = {key: ratio(key) for key in ("s_per_epoch", "s_per_epoch_best", "predict_s",
+                                                  "peak_train_mb", "train_increment_mb", "import_s")}
+                # ratios within a repeat (same moment of the machine), then their median
+                paired = []
+                for rep in sorted({r["repeat"] for r in runs if r["model"] == m}):
+                    a = [r for r in runs if r["model"] == m and r["repeat"] == rep and "error" not in r]
+                    ta = [r for r in a if r["side"] == label]
+                    ka = [r for r in a if r["side"] == base]
+                    if ta and ka:
+                        paired.append(ta[0]["s_per_epoch"] / ka[0]["s_per_epoch"])
+                rs["s_per_epoch_paired"] = [round(p, 3) for p in paired]
+                s["ratio"][f"{label}/{base}"] = rs
         summary[m] = s
     return summary
 
 
-def target_of(model, what):
-    return TARGETS.get((model, what), TARGETS.get(("*", what)))
+def target_of(model, what, baseline):
+    return TARGETS.get((model, what, baseline), TARGETS.get(("*", what, baseline)))
+
+
+def floor_s_per_epoch(model, batch_size, gflops):
+    """Seconds an epoch of 60,000 images would take if every training FLOP ran at `gflops`."""
+    steps = -(-FULL_EPOCH // batch_size)
+    return _flops.training_flops(model, batch_size) * steps / (gflops * 1e9)
 
 
 def fmt(x, spec):
@@ -168,35 +193,45 @@ def verdict(r, target):
 
 def table(summary, meta, sides):
     lines = [
-        f"tinycnn vs Keras, {meta['date']}, {meta['cpu']}, {meta['cpu_count']} cores "
-        f"(shared machine, 1-min load average {meta['load_range'][0]:.1f} to {meta['load_range'][1]:.1f}), batch {meta['batch_size']}, {meta['epochs']} epochs of "
+        f"tinycnn vs {' and '.join(b for b in BASELINES if b in sides) or 'nothing'}, {meta['date']}, "
+        f"{meta['cpu_count']} cores (shared machine, 1-min load average {meta['load_range'][0]:.1f} to "
+        f"{meta['load_range'][1]:.1f}), batch {meta['batch_size']}, {meta['epochs']} epochs of "
         f"{meta['train_samples']} images" + (" (times scaled to 60,000)" if meta["train_samples"] < FULL_EPOCH else "")
         + f", {meta['repeats']} repeat(s), OpenBLAS env: {meta['blas_env']}"
         + (f", extra env: {' '.join(meta['extra_env'])}" if meta["extra_env"] else ""),
         "",
-        "| model | side | s/epoch (median) | best run | warm-up s | test acc | predict 10k s | peak MB (train) | MB added by training | import s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *meta["machine_lines"],
+        f"Floor: training FLOPs at {meta['floor_gflops']:.0f} GFLOP/s, the median float32 2048^2 matmul "
+        f"rate of this run ({', '.join(f'{g:.0f}' for g in meta['matmul_gflops'])} GFLOP/s before/after)",
+        "",
+        "| model | side | s/epoch (median) | ms/step | best run | warm-up s | test acc | predict 10k s | peak MB (train) | MB added by training | import s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    steps = -(-FULL_EPOCH // meta["batch_size"])
     for m, s in summary.items():
         for side in sides:
             d = s.get(side)
             if not d:
-                lines.append(f"| {m} | {side} | failed | | | | | | | |")
+                lines.append(f"| {m} | {side} | failed | | | | | | | | |")
                 continue
             lines.append(
-                f"| {m} | {side} | {d['s_per_epoch']:.2f} | {d['s_per_epoch_best']:.2f} | {fmt(d['warmup_s'], '.2f')} | {d['test_acc']:.4f} | "
+                f"| {m} | {side} | {d['s_per_epoch']:.2f} | {1000 * d['s_per_epoch'] / steps:.2f} | "
+                f"{d['s_per_epoch_best']:.2f} | {fmt(d['warmup_s'], '.2f')} | {d['test_acc']:.4f} | "
                 f"{d['predict_s']:.3f} | {d['peak_train_mb']:.0f} | {d['train_increment_mb']:.0f} | {d['import_s']:.2f} |")
-        for label, r in s.get("ratio", {}).items():
-            floor = FLOOR_S.get(m)
-            tin = s[label]["s_per_epoch"]
+        for name, r in s.get("ratio", {}).items():
+            base = name.rsplit("/", 1)[1]
             lines.append(
-                f"| {m} | **{label}/Keras** | **{r['s_per_epoch']:.2f}**{verdict(r['s_per_epoch'], target_of(m, 'epoch'))}"
-                f" paired {r['s_per_epoch_paired']} | {fmt(s[label]['s_per_epoch_best'] / s['keras']['s_per_epoch_best'], '.2f')} | | | **{fmt(r['predict_s'], '.2f')}**"
-                f"{verdict(r['predict_s'], target_of(m, 'predict'))} | **{fmt(r['peak_train_mb'], '.2f')}**"
-                f"{verdict(r['peak_train_mb'], target_of(m, 'peak'))} | {fmt(r['train_increment_mb'], '.2f')} | "
-                f"{fmt(r['import_s'], '.2f')} |")
-            if floor:
-                lines.append(f"| {m} | floor (REFERENCE.md) | {floor:g} ({label} at {tin / floor:.1f}x the floor) | | | | | | | |")
+                f"| {m} | **{name}** | **{r['s_per_epoch']:.2f}**{verdict(r['s_per_epoch'], target_of(m, 'epoch', base))}"
+                f" paired {r['s_per_epoch_paired']} | | {fmt(r['s_per_epoch_best'], '.2f')} | | | **{fmt(r['predict_s'], '.2f')}**"
+                f"{verdict(r['predict_s'], target_of(m, 'predict', base))} | {fmt(r['peak_train_mb'], '.2f')} | "
+                f"{fmt(r['train_increment_mb'], '.2f')} | {fmt(r['import_s'], '.2f')} |")
+        floor = floor_s_per_epoch(m, meta["batch_size"], meta["floor_gflops"])
+        for side in sides:
+            if side in BASELINES or not s.get(side):
+                continue
+            x = s[side]["s_per_epoch"] / floor
+            lines.append(f"| {m} | {side}/floor | **{x:.1f}x**{verdict(x, target_of(m, 'epoch', 'floor'))} "
+                         f"(floor {floor:.2f} s/epoch) | | | | | | | | |")
     if meta.get("variants"):
         lines += ["", "Variants (tinycnn with extra environment): " + "; ".join(
             f"tinycnn[{n}]: {' '.join(f'{k}={v}' for k, v in e.items())}" for n, e in meta["variants"].items())]
@@ -209,8 +244,9 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="epochs of 6,400 images (200 steps) scaled to 60,000; 3 epochs, 1 repeat, 2 predicts")
     p.add_argument("--model", action="append", choices=MODELS,
-                   help="one model (repeat the option for several); default all three")
-    p.add_argument("--side", action="append", choices=("tinycnn", "keras"), help="default both")
+                   help="one model (repeat the option for several); default the notebook's three")
+    p.add_argument("--side", action="append", choices=SIDES,
+                   help="tinycnn, keras or torch (repeat for several); default tinycnn and keras")
     p.add_argument("--epochs", type=int, help="epochs per run (default 3; the first is the warm-up)")
     p.add_argument("--repeats", type=int, help="runs per side and model (default 2, quick 1)")
     p.add_argument("--train-samples", type=int, help="images per epoch (default 60,000, quick 6,400)")
@@ -231,7 +267,7 @@ def main(argv=None):
     args.repeats = args.repeats or (1 if args.quick else 2)
     args.train_samples = args.train_samples or (6400 if args.quick else FULL_EPOCH)
     args.predict_repeats = args.predict_repeats if args.predict_repeats is not None else (2 if args.quick else 3)
-    models = args.model or list(MODELS)
+    models = args.model or list(DEFAULT_MODELS)
     sides = args.side or ["tinycnn", "keras"]
     variants = {}
     for v in args.variant or []:
@@ -245,6 +281,8 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
 
     started = datetime.datetime.now(datetime.timezone.utc)
+    machine_before = _machine.machine_record(matmul=True)
+    print("\n".join(_machine.describe(machine_before)), flush=True)
     runs = []
     with open(os.path.join(args.out, "vs_keras.log"), "w") as log:
         for m in models:
@@ -256,6 +294,8 @@ def main(argv=None):
                     r = run_side(label, m, args, log, venv)
                     r["repeat"] = rep
                     runs.append(r)
+    machine_after = _machine.machine_record(matmul=True)
+    rates = [rec["matmul"]["gflops"] for rec in (machine_before, machine_after)]
     summary = summarize(runs, models, labels)
     settings = {}
     for side in labels:
@@ -268,7 +308,10 @@ def main(argv=None):
             settings[side] = st
     meta = {
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu_model(), "cpu_count": os.cpu_count(), "machine": platform.platform(),
+        "cpu": machine_before["cpu_model"], "isa": machine_before["isa"], "cpu_count": os.cpu_count(),
+        "machine": platform.platform(), "machine_record": machine_before,
+        "machine_lines": _machine.describe(machine_before)[:3],
+        "matmul_gflops": rates, "floor_gflops": statistics.median(rates),
         "python": platform.python_version(), "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
         "epochs": args.epochs, "repeats": args.repeats, "train_samples": args.train_samples,
         "batch_size": args.batch_size, "predict_batch_size": args.predict_batch_size,
