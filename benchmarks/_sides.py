@@ -331,6 +331,11 @@ def tinycnn_run(args, x, y, xt):
             pass
     except ImportError:
         pass
+    try:                    # how often the fast engine left its halves for a busy machine
+        from tinycnn.engines.fast import parallel
+        threads["halves_backoffs"] = parallel.backoff.backoffs
+    except (ImportError, AttributeError):
+        pass
     n_params = model.count_params() if hasattr(model, "count_params") else None
     return n_params, times, fit_s, hist.history.get("loss", []), peak, predict, threads
 
