@@ -110,7 +110,7 @@ def test_random_translation_shifts_whole_pixels_within_the_factors():
     utils.set_random_seed(3)
     n, h, w = 2000, 10, 8
     x = images((n, h, w, 2), seed=3)
-    layer = L.RandomTranslation(0.3, (-0.5, 0.2), fill_value=-2.0)
+    layer = L.RandomTranslation(0.3, (-0.5, 0.2), fill_mode="constant", fill_value=-2.0)
     y = layer.forward(x, training=True)
     dy, dx = layer._drawn
     assert dy.dtype == dx.dtype == np.int64 and dy.shape == dx.shape == (n,)

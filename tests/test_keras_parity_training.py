@@ -117,3 +117,19 @@ def test_label_smoothing_loss_and_gradient_as_keras(label_smoothing):
     loss, grad = ours.from_probs(y, p.numpy())
     assert loss == pytest.approx(float(keras_loss), rel=1e-6)
     assert rel_error(grad, tape.gradient(keras_loss, p).numpy()) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["RandomFlip", "RandomTranslation", "BatchNormalization"])
+def test_the_random_and_normalising_layers_take_keras_defaults(name):
+    """A Keras user's RandomTranslation(0.1, 0.1) fills as Keras's does ("reflect"), and so on:
+    every argument both constructors have gets the same default."""
+    import inspect
+
+    from tinycnn import layers as L
+    ours = inspect.signature(getattr(L, name).__init__).parameters
+    theirs = inspect.signature(getattr(keras.layers, name).__init__).parameters
+    shared = [p for p in ours if p in theirs and p not in ("self", "seed", "name", "dtype")
+              and ours[p].default is not inspect.Parameter.empty]
+    assert shared, name
+    for p in shared:
+        assert ours[p].default == theirs[p].default, (name, p, ours[p].default, theirs[p].default)

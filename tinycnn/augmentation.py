@@ -137,18 +137,18 @@ class RandomTranslation(_RandomLayer):
     x (N, H, W, C) -> y (N, H, W, C):
         dy[n] = round(uniform(lower, upper) * H),  dx[n] likewise with W      whole pixels
         y[n, i, j] = x[n, i - dy[n], j - dx[n]]   where that pixel lies in the image;
-                     fill_value there with fill_mode="constant" (the default), else the pixel
-                     fill_mode picks: "nearest", "reflect" or "wrap" (see _source_index)
+                     else the pixel fill_mode picks: "reflect" (the default, as in Keras),
+                     "nearest" or "wrap" (see _source_index), or fill_value for "constant"
     The shift is rounded to whole pixels, which is what one expects of a shift; Keras shifts by
     the fraction itself and interpolates (bilinear by default; with whole shifts its "nearest"
-    interpolation gives this result). Keras's default fill_mode is "reflect".
+    interpolation gives this result).
     Backward: each output pixel's gradient goes back to the input pixel it was copied from,
     added up where one pixel fed several; a filled pixel came from none and passes nothing.
     draw(n) -> (dy (n,) int64, dx (n,) int64), the shifts in pixels.
     """
     FILL_MODES = ("constant", "nearest", "reflect", "wrap")
 
-    def __init__(self, height_factor, width_factor, fill_mode="constant", fill_value=0.0, seed=None,
+    def __init__(self, height_factor, width_factor, fill_mode="reflect", fill_value=0.0, seed=None,
                  input_shape=None, name=None, dtype=None):
         super().__init__(seed, input_shape, name, dtype)
         self.height_factor = _factor_range(height_factor, "height_factor", self.name)

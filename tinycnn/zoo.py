@@ -123,7 +123,7 @@ def best_model(epochs=30, batch_size=128, train_images=60_000, batch_norm=True, 
     def drop(rate):
         return [Dropout(rate)] if dropout else []
 
-    augment = [RandomFlip("horizontal"), RandomTranslation(3 / 28, 3 / 28),
+    augment = [RandomFlip("horizontal"), RandomTranslation(3 / 28, 3 / 28, fill_mode="constant"),
                RandomErasing(probability=0.3, area=(0.02, 0.3))] if augmentation else []
     model = Sequential([
         *augment,
