@@ -12,7 +12,8 @@ import pytest
 
 from helpers import rel_error
 from tinycnn import utils, zoo
-from tinycnn.engines.fast import kernels, parallel, tuning
+from tinycnn import layers as L
+from tinycnn.engines.fast import kernels, ops, parallel, tuning
 
 
 @pytest.fixture
@@ -200,24 +201,26 @@ def test_the_product_measurement_is_short_and_says_yes_or_no():
 # ---------------------------------------------------------------------------
 # Each forced choice held to the reference engine
 # ---------------------------------------------------------------------------
-def agree_with_reference(steps=3, batch_size=16):
-    """cnn_categorical on both engines, the same weights: predictions agree, and the weights
-    after `steps` steps of SGD (tolerances of tests/test_engines.py)."""
+def agree_with_reference(steps=3, batch_size=16, zoo_model="cnn_categorical"):
+    """A zoo model on both engines, the same weights: predictions agree, and the weights
+    after `steps` steps of its optimizer (tolerances of tests/test_engines.py). -> the fast model."""
     models = {}
     for name in ("reference", "fast"):
         utils.set_random_seed(7)
-        model = zoo.get_spec("cnn_categorical").build()
+        model = zoo.get_spec(zoo_model).build()
         model.compile(model.optimizer, model.loss, engine=name)
         models[name] = model
     rng = np.random.default_rng(1)
     x = rng.random((steps * batch_size, 28, 28, 1)).astype(np.float32)
-    y = utils.to_categorical(rng.integers(0, 10, len(x)), 10)
+    labels = rng.integers(0, 10, len(x))
+    y = labels if models["fast"].loss.sparse else utils.to_categorical(labels, 10)
     predictions = {name: m.predict(x, batch_size=batch_size, verbose=0) for name, m in models.items()}
     assert rel_error(predictions["fast"], predictions["reference"]) < 1e-5
     for model in models.values():
         model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
     for a, b in zip(models["fast"].get_weights(), models["reference"].get_weights()):
         assert rel_error(a, b) < 1e-4
+    return models["fast"]
 
 
 @pytest.mark.parametrize("halves", [True, False], ids=["halves", "backed-off"])
@@ -242,6 +245,45 @@ def test_each_forced_choice_trains_as_the_reference(tuning_on, monkeypatch, cut,
         utils.set_num_threads(None)
     assert bool(hand_overs) == halves
     assert (set(ways) == set(kernels.CUTS)) if cut else not ways
+
+
+@pytest.mark.parametrize("winograd", [True, False], ids=["winograd", "im2col"])
+def test_either_way_of_a_conv_trains_as_the_reference(tuning_on, monkeypatch, winograd):
+    asked = []
+    monkeypatch.setattr(ops, "winograd_pays", lambda *conv: asked.append(conv) or winograd)
+    model = agree_with_reference(zoo_model="cnn_sparse")
+    convs = [getattr(op, "conv", op) for op in model.engine.plans(model)[0]]
+    convs = [op for op in convs if isinstance(op, ops.ConvOp)]
+    assert [op.winograd for op in convs] == [False, winograd]         # the first conv has 1 channel
+    assert ((13, 13, 64), 64, "valid") in asked
+
+
+def test_a_conv_shape_is_measured_once_and_cached_under_its_shape(tuning_on, monkeypatch):
+    measured = []
+    monkeypatch.setattr(ops, "measure_winograd", lambda *conv: measured.append(conv) or False)
+    for shape in [(9, 9, 16), (9, 9, 16), (7, 7, 16)]:
+        layer = L.Conv2D(8, 3, padding="same")
+        layer.build(shape)
+        assert ops.ConvOp(layer, [np.zeros_like(p) for p in layer.params]).winograd is False
+    assert measured == [((9, 9, 16), 8, "same"), ((7, 7, 16), 8, "same")]
+    [choices] = json.loads(tuning_on.read_text()).values()
+    assert choices == {"conv_winograd_9x9x16_8_same": False, "conv_winograd_7x7x16_8_same": False}
+
+
+def test_the_conv_measurement_is_short_and_keeps_a_big_conv_small(monkeypatch):
+    start = time.perf_counter()
+    assert ops.measure_winograd((14, 14, 64), 64, "same") in (True, False)
+    assert time.perf_counter() - start < 2.0              # (about 0.15 s; a busy machine is slower)
+    layer = L.Conv2D(64, 3, padding="same")
+    layer.build((14, 14, 64))
+    per_image = max(ops.ConvOp(layer, [np.zeros_like(p) for p in layer.params], winograd=way).scratch_bytes_per_image()
+                    for way in (True, False))
+    monkeypatch.setattr(ops, "MEASURE_BYTES", 3 * per_image + 1)      # room for 3 images' scratch
+    batches = []
+    forward_linear = ops.ConvOp.forward_linear
+    monkeypatch.setattr(ops.ConvOp, "forward_linear", lambda op, x, *a: batches.append(len(x)) or forward_linear(op, x, *a))
+    ops.measure_winograd((14, 14, 64), 64, "same")
+    assert batches and set(batches) == {3}
 
 
 # ---------------------------------------------------------------------------

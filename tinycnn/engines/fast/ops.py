@@ -17,7 +17,7 @@ import copy
 
 import numpy as np
 
-from tinycnn.engines.fast import kernels
+from tinycnn.engines.fast import kernels, tuning
 from tinycnn.layers import Activation, BatchNormalization, Conv2D, Dense, Flatten, MaxPooling2D
 
 
@@ -76,12 +76,16 @@ class _WeightedOp(Op):
 
 class ConvOp(_WeightedOp):
     """Conv2D: im2col and one product (kernels.im2col, kernels.matmul), or Winograd's way for a
-    3x3, stride-1 convolution on 16 channels or more (kernels.winograd_*)."""
+    3x3, stride-1 convolution on 16 channels or more (kernels.winograd_*) where that is the
+    faster way on this machine (winograd_pays; `winograd` True or False forces a way)."""
 
-    def __init__(self, layer, grads):
+    def __init__(self, layer, grads, winograd=None):
         super().__init__(layer, grads)
         self.out_h, self.out_w, self.pad_top, self.pad_left = layer.geometry()
-        self.winograd = kernels.winograd_fits(layer.kernel_size, layer.strides, layer.input_shape[2])
+        fits = kernels.winograd_fits(layer.kernel_size, layer.strides, layer.input_shape[2])
+        if fits and winograd is None:
+            winograd = winograd_pays(layer.input_shape, layer.filters, layer.padding)
+        self.winograd = fits and winograd
         self.v = self.u = self.cols = None
 
     def forward(self, x, training=False):
@@ -157,6 +161,51 @@ class ConvOp(_WeightedOp):
             tiles_h, tiles_w = kernels.winograd_tiles(self.out_h, self.out_w)
             return 16 * tiles_h * tiles_w * kernel.shape[2] * kernel.itemsize
         return self.out_h * self.out_w * kernel[..., 0].size * kernel.itemsize
+
+
+# Winograd's way takes 16 products over C for each 2x2 block of outputs where im2col takes
+# 36, but makes more passes over memory (the tiles in and out, forward and backward), so
+# which way is faster depends on the conv's shape, the CPU and the BLAS kernel NumPy runs on
+# it: measured once per machine and conv shape (tinycnn.engines.fast.tuning).
+MEASURE_IMAGES = 16                 # a half of a batch of 32, as the engine runs it
+MEASURE_BYTES = 64 * 2**20          # ... or fewer images, to keep a big conv's sample in 64 MiB
+
+
+def winograd_pays(input_shape, filters, padding):
+    """True if Winograd's way beats im2col on this machine for a 3x3 stride-1 conv of
+    `filters` on per-image input_shape (H, W, C) (measure_winograd; True where tuning is off)."""
+    name = f"conv_winograd_{'x'.join(map(str, input_shape))}_{filters}_{padding}"
+    tuning.register(name, lambda: measure_winograd(input_shape, filters, padding), default=True)
+    return tuning.choice(name)
+
+
+def measure_winograd(input_shape, filters, padding, rounds=5):
+    """True if that conv's forward and backward passes take less time Winograd's way than
+    im2col's, on random numbers, at one BLAS thread (as the engine runs them). Each round times
+    both ways, in alternating order; the medians of the rounds are compared. About 0.05-0.2 s."""
+    import time
+    from tinycnn.engines.fast import parallel
+    rng = np.random.default_rng(0)
+    layer = Conv2D(filters, 3, padding=padding)
+    layer.build(tuple(input_shape))
+    layer.kernel[...] = rng.standard_normal(layer.kernel.shape, dtype=np.float32)
+    ops = {way: ConvOp(layer, [np.zeros_like(p) for p in layer.params], winograd=way) for way in (True, False)}
+    per_image = max(op.scratch_bytes_per_image() for op in ops.values())
+    images = max(1, min(MEASURE_IMAGES, MEASURE_BYTES // per_image))
+    x = rng.standard_normal((images,) + tuple(input_shape), dtype=np.float32)
+    grad_z = rng.standard_normal((images * ops[True].out_h * ops[True].out_w, filters), dtype=np.float32)
+    times = {True: [], False: []}
+    with parallel.blas_threads(1):
+        for op in ops.values():                              # warm the caches and BLAS's buffers
+            op.forward_linear(x)
+            op.backward_linear(grad_z)
+        for r in range(rounds):
+            for way in ((True, False) if r % 2 == 0 else (False, True)):
+                start = time.perf_counter()
+                ops[way].forward_linear(x)
+                ops[way].backward_linear(grad_z)
+                times[way].append(time.perf_counter() - start)
+    return float(np.median(times[True])) < float(np.median(times[False]))
 
 
 class PoolOp(Op):
