@@ -378,3 +378,19 @@ def test_the_engine_asks_whether_halves_are_welcome(tuning_on, monkeypatch):
         assert not model.engine._in_halves(model, 32)
     finally:
         utils.set_num_threads(None)
+
+
+def test_a_measurement_that_needs_another_choice_does_not_wait_for_itself(tuning_on):
+    """Measuring a conv's way runs kernels.matmul, which asks whether its cuts pay: a choice
+    decided while another is being decided (in the same thread) must not deadlock."""
+    layer = L.Conv2D(64, 3)                 # cnn_sparse's second conv: its dL/dW product is cut
+    layer.build((13, 13, 64))
+    made = []
+    thread = threading.Thread(target=lambda: made.append(ops.ConvOp(layer, [np.zeros_like(p) for p in layer.params])),
+                              daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert made, "ConvOp waited for its own measurement"
+    [choices] = json.loads(tuning_on.read_text()).values()
+    assert "conv_winograd_13x13x64_64_valid" in choices
+    assert any(name.startswith("matmul_cut_") for name in choices)       # decided inside the first

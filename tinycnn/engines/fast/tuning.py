@@ -40,7 +40,8 @@ from tinycnn import utils
 FILE_NAME = "tinycnn-tuning.json"
 _registered = {}                # name -> (measure function, safe default)
 _decided = {}                   # name -> value, this process's answers
-_lock = threading.Lock()
+_lock = threading.RLock()         # re-entrant: measuring one choice may need another (a conv's
+                                 # measurement runs matmul, which asks whether its cuts pay)
 _warned = set()                 # cache files already warned about in this process
 
 
@@ -74,7 +75,7 @@ def decide_all():
 
 def _reset_after_fork():
     global _lock
-    _lock = threading.Lock()
+    _lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -103,6 +104,7 @@ def _decide(name):
     if type(value) is not type(default):
         return default
     if path:
+        cache = _read(path)[0] or cache        # again: a choice decided while measuring wrote it
         cache.setdefault(key, {})[name] = value
         problem = _write(path, cache) or problem
     if problem:
