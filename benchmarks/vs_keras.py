@@ -57,8 +57,7 @@ import _machine  # noqa: E402
 from _sides import MODELS, SIDES  # noqa: E402
 
 FULL_EPOCH = 60000
-NOTEBOOK_MODELS = ("cnn_categorical", "simple_dense", "cnn_sparse")
-DEFAULT_MODELS = NOTEBOOK_MODELS
+NOTEBOOK_MODELS = ("cnn_categorical", "simple_dense", "cnn_sparse")     # the default models
 # What tinycnn aims at, as ratios measured in one run: (model, what, baseline) -> at most.
 # "epoch" is s/epoch, "predict" the 10,000 test images; "*" is every model.
 TARGETS = {
@@ -267,7 +266,7 @@ def main(argv=None):
     args.repeats = args.repeats or (1 if args.quick else 2)
     args.train_samples = args.train_samples or (6400 if args.quick else FULL_EPOCH)
     args.predict_repeats = args.predict_repeats if args.predict_repeats is not None else (2 if args.quick else 3)
-    models = args.model or list(DEFAULT_MODELS)
+    models = args.model or list(NOTEBOOK_MODELS)
     sides = args.side or ["tinycnn", "keras"]
     variants = {}
     for v in args.variant or []:

@@ -391,7 +391,6 @@ def measure_cut(way, rounds=9, calls=5):
     product both ways, in alternating order; the medians of the rounds are compared, summed
     over the samples. About 0.1 s.
     """
-    import time
     from tinycnn.engines.fast import parallel
     rng = np.random.default_rng(0)
     totals = {"cut": 0.0, "plain": 0.0}
@@ -402,18 +401,10 @@ def measure_cut(way, rounds=9, calls=5):
                 rng.standard_normal(b_shape, dtype=np.float32)
             out = np.empty((a_shape[0], b_shape[1]), np.float32)
             assert cut_for(a, b) == way, (way, a_shape, b_shape)
-            ways = {"cut": lambda: CUTS[way](a, b, out), "plain": lambda: np.matmul(a, b, out=out)}
-            times = {"cut": [], "plain": []}
-            for name in ways:                                 # warm the caches and BLAS's buffers
-                ways[name]()
-            for r in range(rounds):
-                for name in (("cut", "plain") if r % 2 == 0 else ("plain", "cut")):
-                    start = time.perf_counter()
-                    for _ in range(calls):
-                        ways[name]()
-                    times[name].append(time.perf_counter() - start)
+            medians = tuning.median_times({"cut": lambda: CUTS[way](a, b, out),
+                                           "plain": lambda: np.matmul(a, b, out=out)}, rounds, calls)
             for name in totals:
-                totals[name] += float(np.median(times[name]))
+                totals[name] += medians[name]
     return totals["cut"] < totals["plain"]
 
 

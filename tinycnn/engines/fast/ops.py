@@ -183,7 +183,6 @@ def measure_winograd(input_shape, filters, padding, rounds=5):
     """True if that conv's forward and backward passes take less time Winograd's way than
     im2col's, on random numbers, at one BLAS thread (as the engine runs them). Each round times
     both ways, in alternating order; the medians of the rounds are compared. About 0.05-0.2 s."""
-    import time
     from tinycnn.engines.fast import parallel
     rng = np.random.default_rng(0)
     layer = Conv2D(filters, 3, padding=padding)
@@ -194,18 +193,13 @@ def measure_winograd(input_shape, filters, padding, rounds=5):
     images = max(1, min(MEASURE_IMAGES, MEASURE_BYTES // per_image))
     x = rng.standard_normal((images,) + tuple(input_shape), dtype=np.float32)
     grad_z = rng.standard_normal((images * ops[True].out_h * ops[True].out_w, filters), dtype=np.float32)
-    times = {True: [], False: []}
+
+    def both_passes(op):
+        op.forward_linear(x)
+        op.backward_linear(grad_z)
     with parallel.blas_threads(1):
-        for op in ops.values():                              # warm the caches and BLAS's buffers
-            op.forward_linear(x)
-            op.backward_linear(grad_z)
-        for r in range(rounds):
-            for way in ((True, False) if r % 2 == 0 else (False, True)):
-                start = time.perf_counter()
-                ops[way].forward_linear(x)
-                ops[way].backward_linear(grad_z)
-                times[way].append(time.perf_counter() - start)
-    return float(np.median(times[True])) < float(np.median(times[False]))
+        medians = tuning.median_times({way: lambda op=op: both_passes(op) for way, op in ops.items()}, rounds)
+    return medians[True] < medians[False]
 
 
 class PoolOp(Op):

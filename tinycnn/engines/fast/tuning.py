@@ -17,6 +17,7 @@ measured again there.
                             read from the file, else measured (and written to the file)
     register(name, measure, default)    what measures a choice, and its safe default
     decide_all()            every registered choice now (a forked worker inherits them)
+    median_times(ways, rounds)    what a measurement compares: each way's median time
 
 Environment:
     TINYCNN_TUNING=off      measure nothing, read and write no file: every choice takes its
@@ -30,6 +31,7 @@ possible), with one warning per process that names the file and what to do about
 import json
 import os
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -40,8 +42,8 @@ from tinycnn import utils
 FILE_NAME = "tinycnn-tuning.json"
 _registered = {}                # name -> (measure function, safe default)
 _decided = {}                   # name -> value, this process's answers
-_lock = threading.RLock()         # re-entrant: measuring one choice may need another (a conv's
-                                 # measurement runs matmul, which asks whether its cuts pay)
+_lock = threading.RLock()       # re-entrant: measuring one choice may need another (a conv's
+                                # measurement runs matmul, which asks whether its cuts pay)
 _warned = set()                 # cache files already warned about in this process
 
 
@@ -80,6 +82,25 @@ def _reset_after_fork():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def median_times(ways, rounds, calls=1):
+    """{name: the median seconds of `calls` calls of ways[name]()} over `rounds` rounds.
+
+    Each way is called once first (to warm the caches and BLAS's buffers); then each round
+    times every way, in an order that flips from round to round, so that the machine's
+    drift falls on all of them."""
+    for run in ways.values():
+        run()
+    names = list(ways)
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            start = time.perf_counter()
+            for _ in range(calls):
+                ways[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(seconds)) for name, seconds in times.items()}
 
 
 # ---------------------------------------------------------------------------
