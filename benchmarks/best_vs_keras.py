@@ -3,6 +3,7 @@
     python benchmarks/best_vs_keras.py                    # both sides, 30 epochs each (hours on 2 cores)
     python benchmarks/best_vs_keras.py --epochs 2         # a quick look at s/epoch
     python benchmarks/best_vs_keras.py --sides keras --epochs 30 --seed 2 --out keras_best.json
+    python benchmarks/best_vs_keras.py --sides keras --threads 1   # one thread a side: two runs at once on 2 cores
 
 The recipe is tinycnn.zoo.best_model's, written out in Keras: RandomFlip("horizontal"),
 RandomTranslation(3/28, 3/28, fill_mode="constant"), RandomErasing(factor=0.3, scale=(0.02, 0.3),
@@ -52,8 +53,12 @@ def keras_recipe(epochs, batch_size, train_images):
     return model
 
 
-def run_side(side, epochs, batch_size, seed, train_images=None):
-    """Train one side, printing a JSON line per epoch; returns nothing (the parent reads stdout)."""
+def run_side(side, epochs, batch_size, seed, train_images=None, threads=None):
+    """Train one side, printing a JSON line per epoch; returns nothing (the parent reads stdout).
+
+    threads: None leaves each library its default; N caps Keras's two thread pools at N
+    (tinycnn's and OpenBLAS's thread counts come from the environment the parent sets).
+    """
     import numpy as np
     from _sides import load_fashion_mnist
     (x, y), (xt, yt) = load_fashion_mnist()
@@ -63,6 +68,10 @@ def run_side(side, epochs, batch_size, seed, train_images=None):
     onehot, onehot_test = np.eye(10, dtype="float32")[y], np.eye(10, dtype="float32")[yt]
     if side == "keras":
         import keras
+        if threads:
+            import tensorflow as tf
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
         keras.utils.set_random_seed(seed)
         model = keras_recipe(epochs, batch_size, len(x))
     else:
@@ -88,11 +97,12 @@ def main():
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--train-images", type=int, help="train on the first N images only (a check that it runs)")
+    parser.add_argument("--threads", type=int, help="threads per side (default: each library's own)")
     parser.add_argument("--out", help="write every JSON line and the machine record here")
     parser.add_argument("--side", help=argparse.SUPPRESS)          # internal: run one side here
     args = parser.parse_args()
     if args.side:
-        run_side(args.side, args.epochs, args.batch_size, args.seed, args.train_images)
+        run_side(args.side, args.epochs, args.batch_size, args.seed, args.train_images, args.threads)
         return
     from _machine import describe, machine_record
     lines = []
@@ -101,7 +111,12 @@ def main():
                    "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
         if args.train_images:
             command += ["--train-images", str(args.train_images)]
-        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as child:
+        environment = dict(os.environ)
+        if args.threads:
+            command += ["--threads", str(args.threads)]
+            environment.update({name: str(args.threads) for name in
+                                ("TINYCNN_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")})
+        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=environment) as child:
             for line in child.stdout:
                 print(line, end="", flush=True)
                 lines.append(json.loads(line))
