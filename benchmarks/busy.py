@@ -5,15 +5,18 @@
 
 The fast engine splits each batch into two halves on two cores. When another program holds
 one of the cores, the second half starts late and the step waits for it; the engine then
-backs off to one thread for a while (tinycnn/engines/fast/parallel.py, `Backoff`). This
-measures whether that works: the default must never be slower than TINYCNN_NUM_THREADS=1.
+backs off to one thread for a while (tinycnn/engines/fast/parallel.py, `Backoff`). Where
+halves are slower even on an idle machine, its timed trials keep whole batches
+(`HalvesTrial`). This measures whether that works: the default must never be slower than
+TINYCNN_NUM_THREADS=1.
 
 For each repeat and each condition (idle, busy), the two settings run one after the other,
 their order flipping from repeat to repeat, each in a process of its own
 (benchmarks/_sides.py: real data, batch 32, --epochs epochs of --train-samples images; the
 first epoch is the warm-up and is dropped). "busy" starts one CPU-bound program (a Python
 loop that never sleeps) before the run and stops it after. Reports the median ms per step
-of each, their ratio default / one thread, and how many times the engine backed off.
+of each, their ratio default / one thread, how many times the engine backed off, and what
+its last trial of halves against whole batches kept after how many trials.
 Writes DIR/busy.json and DIR/busy.md (DIR: benchmarks/results/, git-ignored).
 """
 import argparse
@@ -49,7 +52,9 @@ def run(model, setting, args):
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     steps = -(-args.train_samples // 32)
     ms = [1000 * t / steps for t in res["epoch_s"][1:]]
-    return statistics.median(ms), res["settings"].get("halves_backoffs")
+    trials = res["settings"].get("halves_trials") or {}
+    verdicts = " ".join(f"{'halves' if pay else 'whole'} after {n}" for n, pay in trials.values()) or "none"
+    return statistics.median(ms), f"{res['settings'].get('halves_backoffs')} back-offs, trials: {verdicts}"
 
 
 def main(argv=None):
@@ -63,7 +68,7 @@ def main(argv=None):
     machine = _machine.machine_record(matmul=True)
     print("\n".join(_machine.describe(machine)), flush=True)
     results = {(c, s): [] for c in ("idle", "busy") for s in SETTINGS}
-    backoffs = {(c, s): [] for c in ("idle", "busy") for s in SETTINGS}
+    notes = {(c, s): [] for c in ("idle", "busy") for s in SETTINGS}
     for rep in range(args.repeats):
         for condition in ("idle", "busy"):
             order = list(SETTINGS) if rep % 2 == 0 else list(SETTINGS)[::-1]
@@ -72,8 +77,8 @@ def main(argv=None):
                 for setting in order:
                     ms, n = run(args.model, setting, args)
                     results[condition, setting].append(ms)
-                    backoffs[condition, setting].append(n)
-                    print(f"  repeat {rep + 1} {condition:4s} {setting:10s} {ms:7.2f} ms/step  back-offs {n}",
+                    notes[condition, setting].append(n)
+                    print(f"  repeat {rep + 1} {condition:4s} {setting:10s} {ms:7.2f} ms/step  {n}",
                           flush=True)
             finally:
                 if hog is not None:
@@ -81,7 +86,7 @@ def main(argv=None):
                     hog.wait()
     lines = [f"{args.model}, batch 32, {args.epochs - 1} timed epochs of {args.train_samples} images, "
              f"{args.repeats} repeats", "", *_machine.describe(machine), "",
-             "| condition | default ms/step | one thread ms/step | default / one thread | back-offs (default) |",
+             "| condition | default ms/step | one thread ms/step | default / one thread | halves' back-offs and timed trials (default) |",
              "|---|---|---|---|---|"]
     summary = {}
     for condition in ("idle", "busy"):
@@ -90,10 +95,10 @@ def main(argv=None):
         summary[condition] = {"default_ms": d, "one_thread_ms": o, "ratio": d / o,
                               "default_all": results[condition, "default"],
                               "one_thread_all": results[condition, "one thread"],
-                              "backoffs": backoffs[condition, "default"]}
+                              "halves": notes[condition, "default"]}
         lines.append(f"| {condition} | {d:.2f} {[round(x, 2) for x in results[condition, 'default']]} | "
                      f"{o:.2f} {[round(x, 2) for x in results[condition, 'one thread']]} | **{d / o:.2f}** | "
-                     f"{backoffs[condition, 'default']} |")
+                     f"{'; '.join(notes[condition, 'default'])} |")
     md = "\n".join(lines)
     print("\n" + md)
     os.makedirs(args.out, exist_ok=True)

@@ -1,6 +1,7 @@
 """The fast engine's measured speed choices (tinycnn.engines.fast.tuning): the cache per
-machine and its failures, TINYCNN_TUNING=off, the cut or plain products, and the back-off
-from halves when the second core is busy (parallel.Backoff). Each forced choice is held to
+machine and its failures, TINYCNN_TUNING=off, the cut or plain products, the back-off
+from halves when the second core is busy (parallel.Backoff), and the timed trials of halves
+against whole batches (parallel.HalvesTrial). Each forced choice is held to
 the reference engine."""
 import json
 import threading
@@ -378,6 +379,60 @@ def test_the_engine_asks_whether_halves_are_welcome(tuning_on, monkeypatch):
         assert not model.engine._in_halves(model, 32)
     finally:
         utils.set_num_threads(None)
+
+
+def run_trial(trial, seconds_of, steps):
+    """`steps` steps through `trial`, the halves' steps taking seconds_of[True] -> "H"/"W" per step."""
+    ways = []
+    for _ in range(steps):
+        halves = trial.halves_now()
+        trial.record(halves, seconds_of[halves])
+        ways.append("H" if halves else "W")
+    return "".join(ways)
+
+
+@pytest.mark.parametrize("halves_quicker", [True, False], ids=["halves-quicker", "whole-quicker"])
+def test_a_timed_trial_keeps_the_quicker_way_and_tries_again_later(monkeypatch, halves_quicker):
+    monkeypatch.setattr(parallel, "WARM_UP_STEPS", 2)
+    monkeypatch.setattr(parallel, "TRIAL_STEPS", 4)
+    monkeypatch.setattr(parallel, "TRIAL_EVERY", 5)
+    seconds_of = {True: 0.004, False: 0.005} if halves_quicker else {True: 0.006, False: 0.005}
+    trial = parallel.HalvesTrial()
+    kept = "H" if halves_quicker else "W"
+    trial_ways = "HWWHHWWH"                                       # each way 4 times, in turns
+    assert run_trial(trial, seconds_of, 2 + 8 + 5 + 8 + 5) == "HH" + trial_ways + kept * 5 + trial_ways + kept * 5
+    assert trial.trials == 2 and trial.halves_pay == halves_quicker
+    seconds_of = {True: 0.004, False: 0.005}                      # the machine changed: the next trial sees it
+    assert run_trial(trial, seconds_of, 8 + 1) == trial_ways + "H"
+
+
+def test_the_engine_runs_whole_batches_where_its_trial_timed_halves_slower(tuning_on, monkeypatch):
+    """Halves made 20 ms slower a step: after its trial the engine runs whole batches, then
+    tries again; the mixed steps train as the reference engine does."""
+    from tinycnn.engines.fast.engine import FastEngine
+    monkeypatch.setattr(parallel, "WARM_UP_STEPS", 1)
+    monkeypatch.setattr(parallel, "TRIAL_STEPS", 2)
+    monkeypatch.setattr(parallel, "TRIAL_EVERY", 3)
+    state = parallel.Backoff()
+    state.record = lambda *args, **kwargs: None            # no real lateness decides this test
+    monkeypatch.setattr(parallel, "backoff", state)
+    ways = []
+    in_halves, whole = FastEngine._train_step_in_halves, FastEngine._train_whole
+
+    def slow_halves(self, model, x, y):
+        ways.append("H")
+        time.sleep(0.02)
+        return in_halves(self, model, x, y)
+    monkeypatch.setattr(FastEngine, "_train_step_in_halves", slow_halves)
+    monkeypatch.setattr(FastEngine, "_train_whole", lambda self, *args: ways.append("W") or whole(self, *args))
+    utils.set_num_threads(2)
+    try:
+        model = agree_with_reference(steps=12)
+    finally:
+        utils.set_num_threads(None)
+    assert "".join(ways) == "H" + "HWWH" + "WWW" + "HWWH"
+    [trial] = model.engine._trials.values()
+    assert trial.trials == 2 and not trial.halves_pay
 
 
 def test_a_measurement_that_needs_another_choice_does_not_wait_for_itself(tuning_on):

@@ -30,6 +30,7 @@ import enum
 import math
 import os
 import sys
+import time
 import types
 
 import numpy as np
@@ -38,7 +39,7 @@ from tinycnn import losses as losses_module
 from tinycnn import optimizers as optimizers_module
 from tinycnn import utils
 from tinycnn.engines import Engine
-from tinycnn.engines.fast import kernels, parallel
+from tinycnn.engines.fast import kernels, parallel, tuning
 from tinycnn.engines.fast.ops import BatchNormOp, LayerOp, RandomLayerOp, make_plan
 
 
@@ -137,6 +138,7 @@ class FastEngine(Engine):
         self._worker_run = None              # the worker process of a long call, see `run`
         self._plans_key, self._plans = None, None
         self._deferred_cache = None
+        self._trials = {}                    # batch size -> parallel.HalvesTrial: do halves pay?
 
     # ------------------------------------------------------------------------------------------
     # Plans: the ops for the whole batch (or first half) and for the second half
@@ -151,6 +153,7 @@ class FastEngine(Engine):
             second = make_plan(model.layers, [[parallel.shared_copy(np.zeros_like(g)) for g in layer.grads]
                                               for layer in model.layers])
             self._plans, self._plans_key = (first, second), key
+            self._trials = {}                                # a new plan: try its halves again
         return self._plans
 
     @staticmethod
@@ -203,17 +206,31 @@ class FastEngine(Engine):
     def train_step(self, model, x, y):
         """One step of gradient descent on a batch -> (mean loss before the step, outputs).
 
-        The loss comes first: when it is NaN or infinite the step is not taken.
+        The loss comes first: when it is NaN or infinite the step is not taken. The step goes
+        in halves where they can pay (`_in_halves`) and, with tuning on, where the latest
+        timed trial of this batch size found them quicker than one thread (parallel.HalvesTrial).
         """
         self.model = model
-        if self._in_halves(model, len(x)):
-            if self._halves_meet(model):
-                loss, probs, halves = self._train_in_synced_halves(model, x, y)
-            else:
-                loss, probs, halves = self._train_in_halves(model, x, y)     # two halves' gradients
-            if math.isfinite(loss):
-                self._apply_gradients_in_halves(model, halves)
-            return loss, probs
+        if not self._in_halves(model, len(x)):
+            return self._train_whole(model, x, y)
+        if not tuning.enabled():                             # (deterministic: always halves)
+            return self._train_step_in_halves(model, x, y)
+        trial = self._trials.setdefault(len(x), parallel.HalvesTrial())
+        halves, started = trial.halves_now(), time.perf_counter()
+        loss, probs = (self._train_step_in_halves if halves else self._train_whole)(model, x, y)
+        trial.record(halves, time.perf_counter() - started)
+        return loss, probs
+
+    def _train_step_in_halves(self, model, x, y):
+        if self._halves_meet(model):
+            loss, probs, halves = self._train_in_synced_halves(model, x, y)
+        else:
+            loss, probs, halves = self._train_in_halves(model, x, y)     # two halves' gradients
+        if math.isfinite(loss):
+            self._apply_gradients_in_halves(model, halves)
+        return loss, probs
+
+    def _train_whole(self, model, x, y):
         plan = self.plans(model)[0]
         probs = self._forward(plan, x, training=True)
         loss, grad = self._loss_and_grad(model, y, probs, plan[-1])

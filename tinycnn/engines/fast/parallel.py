@@ -213,6 +213,61 @@ def halves_welcome():
 
 
 # ---------------------------------------------------------------------------
+# Whether halves pay at all: the training steps timed, now and then
+# ---------------------------------------------------------------------------
+# Backoff sees a core that another program holds, within a few steps. It cannot see a
+# machine where the halves are slower with both cores free: two cores that share a slow
+# memory bus, or a model whose hand-overs cost more than the second core saves. Which
+# machine is which depends on the CPU and on the moment (benchmarks/README.md, "Fast on
+# every CPU"), so the engine times its own training steps (HalvesTrial, one per model and
+# batch size): after WARM_UP_STEPS in halves, a trial runs TRIAL_STEPS steps each way in
+# the order halves, whole, whole, halves, halves, whole, ... (a drift of the machine falls
+# on both ways alike), then keeps the way whose median step was quicker for TRIAL_EVERY
+# steps, and tries again. Losing costs at most the slower way's extra time on TRIAL_STEPS
+# of every TRIAL_EVERY steps. The two ways compute the same step; they differ only in the
+# last bits of the summed gradient (see the top of this file).
+WARM_UP_STEPS = 4
+TRIAL_STEPS = 8
+TRIAL_EVERY = 500
+
+
+class HalvesTrial:
+    """Whether the next training step of one model and batch size goes in halves, from how
+    long the steps of each way took in the latest trial (see above). The engine asks
+    halves_now() before a step and tells record() how long it took."""
+
+    def __init__(self):
+        self.warm_up_left = WARM_UP_STEPS
+        self.trial_step = 0                      # steps of the current trial so far
+        self.settled_left = 0                    # steps until the next trial (0: in a trial)
+        self.times = {True: [], False: []}       # the current trial's step times, each way
+        self.halves_pay = True                   # the latest trial's verdict
+        self.trials = 0                          # trials finished (for tests and benchmarks)
+
+    def halves_now(self):
+        if self.warm_up_left > 0:
+            return True
+        if self.settled_left > 0:
+            return self.halves_pay
+        return self.trial_step % 4 in (0, 3)     # halves, whole, whole, halves, ...
+
+    def record(self, halves, seconds):
+        """A step took `seconds`, in halves or whole (as halves_now said)."""
+        if self.warm_up_left > 0:                # warming up: not timed
+            self.warm_up_left -= 1
+        elif self.settled_left > 0:
+            self.settled_left -= 1
+        else:
+            self.times[halves].append(seconds)
+            self.trial_step += 1
+            if self.trial_step == 2 * TRIAL_STEPS:
+                self.halves_pay = float(np.median(self.times[True])) < float(np.median(self.times[False]))
+                self.trials += 1
+                self.trial_step, self.settled_left = 0, TRIAL_EVERY
+                self.times = {True: [], False: []}
+
+
+# ---------------------------------------------------------------------------
 # NumPy's BLAS threads
 # ---------------------------------------------------------------------------
 _openblas = []          # [(library, prefix, suffix)] once looked up; [None] where there is none
