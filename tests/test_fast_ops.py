@@ -164,14 +164,15 @@ def test_winograd_gives_the_products_results(cfg, dtype, monkeypatch):
     # outputs, input gradient and weight gradients, to float rounding.
     calls = []
     winograd_input = kernels.winograd_input
-    monkeypatch.setattr(kernels, "winograd_input", lambda *a: calls.append(1) or winograd_input(*a))
+    monkeypatch.setattr(kernels, "winograd_input", lambda *a, **kw: calls.append(1) or winograd_input(*a, **kw))
     layer, op, x = winograd_op(cfg, dtype)
     upstream = np.random.default_rng(22).standard_normal((x.shape[0],) + layer.output_shape).astype(dtype)
     results = []
     for winograd in (True, False):
         op.winograd = winograd
         results.append(passes(op.forward, op.backward, layer.grads, x, upstream))
-    assert len(calls) == 1
+        assert bool(calls) == winograd                  # tiles made (forward, and again backward) only Winograd's way
+        calls.clear()
     if cfg["activation"] in (None, "linear"):
         bias = layer.params[1] if layer.use_bias else 0.0
         exact = naive_conv2d(x.astype(np.float64), layer.params[0].astype(np.float64), bias, (1, 1), cfg["padding"])
@@ -179,15 +180,23 @@ def test_winograd_gives_the_products_results(cfg, dtype, monkeypatch):
     assert_same(results[0], results[1], 1e-12 if dtype == "float64" else 1e-5)
 
 
-def test_winograd_backward_twice_says_it_needs_a_forward_pass():
-    layer, op, x = winograd_op(WINOGRAD_CONFIGS[0])
-    upstream = np.ones((x.shape[0],) + layer.output_shape)
-    op.forward(x, training=True)
-    op.backward(upstream)
-    with pytest.raises(RuntimeError, match="each forward pass serves one backward pass"):
-        op.backward(upstream)
-    op.forward(x, training=True)
-    assert op.backward(upstream).shape == x.shape
+@pytest.mark.parametrize("cfg", WINOGRAD_CONFIGS[:2], ids=lambda c: str(c))
+def test_winograd_in_pieces_of_the_batch_gives_the_whole_batchs_results(cfg, monkeypatch):
+    """ops.WINOGRAD_PIECE_BYTES so small that each image is a piece of its own: the same outputs,
+    dL/dx and dL/dkernel as the whole batch at once; and backward, which makes each piece's
+    tiles again from the cached x, can run twice on one forward pass."""
+    cfg = dict(cfg, batch=5)
+    layer, op, x = winograd_op(cfg)
+    upstream = np.random.default_rng(22).standard_normal((x.shape[0],) + layer.output_shape)
+    whole = passes(op.forward, op.backward, layer.grads, x, upstream)
+    pieces = []
+    monkeypatch.setattr(ops, "WINOGRAD_PIECE_BYTES", 1)
+    winograd_output = kernels.winograd_output
+    monkeypatch.setattr(kernels, "winograd_output", lambda m, n, *a, **kw: pieces.append(n) or winograd_output(m, n, *a, **kw))
+    in_pieces = passes(op.forward, op.backward, layer.grads, x, upstream)
+    assert pieces == [1] * 5
+    assert_same(whole, in_pieces, 1e-12)
+    assert_same(in_pieces[1:], [np.array(op.backward(upstream))] + [g.copy() for g in layer.grads], 1e-12)
 
 
 @pytest.mark.parametrize("input_shape,kernel_size,strides", [((9, 9, 15), 3, 1), ((9, 9, 16), 3, 2), ((9, 9, 16), 5, 1),
@@ -272,7 +281,7 @@ def test_fused_pair_leaves_out_the_conv_outputs_no_window_uses():
     conv, pool, op, x = fused_pair(2, (13, 13, 16), 4, "valid", dtype="float32", seed=4)
     assert op.conv.winograd and conv.output_shape == (11, 11, 4) and pool.output_shape == (5, 5, 4)
     y = op.forward(x)
-    assert op.conv.linear_size == (10, 10) and op.conv.v.shape == (16, 2 * 25, 16)
+    assert op.conv.linear_size == (10, 10) and kernels.winograd_tiles(*op.conv.linear_size) == (5, 5)
     dx = op.backward(np.ones((2, 5, 5, 4), np.float32))
     assert not dx[:, 12, :, :].any() and not dx[:, :, 12, :].any()
     assert rel_error(y, pool.forward(conv.forward(x))) < 1e-5

@@ -354,8 +354,7 @@ def matmul(a, b, out=None):
     once per process), so a product gives the same bits at every call.
     `out`, if given, must be C-contiguous (M, N) of the result's dtype.
     Stacks of matrices, a (P, M, K) and b (P, K, N) -> (P, M, N), go one product at a time,
-    each cut as above (Winograd's V^T @ dM, 16 products of (64, 576) @ (576, 64) for
-    cnn_sparse's second conv, goes in blocks of the sum).
+    each cut as above.
     """
     if a.ndim == 3:
         out = np.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=np.result_type(a, b)) if out is None else out
@@ -617,7 +616,8 @@ def winograd_output_numpy(m, n, out_h, out_w, tiles_h, tiles_w, out=None):
 #     dV[p] = dM[p] @ U[p]^T   (T, C): dL/dx = B dV B^T per tile, the tiles' overlaps added
 #                                      and padding dropped (winograd_input_backward)
 # All three products then cost 16 instead of 36 multiply-adds per 2x2 outputs, and no
-# patches (im2col) or col2im are needed: V, kept from the forward pass, serves dL/dkernel.
+# patches (im2col) or col2im are needed: V, made again from the forward pass's input,
+# serves dL/dkernel.
 def winograd_kernel_backward(du):
     """dL/dkernel (3, 3, C, F) from dU = dL/dU (16, C, F): winograd_kernel's transpose, (G (x) G)^T @ dU."""
     _, c, f = du.shape

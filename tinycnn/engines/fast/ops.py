@@ -14,6 +14,7 @@ of arrays of the same shapes for the second half. Any other layer (a user's own,
 runs its own textbook passes through `LayerOp`.
 """
 import copy
+import math
 
 import numpy as np
 
@@ -86,7 +87,7 @@ class ConvOp(_WeightedOp):
         if fits and winograd is None:
             winograd = winograd_pays(layer.input_shape, layer.filters, layer.padding)
         self.winograd = fits and winograd
-        self.v = self.u = self.cols = None
+        self.x = self.u = self.cols = None
 
     def forward(self, x, training=False):
         """x (N, H, W, C) -> y (N, OH, OW, F)."""
@@ -101,7 +102,9 @@ class ConvOp(_WeightedOp):
 
         out_h, out_w: only the top-left out_h x out_w outputs (default all OH x OW): a
         MaxPooling2D(2) after an 11x11 output uses 10x10 of it (ConvReluPoolOp).
-        Caches what backward_linear needs: cols, or Winograd's V and U, and that size.
+        Caches what backward_linear needs: cols, or x and Winograd's U, and that size.
+        Winograd's way runs a piece of the batch at a time (_winograd_pieces):
+            V = input(x piece) (16, T, C);  M = V @ U (16, T, F);  z piece = output(M)
         """
         layer = self.layer
         (kh, kw), (sh, sw), f = layer.kernel_size, layer.strides, layer.filters
@@ -110,10 +113,13 @@ class ConvOp(_WeightedOp):
         x = np.ascontiguousarray(x)
         if self.winograd:
             tiles_h, tiles_w = kernels.winograd_tiles(oh, ow)
-            self.v = kernels.winograd_input(x, self.pad_top, self.pad_left, tiles_h, tiles_w)   # (16, T, C)
-            self.u = kernels.winograd_kernel(layer.kernel)                                     # (16, C, F)
-            m = np.matmul(self.v, self.u)                            # (16, T, F): 16 products over C
-            return kernels.winograd_output(m, x.shape[0], oh, ow, tiles_h, tiles_w).reshape(-1, f)
+            self.x, self.u = x, kernels.winograd_kernel(layer.kernel)                          # U (16, C, F)
+            z = np.empty((self.batch, oh, ow, f), dtype=x.dtype)
+            for start, stop, v, m in self._winograd_pieces():
+                kernels.winograd_input(x[start:stop], self.pad_top, self.pad_left, tiles_h, tiles_w, out=v)
+                np.matmul(v, self.u, out=m)                          # M (16, T, F): 16 products over C
+                kernels.winograd_output(m, stop - start, oh, ow, tiles_h, tiles_w, out=z[start:stop])
+            return z.reshape(-1, f)
         self.cols = kernels.im2col(x, kh, kw, sh, sw, self.pad_top, self.pad_left, oh, ow)
         return kernels.matmul(self.cols, layer.kernel.reshape(kh * kw * x.shape[3], f))      # (N*OH*OW, F)
 
@@ -122,7 +128,8 @@ class ConvOp(_WeightedOp):
         bias_grad: dL/dbias (F,) where the caller has added it up already (ConvReluPoolOp).
 
             dL/dW2 = cols^T @ dZ;  dL/db = sum of dZ;  dL/dx = col2im(dZ @ W2^T)
-        Winograd's way (z = output(V @ U), three linear steps), each step's transpose in reverse:
+        Winograd's way (z = output(V @ U), three linear steps), each step's transpose in reverse,
+        a piece of the batch at a time (_winograd_backward):
             dM = output^T(dZ);  dU = V^T @ dM -> dL/dkernel = kernel^T(dU);  dV = dM @ U^T -> dL/dx = input^T(dV)
         """
         layer = self.layer
@@ -130,29 +137,55 @@ class ConvOp(_WeightedOp):
         h, w, c = layer.input_shape
         oh, ow = self.linear_size
         grad_z = grad_z.reshape(self.batch, oh, ow, f)
-        if self.winograd:
-            if self.v is None:
-                raise RuntimeError(f"{layer.name}: each forward pass serves one backward pass "
-                                   f"(dL/dx reuses the cached tiles' memory)")
-            tiles_h, tiles_w = kernels.winograd_tiles(oh, ow)
-            dm = kernels.winograd_output_backward(grad_z, tiles_h, tiles_w)        # (16, T, F)
-            du = kernels.matmul(self.v.transpose(0, 2, 1), dm)                      # (16, C, F), summed over tiles
-            self.grads[0][...] = kernels.winograd_kernel_backward(du)
-        else:
-            dz = grad_z.reshape(-1, f)                                             # (N*OH*OW, F)
-            kernels.matmul(self.cols.T, dz, out=self.grads[0].reshape(-1, f))      # written into dL/dkernel
         if layer.use_bias:                                                         # sum over rows
             self.grads[1][...] = kernels.column_sums(grad_z.reshape(-1, f)) if bias_grad is None else bias_grad
+        if self.winograd:
+            return self._winograd_backward(grad_z)
+        dz = grad_z.reshape(-1, f)                                                 # (N*OH*OW, F)
+        kernels.matmul(self.cols.T, dz, out=self.grads[0].reshape(-1, f))          # written into dL/dkernel
         if not layer.need_input_grad:
             return None
-        if self.winograd:      # dV, (16, T, C) like V, goes into V's memory: dU was V's last use
-            dv = np.matmul(dm, self.u.transpose(0, 2, 1), out=self.v)
-            self.v = None
-            return kernels.winograd_input_backward(dv, self.batch, h, w, self.pad_top, self.pad_left,
-                                                   tiles_h, tiles_w)
         dcols = kernels.matmul(dz, layer.kernel.reshape(-1, f).T)               # (N*OH*OW, KH*KW*C)
         return kernels.col2im(dcols, self.batch, h, w, c, kh, kw, sh, sw,
                               self.pad_top, self.pad_left, oh, ow)
+
+    def _winograd_backward(self, grad_z):
+        """dL/dz (N, OH, OW, F) -> dL/dx (N, H, W, C) Winograd's way, a piece of the batch at a
+        time; fills dL/dkernel. Each piece's V is made again from the cached x: in the cache,
+        that costs less than writing the whole batch's V out to memory and reading it back."""
+        layer = self.layer
+        h, w, c = layer.input_shape
+        tiles_h, tiles_w = kernels.winograd_tiles(*self.linear_size)
+        du = np.zeros_like(self.u)                                   # dU (16, C, F), summed over the pieces
+        du_piece = np.empty_like(du)
+        u_t = np.ascontiguousarray(self.u.transpose(0, 2, 1))        # U^T (16, F, C)
+        dx = np.empty((self.batch, h, w, c), dtype=grad_z.dtype) if layer.need_input_grad else None
+        for start, stop, v, dm in self._winograd_pieces():
+            kernels.winograd_output_backward(grad_z[start:stop], tiles_h, tiles_w, out=dm)   # dM (16, T, F)
+            kernels.winograd_input(self.x[start:stop], self.pad_top, self.pad_left, tiles_h, tiles_w, out=v)
+            du += np.matmul(v.transpose(0, 2, 1), dm, out=du_piece)                        # dU += V^T dM
+            if dx is not None:                                       # dV = dM U^T, into V's memory
+                dv = np.matmul(dm, u_t, out=v)
+                kernels.winograd_input_backward(dv, stop - start, h, w, self.pad_top, self.pad_left,
+                                                tiles_h, tiles_w, out=dx[start:stop])
+        self.grads[0][...] = kernels.winograd_kernel_backward(du)
+        return dx
+
+    def _winograd_pieces(self):
+        """(start, stop, V, M) for each piece of the batch's images: V (16, T, C) and M (16, T, F)
+        for its T tiles, in two buffers that every piece reuses (see WINOGRAD_PIECE_BYTES)."""
+        c, f = self.layer.kernel.shape[2:]
+        tiles = math.prod(kernels.winograd_tiles(*self.linear_size))             # per image
+        itemsize = self.layer.kernel.itemsize
+        per_piece = max(1, WINOGRAD_PIECE_BYTES // (16 * tiles * (c + f) * itemsize))
+        per_piece = min(per_piece, self.batch)
+        v_memory = np.empty(16 * per_piece * tiles * c, dtype=self.layer.kernel.dtype)
+        m_memory = np.empty(16 * per_piece * tiles * f, dtype=self.layer.kernel.dtype)
+        for start in range(0, self.batch, per_piece):
+            stop = min(start + per_piece, self.batch)
+            rows = (stop - start) * tiles
+            yield (start, stop, v_memory[:16 * rows * c].reshape(16, rows, c),
+                   m_memory[:16 * rows * f].reshape(16, rows, f))
 
     def scratch_bytes_per_image(self):
         """Bytes of the biggest array this conv makes per image: Winograd's tiles V, else im2col's patches."""
@@ -162,6 +195,13 @@ class ConvOp(_WeightedOp):
             return 16 * tiles_h * tiles_w * kernel.shape[2] * kernel.itemsize
         return self.out_h * self.out_w * kernel[..., 0].size * kernel.itemsize
 
+
+# Winograd's tiles V and products M hold 16 values for every 2x2 pixels: four times the
+# conv's input and output. Made for a whole batch, they go out to memory and are read back;
+# made for a few images at a time, they stay in the cache, and the conv's forward and
+# backward passes take about half the time (benchmarks/README.md, "Winograd in pieces").
+# So ConvOp makes them for at most WINOGRAD_PIECE_BYTES of V and M at a time.
+WINOGRAD_PIECE_BYTES = 2_500_000
 
 # Winograd's way takes 16 products over C for each 2x2 block of outputs where im2col takes
 # 36, but makes more passes over memory (the tiles in and out, forward and backward), so
