@@ -201,7 +201,7 @@ class ConvOp(_WeightedOp):
 # made for a few images at a time, they stay in the cache, and the conv's forward and
 # backward passes take about half the time (benchmarks/README.md, "Winograd in pieces").
 # So ConvOp makes them for at most WINOGRAD_PIECE_BYTES of V and M at a time.
-WINOGRAD_PIECE_BYTES = 2_500_000
+WINOGRAD_PIECE_BYTES = 1_250_000
 
 # Winograd's way takes 16 products over C for each 2x2 block of outputs where im2col takes
 # 36, but makes more passes over memory (the tiles in and out, forward and backward), so
