@@ -176,11 +176,10 @@ class ConvOp(_WeightedOp):
         for its T tiles, in two buffers that every piece reuses (see WINOGRAD_PIECE_BYTES)."""
         c, f = self.layer.kernel.shape[2:]
         tiles = math.prod(kernels.winograd_tiles(*self.linear_size))             # per image
-        itemsize = self.layer.kernel.itemsize
-        per_piece = max(1, WINOGRAD_PIECE_BYTES // (16 * tiles * (c + f) * itemsize))
-        per_piece = min(per_piece, self.batch)
-        v_memory = np.empty(16 * per_piece * tiles * c, dtype=self.layer.kernel.dtype)
-        m_memory = np.empty(16 * per_piece * tiles * f, dtype=self.layer.kernel.dtype)
+        dtype = self.x.dtype
+        per_piece = min(self.batch, max(1, WINOGRAD_PIECE_BYTES // (16 * tiles * (c + f) * dtype.itemsize)))
+        v_memory = np.empty(16 * per_piece * tiles * c, dtype=dtype)
+        m_memory = np.empty(16 * per_piece * tiles * f, dtype=dtype)
         for start in range(0, self.batch, per_piece):
             stop = min(start + per_piece, self.batch)
             rows = (stop - start) * tiles
