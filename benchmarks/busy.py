@@ -75,10 +75,10 @@ def main(argv=None):
             hog = start_hog() if condition == "busy" else None
             try:
                 for setting in order:
-                    ms, n = run(args.model, setting, args)
+                    ms, note = run(args.model, setting, args)
                     results[condition, setting].append(ms)
-                    notes[condition, setting].append(n)
-                    print(f"  repeat {rep + 1} {condition:4s} {setting:10s} {ms:7.2f} ms/step  {n}",
+                    notes[condition, setting].append(note)
+                    print(f"  repeat {rep + 1} {condition:4s} {setting:10s} {ms:7.2f} ms/step  {note}",
                           flush=True)
             finally:
                 if hog is not None:

@@ -238,7 +238,6 @@ class HalvesTrial:
 
     def __init__(self):
         self.warm_up_left = WARM_UP_STEPS
-        self.trial_step = 0                      # steps of the current trial so far
         self.settled_left = 0                    # steps until the next trial (0: in a trial)
         self.times = {True: [], False: []}       # the current trial's step times, each way
         self.halves_pay = True                   # the latest trial's verdict
@@ -249,7 +248,8 @@ class HalvesTrial:
             return True
         if self.settled_left > 0:
             return self.halves_pay
-        return self.trial_step % 4 in (0, 3)     # halves, whole, whole, halves, ...
+        steps = len(self.times[True]) + len(self.times[False])      # of the current trial so far
+        return steps % 4 in (0, 3)               # halves, whole, whole, halves, ...
 
     def record(self, halves, seconds):
         """A step took `seconds`, in halves or whole (as halves_now said)."""
@@ -259,11 +259,10 @@ class HalvesTrial:
             self.settled_left -= 1
         else:
             self.times[halves].append(seconds)
-            self.trial_step += 1
-            if self.trial_step == 2 * TRIAL_STEPS:
+            if len(self.times[True]) + len(self.times[False]) == 2 * TRIAL_STEPS:
                 self.halves_pay = float(np.median(self.times[True])) < float(np.median(self.times[False]))
                 self.trials += 1
-                self.trial_step, self.settled_left = 0, TRIAL_EVERY
+                self.settled_left = TRIAL_EVERY
                 self.times = {True: [], False: []}
 
 
