@@ -6,9 +6,10 @@
     python benchmarks/best_vs_keras.py --sides keras --threads 1   # one thread a side: two runs at once on 2 cores
 
 The recipe is tinycnn.zoo.best_model's, written out in Keras: RandomFlip("horizontal"),
-RandomTranslation(3/28, 3/28, fill_mode="constant"), RandomErasing(factor=0.3, scale=(0.02, 0.3),
+RandomTranslation(3/28, 3/28, fill_mode="constant"), RandomErasing(factor=p, scale=(0.02, 0.3),
 fill_value=0) (Keras's RandomErasing, after the same paper), the same convs, BatchNormalization,
-Dropout (0.1, 0.15, 0.3) and Dense layers, AdamW(weight_decay=1e-4) on CosineDecay(2e-4 -> 2e-3 over 2 epochs,
+Dropout and Dense layers (the erasing probability p and the dropout rates are read from
+tinycnn.zoo, so both sides train one recipe), AdamW(weight_decay=1e-4) on CosineDecay(2e-4 -> 2e-3 over 2 epochs,
 then to 0), cross-entropy with label_smoothing=0.1, batch 128, all 60,000 training images.
 The two libraries' random streams differ, so their accuracies agree only within seed noise.
 
@@ -32,6 +33,8 @@ sys.path.insert(0, HERE)
 def keras_recipe(epochs, batch_size, train_images):
     import keras
     from keras import layers as K
+    from tinycnn.zoo import BEST_DROPOUT_RATES, BEST_ERASING_PROBABILITY
+    after_block_1, after_block_2, after_dense = BEST_DROPOUT_RATES
     steps_per_epoch = math.ceil(train_images / batch_size)
     warmup = min(2, epochs) * steps_per_epoch
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -43,10 +46,10 @@ def keras_recipe(epochs, batch_size, train_images):
     model = keras.Sequential([
         keras.Input((28, 28, 1)),
         K.RandomFlip("horizontal"), K.RandomTranslation(3 / 28, 3 / 28, fill_mode="constant"),
-        K.RandomErasing(factor=0.3, scale=(0.02, 0.3), fill_value=0.0, value_range=(0, 1)),
-        *conv(32), *conv(32), K.MaxPooling2D(2), K.Dropout(0.1),
-        *conv(64), *conv(64), K.MaxPooling2D(2), K.Dropout(0.15),
-        K.Flatten(), K.Dense(128, use_bias=False), K.BatchNormalization(), K.ReLU(), K.Dropout(0.3),
+        K.RandomErasing(factor=BEST_ERASING_PROBABILITY, scale=(0.02, 0.3), fill_value=0.0, value_range=(0, 1)),
+        *conv(32), *conv(32), K.MaxPooling2D(2), K.Dropout(after_block_1),
+        *conv(64), *conv(64), K.MaxPooling2D(2), K.Dropout(after_block_2),
+        K.Flatten(), K.Dense(128, use_bias=False), K.BatchNormalization(), K.ReLU(), K.Dropout(after_dense),
         K.Dense(10, activation="softmax")])
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1), metrics=["accuracy"])
