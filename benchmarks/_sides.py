@@ -337,7 +337,8 @@ def tinycnn_run(args, x, y, xt):
     except (ImportError, AttributeError):
         pass
     trials = getattr(getattr(model, "engine", None), "_trials", {})   # did the halves' timed trials pay?
-    threads["halves_trials"] = {str(size): [trial.trials, trial.halves_pay] for size, trial in trials.items()}
+    threads["halves_trials"] = {str(size): [trial.trials, trial.halves_pay, trial.busy_verdicts]
+                                for size, trial in trials.items()}
     n_params = model.count_params() if hasattr(model, "count_params") else None
     return n_params, times, fit_s, hist.history.get("loss", []), peak, predict, threads
 

@@ -5,8 +5,9 @@
 
 The fast engine splits each batch into two halves on two cores. When another program holds
 one of the cores, the second half starts late and the step waits for it; the engine then
-backs off to one thread for a while (tinycnn/engines/fast/parallel.py, `Backoff`). Where
-halves are slower even on an idle machine, its timed trials keep whole batches
+backs off to one thread for a while (tinycnn/engines/fast/parallel.py, `Backoff`). Before
+trying halves at all it reads whether a second core is idle while it runs one thread, and
+where halves are slower even on an idle machine, its timed trials keep whole batches
 (`HalvesTrial`). This measures whether that works: the default must never be slower than
 TINYCNN_NUM_THREADS=1.
 
@@ -16,7 +17,8 @@ their order flipping from repeat to repeat, each in a process of its own
 first epoch is the warm-up and is dropped). "busy" starts one CPU-bound program (a Python
 loop that never sleeps) before the run and stops it after. Reports the median ms per step
 of each, their ratio default / one thread, how many times the engine backed off, and what
-its last trial of halves against whole batches kept after how many trials.
+its last trial of halves against whole batches kept after how many trials, and how many
+times it sensed no idle core and so kept whole batches untried.
 Writes DIR/busy.json and DIR/busy.md (DIR: benchmarks/results/, git-ignored).
 """
 import argparse
@@ -53,7 +55,8 @@ def run(model, setting, args):
     steps = -(-args.train_samples // 32)
     ms = [1000 * t / steps for t in res["epoch_s"][1:]]
     trials = res["settings"].get("halves_trials") or {}
-    verdicts = " ".join(f"{'halves' if pay else 'whole'} after {n}" for n, pay in trials.values()) or "none"
+    verdicts = " ".join(f"{'halves' if pay else 'whole'} after {n} (busy sensed {busy}x)"
+                        for n, pay, busy in trials.values()) or "none"
     return statistics.median(ms), f"{res['settings'].get('halves_backoffs')} back-offs, trials: {verdicts}"
 
 

@@ -381,6 +381,21 @@ def test_the_engine_asks_whether_halves_are_welcome(tuning_on, monkeypatch):
         utils.set_num_threads(None)
 
 
+class FakeCpuTimes:
+    """A stand-in for parallel.cpu_times: each call advances (idle, total) ticks by one step's
+    worth, with `idle_share` of the ticks idle; None for a machine with no /proc/stat."""
+
+    def __init__(self, idle_share):
+        self.idle_share, self.idle, self.total = idle_share, 0, 0
+
+    def __call__(self):
+        if self.idle_share is None:
+            return None
+        self.total += 100
+        self.idle += round(100 * self.idle_share)
+        return self.idle, self.total
+
+
 def run_trial(trial, seconds_of, steps):
     """`steps` steps through `trial`, the halves' steps taking seconds_of[True] -> "H"/"W" per step."""
     ways = []
@@ -391,28 +406,85 @@ def run_trial(trial, seconds_of, steps):
     return "".join(ways)
 
 
-@pytest.mark.parametrize("halves_quicker", [True, False], ids=["halves-quicker", "whole-quicker"])
-def test_a_timed_trial_keeps_the_quicker_way_and_tries_again_later(monkeypatch, halves_quicker):
+@pytest.fixture
+def short_trials(monkeypatch):
+    """Phases of a few steps: sensing 2 steps of 5 ms, warm-up 2, trials of 4 steps each way, settled 5."""
+    monkeypatch.setattr(parallel, "SENSE_SECONDS", 0.009)
     monkeypatch.setattr(parallel, "WARM_UP_STEPS", 2)
     monkeypatch.setattr(parallel, "TRIAL_STEPS", 4)
     monkeypatch.setattr(parallel, "TRIAL_EVERY", 5)
+
+
+@pytest.mark.parametrize("halves_quicker", [True, False], ids=["halves-quicker", "whole-quicker"])
+def test_a_timed_trial_keeps_the_quicker_way_and_tries_again_later(short_trials, halves_quicker):
     seconds_of = {True: 0.004, False: 0.005} if halves_quicker else {True: 0.006, False: 0.005}
-    trial = parallel.HalvesTrial()
+    trial = parallel.HalvesTrial(FakeCpuTimes(idle_share=0.5))      # one core of two idle
     kept = "H" if halves_quicker else "W"
-    trial_ways = "HWWHHWWH"                                       # each way 4 times, in turns
-    assert run_trial(trial, seconds_of, 2 + 8 + 5 + 8 + 5) == "HH" + trial_ways + kept * 5 + trial_ways + kept * 5
-    assert trial.trials == 2 and trial.halves_pay == halves_quicker
+    sense, trial_ways = "WW", "HWWHHWWH"                           # each way 4 times, in turns
+    assert (run_trial(trial, seconds_of, 2 + 2 + 8 + 5 + 2 + 8 + 5)
+            == sense + "HH" + trial_ways + kept * 5 + sense + trial_ways + kept * 5)
+    assert trial.trials == 2 and trial.halves_pay == halves_quicker and trial.busy_verdicts == 0
     seconds_of = {True: 0.004, False: 0.005}                      # the machine changed: the next trial sees it
-    assert run_trial(trial, seconds_of, 8 + 1) == trial_ways + "H"
+    assert run_trial(trial, seconds_of, 2 + 8 + 1) == sense + trial_ways + "H"
+
+
+def test_a_busy_second_core_keeps_whole_batches_without_trying_halves(short_trials):
+    """No idle core beside the one thread: the halves are not even tried. Once a core is idle
+    again, the next sensing lets a trial decide."""
+    cpu_times = FakeCpuTimes(idle_share=0.1)                       # 0.2 of 2 cores idle
+    trial = parallel.HalvesTrial(cpu_times)
+    seconds_of = {True: 0.004, False: 0.005}                       # halves would win a trial
+    assert run_trial(trial, seconds_of, 3 * (2 + 5)) == "W" * 21
+    assert trial.busy_verdicts == 3 and trial.trials == 0 and not trial.halves_pay
+    cpu_times.idle_share = 0.45                                    # 0.9 of 2 cores idle
+    assert run_trial(trial, seconds_of, 2 + 2 + 8 + 1) == "WW" + "HH" + "HWWHHWWH" + "H"
+    assert trial.busy_verdicts == 3 and trial.trials == 1 and trial.halves_pay
+
+
+def test_with_nothing_to_sense_the_timed_trial_decides(short_trials):
+    trial = parallel.HalvesTrial(FakeCpuTimes(idle_share=None))
+    assert run_trial(trial, {True: 0.004, False: 0.005}, 1 + 2 + 8 + 1) == "W" + "HH" + "HWWHHWWH" + "H"
+    assert trial.trials == 1 and trial.halves_pay and trial.busy_verdicts == 0
+
+
+def test_cpu_times_reads_the_idle_and_all_ticks_of_the_process_cores(tmp_path, monkeypatch):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  9 9 9 9 9 9 9 9 9 9\n"                  # the sum of all cores: not read
+                    "cpu0 10 1 5 100 4 1 1 2 7 0\n"               # guest (7) is already in user
+                    "cpu1 20 0 5 50 0 0 0 0 0 0\n"
+                    "cpu2 30 0 0 900 0 0 0 0 0 0\n"               # not one of this process's cores
+                    "intr 12345 0 0\n")
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert parallel.cpu_times(str(stat)) == (100 + 4 + 50, 124 + 75)
+    assert parallel.cpu_times(str(tmp_path / "missing")) is None
+    stat.write_text("cpu0 ten\n")
+    assert parallel.cpu_times(str(stat)) is None
+
+
+def test_cpu_times_sees_this_process_keep_a_core_busy():
+    """On Linux, the real reading: while this thread spins for 0.3 s, a core's worth of the
+    ticks is not idle."""
+    before = parallel.cpu_times()
+    if before is None:
+        pytest.skip("no /proc/stat on this system")
+    started = time.perf_counter()
+    while time.perf_counter() - started < 0.3:
+        pass
+    after = parallel.cpu_times()
+    cores = len(parallel.os.sched_getaffinity(0))
+    busy_cores = cores * (1 - (after[0] - before[0]) / (after[1] - before[1]))
+    assert busy_cores > 0.6
 
 
 def test_the_engine_runs_whole_batches_where_its_trial_timed_halves_slower(tuning_on, monkeypatch):
     """Halves made 20 ms slower a step: after its trial the engine runs whole batches, then
-    tries again; the mixed steps train as the reference engine does."""
+    senses and tries again; the mixed steps train as the reference engine does."""
     from tinycnn.engines.fast.engine import FastEngine
+    monkeypatch.setattr(parallel, "SENSE_SECONDS", 0.0)
     monkeypatch.setattr(parallel, "WARM_UP_STEPS", 1)
     monkeypatch.setattr(parallel, "TRIAL_STEPS", 2)
     monkeypatch.setattr(parallel, "TRIAL_EVERY", 3)
+    monkeypatch.setattr(parallel, "cpu_times", FakeCpuTimes(idle_share=0.5))
     state = parallel.Backoff()
     state.record = lambda *args, **kwargs: None            # no real lateness decides this test
     monkeypatch.setattr(parallel, "backoff", state)
@@ -430,9 +502,9 @@ def test_the_engine_runs_whole_batches_where_its_trial_timed_halves_slower(tunin
         model = agree_with_reference(steps=12)
     finally:
         utils.set_num_threads(None)
-    assert "".join(ways) == "H" + "HWWH" + "WWW" + "HWWH"
+    assert "".join(ways) == "W" + "H" + "HWWH" + "WWW" + "W" + "HW"
     [trial] = model.engine._trials.values()
-    assert trial.trials == 2 and not trial.halves_pay
+    assert trial.trials == 1 and not trial.halves_pay
 
 
 def test_a_measurement_that_needs_another_choice_does_not_wait_for_itself(tuning_on, monkeypatch):

@@ -207,8 +207,9 @@ class FastEngine(Engine):
         """One step of gradient descent on a batch -> (mean loss before the step, outputs).
 
         The loss comes first: when it is NaN or infinite the step is not taken. The step goes
-        in halves where they can pay (`_in_halves`) and, with tuning on, where the latest
-        timed trial of this batch size found them quicker than one thread (parallel.HalvesTrial).
+        in halves where they can pay (`_in_halves`) and, with tuning on, where a second core
+        was idle and the latest timed trial of this batch size found them quicker than one
+        thread (parallel.HalvesTrial).
         """
         self.model = model
         if not self._in_halves(model, len(x)):

@@ -213,57 +213,122 @@ def halves_welcome():
 
 
 # ---------------------------------------------------------------------------
-# Whether halves pay at all: the training steps timed, now and then
+# Whether halves pay at all: the idle cores sensed, the training steps timed
 # ---------------------------------------------------------------------------
-# Backoff sees a core that another program holds, within a few steps. It cannot see a
-# machine where the halves are slower with both cores free: two cores that share a slow
-# memory bus, or a model whose hand-overs cost more than the second core saves. Which
-# machine is which depends on the CPU and on the moment (benchmarks/README.md, "Fast on
-# every CPU"), so the engine times its own training steps (HalvesTrial, one per model and
-# batch size): after WARM_UP_STEPS in halves, a trial runs TRIAL_STEPS steps each way in
-# the order halves, whole, whole, halves, halves, whole, ... (a drift of the machine falls
-# on both ways alike), then keeps the way whose median step was quicker for TRIAL_EVERY
-# steps, and tries again. Losing costs at most the slower way's extra time on TRIAL_STEPS
-# of every TRIAL_EVERY steps. The two ways compute the same step; they differ only in the
-# last bits of the summed gradient (see the top of this file).
+# Backoff sees a core that another program holds, but only after late halves have cost
+# several steps; and it cannot see a machine where the halves are slower with both cores
+# free: two cores that share a slow memory bus, or a model whose hand-overs cost more than
+# the second core saves. Which machine is which depends on the CPU and on the moment
+# (benchmarks/README.md, "Fast on every CPU"), so the engine decides for each model and
+# batch size (HalvesTrial), in three phases that repeat:
+#   1. Sense, in whole batches (one thread): is a second core idle? Over at least
+#      SENSE_SECONDS of steps it reads how much of the time the process's cores were idle
+#      (`idle_cores`, from /proc/stat). A single thread leaves one core to spare, so fewer
+#      than SPARE_CORE_NEEDED idle cores means another program holds it: halves would wait
+#      for it, and the engine keeps whole batches for TRIAL_EVERY steps without trying them.
+#   2. Time: after WARM_UP_STEPS untimed steps in halves (the first time only: the worker's
+#      first use), TRIAL_STEPS steps each way in the order halves, whole, whole, halves,
+#      halves, whole, ... (a drift of the machine falls on both ways alike).
+#   3. Keep the way whose median step was quicker for TRIAL_EVERY steps; then sense again.
+# Losing a trial costs at most the slower way's extra time on TRIAL_STEPS of every
+# TRIAL_EVERY steps, and on a busy machine no halves are run at all. The two ways compute
+# the same step; they differ only in the last bits of the summed gradient (see the top of
+# this file). Where /proc/stat cannot be read, the sensing says nothing and the trial decides.
+SENSE_SECONDS = 0.25
+SPARE_CORE_NEEDED = 0.5
 WARM_UP_STEPS = 4
 TRIAL_STEPS = 8
 TRIAL_EVERY = 500
 
 
-class HalvesTrial:
-    """Whether the next training step of one model and batch size goes in halves, from how
-    long the steps of each way took in the latest trial (see above). The engine asks
-    halves_now() before a step and tells record() how long it took."""
+def cpu_times(path="/proc/stat"):
+    """(idle, total) time of the cores this process may run on, in the kernel's ticks, summed
+    over those cores since boot; None where it cannot be read (not Linux). Idle counts the
+    idle and iowait columns; total counts every column but the guest ones (already in user)."""
+    try:
+        cores = {f"cpu{n}" for n in os.sched_getaffinity(0)}
+        idle = total = 0
+        with open(path) as stat:
+            for line in stat:
+                name, *columns = line.split()
+                if name in cores:
+                    ticks = [int(c) for c in columns[:8]]   # user nice system idle iowait irq softirq steal
+                    idle += ticks[3] + ticks[4]
+                    total += sum(ticks)
+        return (idle, total) if total else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
-    def __init__(self):
+
+class HalvesTrial:
+    """Whether the next training step of one model and batch size goes in halves (see above).
+    The engine asks halves_now() before a step and tells record() how long it took.
+
+    read_cpu_times: a function like cpu_times (the default), called before and after each
+    sensing step."""
+
+    def __init__(self, read_cpu_times=None):
+        self.read_cpu_times = read_cpu_times or cpu_times
+        self.sensing = True                      # phase 1 (True) or phases 2-3 (False)
+        self.sensed = [0.0, 0, 0]                # seconds, idle ticks, all ticks of this sensing
+        self.ticks_before = None                 # cpu times at the start of the current sensing step
         self.warm_up_left = WARM_UP_STEPS
-        self.settled_left = 0                    # steps until the next trial (0: in a trial)
+        self.settled_left = 0                    # steps until the next sensing (0: in a trial)
         self.times = {True: [], False: []}       # the current trial's step times, each way
-        self.halves_pay = True                   # the latest trial's verdict
+        self.halves_pay = True                   # the latest verdict
         self.trials = 0                          # trials finished (for tests and benchmarks)
+        self.busy_verdicts = 0                   # sensings that found no spare core (the same)
 
     def halves_now(self):
-        if self.warm_up_left > 0:
-            return True
+        if self.sensing:
+            self.ticks_before = self.read_cpu_times()
+            return False
         if self.settled_left > 0:
             return self.halves_pay
+        if self.warm_up_left > 0:
+            return True
         steps = len(self.times[True]) + len(self.times[False])      # of the current trial so far
         return steps % 4 in (0, 3)               # halves, whole, whole, halves, ...
 
     def record(self, halves, seconds):
         """A step took `seconds`, in halves or whole (as halves_now said)."""
-        if self.warm_up_left > 0:                # warming up: not timed
-            self.warm_up_left -= 1
+        if self.sensing:
+            self._sense(seconds)
         elif self.settled_left > 0:
             self.settled_left -= 1
+            self.sensing = self.settled_left == 0
+        elif self.warm_up_left > 0:              # warming up: not timed
+            self.warm_up_left -= 1
         else:
             self.times[halves].append(seconds)
             if len(self.times[True]) + len(self.times[False]) == 2 * TRIAL_STEPS:
                 self.halves_pay = float(np.median(self.times[True])) < float(np.median(self.times[False]))
                 self.trials += 1
-                self.settled_left = TRIAL_EVERY
-                self.times = {True: [], False: []}
+                self._settle()
+
+    def _sense(self, seconds):
+        after = self.read_cpu_times()
+        if self.ticks_before is None or after is None:          # nothing to read: let the trial decide
+            self.sensing = False
+            return
+        self.sensed[0] += seconds
+        self.sensed[1] += after[0] - self.ticks_before[0]
+        self.sensed[2] += after[1] - self.ticks_before[1]
+        if self.sensed[0] < SENSE_SECONDS:
+            return
+        seconds, idle_ticks, all_ticks = self.sensed
+        self.sensed = [0.0, 0, 0]
+        self.sensing = False
+        cores = len(os.sched_getaffinity(0))
+        idle_cores = cores * idle_ticks / all_ticks if all_ticks else cores   # idle share x cores
+        if idle_cores < SPARE_CORE_NEEDED:       # another program holds the second core
+            self.halves_pay = False
+            self.busy_verdicts += 1
+            self._settle()
+
+    def _settle(self):
+        self.settled_left = TRIAL_EVERY
+        self.times = {True: [], False: []}
 
 
 # ---------------------------------------------------------------------------
