@@ -382,8 +382,9 @@ def test_the_engine_asks_whether_halves_are_welcome(tuning_on, monkeypatch):
 
 
 class FakeCpuTimes:
-    """A stand-in for parallel.cpu_times: each call advances (idle, total) ticks by one step's
-    worth, with `idle_share` of the ticks idle; None for a machine with no /proc/stat."""
+    """A stand-in for parallel.cpu_times on a machine of two cores: each call advances (idle,
+    total) ticks by one step's worth, with `idle_share` of the ticks idle; None for a machine
+    with no /proc/stat."""
 
     def __init__(self, idle_share):
         self.idle_share, self.idle, self.total = idle_share, 0, 0
@@ -393,7 +394,7 @@ class FakeCpuTimes:
             return None
         self.total += 100
         self.idle += round(100 * self.idle_share)
-        return self.idle, self.total
+        return self.idle, self.total, 2
 
 
 def run_trial(trial, seconds_of, steps):
@@ -454,11 +455,26 @@ def test_cpu_times_reads_the_idle_and_all_ticks_of_the_process_cores(tmp_path, m
                     "cpu1 20 0 5 50 0 0 0 0 0 0\n"
                     "cpu2 30 0 0 900 0 0 0 0 0 0\n"               # not one of this process's cores
                     "intr 12345 0 0\n")
-    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0, 1})
-    assert parallel.cpu_times(str(stat)) == (100 + 4 + 50, 124 + 75)
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0, 1, 5})   # cpu5: not listed
+    assert parallel.cpu_times(str(stat)) == (1 + 100 + 4 + 50, 124 + 75, 2)
     assert parallel.cpu_times(str(tmp_path / "missing")) is None
-    stat.write_text("cpu0 ten\n")
-    assert parallel.cpu_times(str(stat)) is None
+    for bad in ("cpu0 ten 1 2 3 4 5 6 7\n", "cpu0 1 2 3\n", "cpu7 1 2 3 4 5 6 7 8\n"):
+        stat.write_text(bad)
+        assert parallel.cpu_times(str(stat)) is None, bad
+
+
+def test_a_reading_lost_or_changed_mid_sensing_starts_the_next_sensing_afresh(short_trials):
+    """A sensing step whose second reading fails, or lists other cores, ends that sensing and
+    drops its ticks: the next sensing, after the trial and the settled steps, counts only its own."""
+    readings = iter([(0, 100, 2), (0, 200, 2),            # a step with no idle core ...
+                     (0, 200, 2), None])                  # ... then the reading fails
+    trial = parallel.HalvesTrial(lambda: next(readings))
+    run_trial(trial, {True: 0.004, False: 0.005}, 2)
+    assert trial.sensed == [0.0, 0, 0] and not trial.sensing and trial.busy_verdicts == 0
+    readings = iter([(0, 100, 2), (50, 200, 3)])          # a core more in the second reading
+    trial = parallel.HalvesTrial(lambda: next(readings))
+    run_trial(trial, {True: 0.004, False: 0.005}, 1)
+    assert trial.sensed == [0.0, 0, 0] and not trial.sensing and trial.busy_verdicts == 0
 
 
 def test_cpu_times_sees_this_process_keep_a_core_busy():
@@ -468,12 +484,11 @@ def test_cpu_times_sees_this_process_keep_a_core_busy():
     if before is None:
         pytest.skip("no /proc/stat on this system")
     started = time.perf_counter()
-    while time.perf_counter() - started < 0.3:
+    while time.perf_counter() - started < 0.3 or parallel.cpu_times()[1] == before[1]:
         pass
     after = parallel.cpu_times()
-    cores = len(parallel.os.sched_getaffinity(0))
-    busy_cores = cores * (1 - (after[0] - before[0]) / (after[1] - before[1]))
-    assert busy_cores > 0.6
+    busy_cores = after[2] * (1 - (after[0] - before[0]) / (after[1] - before[1]))
+    assert after[2] == before[2] >= 1 and busy_cores > 0.6
 
 
 def test_the_engine_runs_whole_batches_where_its_trial_timed_halves_slower(tuning_on, monkeypatch):

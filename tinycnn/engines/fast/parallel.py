@@ -221,19 +221,20 @@ def halves_welcome():
 # the second core saves. Which machine is which depends on the CPU and on the moment
 # (benchmarks/README.md, "Fast on every CPU"), so the engine decides for each model and
 # batch size (HalvesTrial), in three phases that repeat:
-#   1. Sense, in whole batches (one thread): is a second core idle? Over at least
-#      SENSE_SECONDS of steps it reads how much of the time the process's cores were idle
-#      (`idle_cores`, from /proc/stat). A single thread leaves one core to spare, so fewer
-#      than SPARE_CORE_NEEDED idle cores means another program holds it: halves would wait
-#      for it, and the engine keeps whole batches for TRIAL_EVERY steps without trying them.
-#   2. Time: after WARM_UP_STEPS untimed steps in halves (the first time only: the worker's
-#      first use), TRIAL_STEPS steps each way in the order halves, whole, whole, halves,
-#      halves, whole, ... (a drift of the machine falls on both ways alike).
+#   1. Sense, in whole batches (one thread): is a core idle beside that thread? Over at
+#      least SENSE_SECONDS of steps it reads how much of the time the process's cores were
+#      idle (`cpu_times`, from /proc/stat; `HalvesTrial._sense`). Fewer than
+#      SPARE_CORE_NEEDED idle cores means other programs hold them: halves would wait for
+#      a core, and the engine keeps whole batches for TRIAL_EVERY steps without trying them.
+#   2. Time: after WARM_UP_STEPS untimed steps in halves (before this trial object's first
+#      trial only: the halves' buffers and the worker's first steps), TRIAL_STEPS steps each
+#      way in the order halves, whole, whole, halves, halves, whole, ... (a drift of the
+#      machine falls on both ways alike).
 #   3. Keep the way whose median step was quicker for TRIAL_EVERY steps; then sense again.
-# Losing a trial costs at most the slower way's extra time on TRIAL_STEPS of every
-# TRIAL_EVERY steps, and on a busy machine no halves are run at all. The two ways compute
+# Each round so costs SENSE_SECONDS of whole batches, and where halves lose, their extra
+# time on TRIAL_STEPS steps; on a busy machine no halves are run at all. The two ways compute
 # the same step; they differ only in the last bits of the summed gradient (see the top of
-# this file). Where /proc/stat cannot be read, the sensing says nothing and the trial decides.
+# this file). Where /proc/stat cannot be read, a round senses for one step and the trial decides.
 SENSE_SECONDS = 0.25
 SPARE_CORE_NEEDED = 0.5
 WARM_UP_STEPS = 4
@@ -242,21 +243,24 @@ TRIAL_EVERY = 500
 
 
 def cpu_times(path="/proc/stat"):
-    """(idle, total) time of the cores this process may run on, in the kernel's ticks, summed
-    over those cores since boot; None where it cannot be read (not Linux). Idle counts the
-    idle and iowait columns; total counts every column but the guest ones (already in user)."""
+    """(idle, total, cores): the time of the cores this process may run on, in /proc/stat's
+    units (1/100 s), summed over those of them that /proc/stat lists, since boot, and how many
+    it listed; None where it cannot be read (not Linux). Idle counts the idle and iowait
+    columns, and nice: a program that gave way (nice > 0) leaves its core to ours. Total
+    counts every column but the guest ones (already counted in user)."""
     try:
-        cores = {f"cpu{n}" for n in os.sched_getaffinity(0)}
-        idle = total = 0
+        allowed = {f"cpu{n}" for n in os.sched_getaffinity(0)}
+        idle = total = cores = 0
         with open(path) as stat:
             for line in stat:
                 name, *columns = line.split()
-                if name in cores:
-                    ticks = [int(c) for c in columns[:8]]   # user nice system idle iowait irq softirq steal
-                    idle += ticks[3] + ticks[4]
-                    total += sum(ticks)
-        return (idle, total) if total else None
-    except (OSError, ValueError, AttributeError):
+                if name in allowed:
+                    user, nice, system, idle_, iowait, irq, softirq, steal = (int(c) for c in columns[:8])
+                    idle += nice + idle_ + iowait
+                    total += user + nice + system + idle_ + iowait + irq + softirq + steal
+                    cores += 1
+        return (idle, total, cores) if total else None
+    except (OSError, ValueError, AttributeError):       # (a short line: ValueError on unpacking)
         return None
 
 
@@ -270,10 +274,10 @@ class HalvesTrial:
     def __init__(self, read_cpu_times=None):
         self.read_cpu_times = read_cpu_times or cpu_times
         self.sensing = True                      # phase 1 (True) or phases 2-3 (False)
-        self.sensed = [0.0, 0, 0]                # seconds, idle ticks, all ticks of this sensing
-        self.ticks_before = None                 # cpu times at the start of the current sensing step
+        self.sensed = [0.0, 0, 0]                # seconds, idle and all ticks summed over this sensing's steps
+        self.ticks_before = None                 # cpu_times at the start of the current sensing step
         self.warm_up_left = WARM_UP_STEPS
-        self.settled_left = 0                    # steps until the next sensing (0: in a trial)
+        self.settled_left = 0                    # steps left of phase 3 (0: in phase 1 or 2)
         self.times = {True: [], False: []}       # the current trial's step times, each way
         self.halves_pay = True                   # the latest verdict
         self.trials = 0                          # trials finished (for tests and benchmarks)
@@ -307,22 +311,23 @@ class HalvesTrial:
                 self._settle()
 
     def _sense(self, seconds):
-        after = self.read_cpu_times()
-        if self.ticks_before is None or after is None:          # nothing to read: let the trial decide
+        """One sensing step took `seconds`: add its idle and all ticks; after SENSE_SECONDS, judge.
+        idle share x cores = how many cores, on average, sat idle beside the one thread."""
+        before, after = self.ticks_before, self.read_cpu_times()
+        if before is None or after is None or before[2] != after[2]:
+            self.sensed = [0.0, 0, 0]            # nothing to read (or the cores changed): the trial decides
             self.sensing = False
             return
         self.sensed[0] += seconds
-        self.sensed[1] += after[0] - self.ticks_before[0]
-        self.sensed[2] += after[1] - self.ticks_before[1]
+        self.sensed[1] += max(0, after[0] - before[0])      # (a counter that went back: no ticks)
+        self.sensed[2] += max(0, after[1] - before[1])
         if self.sensed[0] < SENSE_SECONDS:
             return
-        seconds, idle_ticks, all_ticks = self.sensed
+        _, idle_ticks, all_ticks = self.sensed
         self.sensed = [0.0, 0, 0]
         self.sensing = False
-        cores = len(os.sched_getaffinity(0))
-        idle_cores = cores * idle_ticks / all_ticks if all_ticks else cores   # idle share x cores
-        if idle_cores < SPARE_CORE_NEEDED:       # another program holds the second core
-            self.halves_pay = False
+        if all_ticks > 0 and after[2] * idle_ticks / all_ticks < SPARE_CORE_NEEDED:
+            self.halves_pay = False              # other programs hold the cores beside ours
             self.busy_verdicts += 1
             self._settle()
 
