@@ -39,7 +39,7 @@ from tinycnn import losses as losses_module
 from tinycnn import optimizers as optimizers_module
 from tinycnn import utils
 from tinycnn.engines import Engine
-from tinycnn.engines.fast import kernels, parallel, tuning
+from tinycnn.engines.fast import denormals, kernels, parallel, tuning
 from tinycnn.engines.fast.ops import BatchNormOp, LayerOp, RandomLayerOp, make_plan
 
 
@@ -263,11 +263,13 @@ class FastEngine(Engine):
 
     @contextlib.contextmanager
     def run(self, model, batch_size, batches, x, y=None):
-        """Around one fit/evaluate/predict call: one BLAS thread (the halves share the work), and
-        for a long call a worker process (`_worker_process_for`)."""
+        """Around one fit/evaluate/predict call: subnormal floats flushed to zero (denormals.py),
+        one BLAS thread (the halves share the work), and for a long call a worker process
+        (`_worker_process_for`)."""
         self.model = model
         announce_first_compile()                   # before a worker process is forked
-        with parallel.blas_threads(), self._worker_process_for(model, batch_size, batches, x, y):
+        with denormals.flushed_to_zero(), parallel.blas_threads(), \
+                self._worker_process_for(model, batch_size, batches, x, y):
             yield
 
     # ------------------------------------------------------------------------------------------

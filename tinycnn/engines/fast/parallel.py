@@ -53,7 +53,7 @@ import warnings
 
 import numpy as np
 
-from tinycnn.engines.fast import tuning
+from tinycnn.engines.fast import denormals, tuning
 from tinycnn.layers import Conv2D, Dense
 
 
@@ -486,6 +486,7 @@ if hasattr(os, "register_at_fork"):
 
 
 def _work_forever():
+    denormals.turn_on()                          # this thread runs only the engine's halves
     while True:
         job = _jobs.get()
         if job.claim():                          # the caller may have taken it already

@@ -1,0 +1,89 @@
+"""Tiny floats flushed to zero while the fast engine runs, as TensorFlow does.
+
+A float32 below 1.18e-38 is "subnormal" (denormal). Intel's cores handle an arithmetic
+operation on one in microcode, 10-100 times slower than on a normal number. Training makes
+them: SGD's velocity v = momentum * v - lr * g, for a weight whose gradient stays 0 (a
+feature that ReLU keeps at 0), shrinks by 0.9 a step and after some 800 steps is subnormal,
+where it stays (0.9 times the smallest subnormal rounds back to it). cnn_categorical has
+tens of thousands of such velocities. So while a fit, evaluate or predict call runs, the
+fast engine sets the x86 MXCSR register's two flags, FTZ (a subnormal result is written as
+0) and DAZ (a subnormal input is read as 0), and puts the register back as it was after.
+TensorFlow sets the same two flags in its threads, so this is also what Keras computes. The
+reference engine leaves them alone: the two engines may differ by less than 1.2e-38 in a
+number, which no test's tolerance sees. MXCSR belongs to one thread: the engine's worker
+thread keeps both flags on (it runs nothing else), and a worker process forked during a
+call starts with the forking thread's flags. On other CPUs (no MXCSR) this does nothing.
+"""
+import contextlib
+import platform
+
+FLUSH_TO_ZERO = 0x8000          # MXCSR bit 15: FTZ
+DENORMALS_ARE_ZERO = 0x0040     # MXCSR bit 6: DAZ
+FLAGS = FLUSH_TO_ZERO | DENORMALS_ARE_ZERO
+
+ON_X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+if ON_X86:
+    from llvmlite import ir
+    from numba import njit, types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    def _call(builder, name, pointer):          # llvm.x86.sse.stmxcsr / ldmxcsr take an i8*
+        function_type = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()])
+        function = cgutils.get_or_insert_function(builder.module, function_type, name)
+        builder.call(function, [builder.bitcast(pointer, ir.IntType(8).as_pointer())])
+
+    @intrinsic
+    def _stmxcsr(typingctx):
+        def codegen(context, builder, signature, args):
+            slot = cgutils.alloca_once(builder, ir.IntType(32))
+            _call(builder, "llvm.x86.sse.stmxcsr", slot)
+            return builder.load(slot)
+        return types.uint32(), codegen
+
+    @intrinsic
+    def _ldmxcsr(typingctx, value):
+        def codegen(context, builder, signature, args):
+            slot = cgutils.alloca_once(builder, ir.IntType(32))
+            builder.store(args[0], slot)
+            _call(builder, "llvm.x86.sse.ldmxcsr", slot)
+            return context.get_dummy_value()
+        return types.void(types.uint32), codegen
+
+    @njit(cache=True)
+    def get_mxcsr():
+        """This thread's MXCSR register (an int)."""
+        return _stmxcsr()
+
+    @njit(cache=True)
+    def set_mxcsr(value):
+        """Load `value` (a uint32) into this thread's MXCSR register."""
+        _ldmxcsr(value)
+
+
+def flags_on():
+    """True when this thread flushes subnormal floats to zero (False where there is no MXCSR)."""
+    return ON_X86 and (int(get_mxcsr()) & FLAGS) == FLAGS
+
+
+def turn_on():
+    """FTZ and DAZ on in this thread, for good (the worker thread)."""
+    if ON_X86:
+        import numpy as np
+        set_mxcsr(np.uint32(int(get_mxcsr()) | FLAGS))
+
+
+@contextlib.contextmanager
+def flushed_to_zero():
+    """FTZ and DAZ on in this thread within the block; the register as it was after it."""
+    if not ON_X86:
+        yield
+        return
+    import numpy as np
+    before = int(get_mxcsr())
+    set_mxcsr(np.uint32(before | FLAGS))
+    try:
+        yield
+    finally:
+        set_mxcsr(np.uint32(before))
