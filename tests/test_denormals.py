@@ -1,17 +1,27 @@
-"""Subnormal floats flushed to zero while the fast engine runs (tinycnn/engines/fast/denormals.py):
-on inside fit on the calling thread and the worker thread, as they were after it; the
-reference engine untouched."""
+"""Subnormal floats flushed to zero while the fast engine computes a step
+(tinycnn/engines/fast/denormals.py): on inside each step and in the worker thread, off again
+after it (callbacks and the user's code see the register as it was), the reference engine
+untouched, and a read-only install still importing."""
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
 import numpy as np
 import pytest
 
-from tinycnn import callbacks, utils
+from tinycnn import callbacks
 from tinycnn import layers as L
 from tinycnn.engines.fast import denormals, parallel
+from tinycnn.engines.fast.engine import FastEngine
 from tinycnn.models import Sequential
 
 pytestmark = pytest.mark.skipif(not denormals.ON_X86, reason="MXCSR is x86's register")
 
 SMALLEST_NORMAL = np.finfo(np.float32).tiny
+X, Y = np.ones((4, 6, 6, 1), np.float32), np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
 
 
 def halved(value):
@@ -21,34 +31,53 @@ def halved(value):
 
 class SeesTheFlags(callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
-        self.flags = denormals.flags_on()
-        self.worker_flags = parallel.run_both(lambda: None, denormals.flags_on)[1]
+        self.flags_in_callback = denormals.flags_on()
 
 
 def tiny_model(engine):
-    model = Sequential([L.Conv2D(2, 3, activation="relu", input_shape=(6, 6, 1)), L.Flatten(), L.Dense(3, activation="softmax")])
+    model = Sequential([L.Conv2D(2, 3, activation="relu", input_shape=(6, 6, 1)), L.Flatten(),
+                        L.Dense(3, activation="softmax")])
     model.compile(optimizer="sgd", loss="categorical_crossentropy", engine=engine)
     return model
 
 
-def test_a_fast_fit_flushes_to_zero_and_puts_the_register_back():
+def test_a_fast_step_flushes_to_zero_and_puts_the_flags_back(monkeypatch):
+    seen, whole = [], FastEngine._train_whole
+    monkeypatch.setattr(FastEngine, "_train_whole",
+                        lambda self, *args: seen.append(denormals.flags_on()) or whole(self, *args))
     assert not denormals.flags_on() and halved(SMALLEST_NORMAL) > 0       # NumPy's default: subnormals kept
-    seen = SeesTheFlags()
-    x, y = np.ones((4, 6, 6, 1), np.float32), np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
-    utils.set_num_threads(2)
-    try:
-        tiny_model("fast").fit(x, y, epochs=1, batch_size=4, verbose=0, callbacks=[seen])
-    finally:
-        utils.set_num_threads(None)
-    assert seen.flags and seen.worker_flags
+    callback = SeesTheFlags()
+    tiny_model("fast").fit(X, Y, epochs=2, batch_size=2, verbose=0, callbacks=[callback])
+    assert seen == [True] * 4
+    assert not callback.flags_in_callback                                 # between steps: the user's register
     assert not denormals.flags_on() and halved(SMALLEST_NORMAL) > 0
 
 
+def test_flags_the_user_set_stay_set_and_a_failing_step_restores_them(monkeypatch):
+    model = tiny_model("fast")
+    with denormals.flushed_to_zero():                                     # the user's own choice
+        model.fit(X, Y, epochs=1, batch_size=2, verbose=0)
+        assert denormals.flags_on()
+    monkeypatch.setattr(FastEngine, "_train_whole", lambda self, *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        model.fit(X, Y, epochs=1, batch_size=2, verbose=0)
+    assert not denormals.flags_on()
+
+
+def test_the_worker_thread_flushes_as_the_calling_step_does():
+    def second():
+        return threading.current_thread().name, denormals.flags_on()
+    for _ in range(20):                          # until the worker, not this thread, ran the second
+        _, (thread, flags) = parallel.run_both(lambda: time.sleep(0.05), second)
+        if thread == "tinycnn-worker":
+            break
+    assert thread == "tinycnn-worker" and flags
+
+
 def test_the_reference_engine_keeps_subnormals():
-    seen = SeesTheFlags()
-    x, y = np.ones((4, 6, 6, 1), np.float32), np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
-    tiny_model("reference").fit(x, y, epochs=1, batch_size=4, verbose=0, callbacks=[seen])
-    assert not seen.flags
+    callback = SeesTheFlags()
+    tiny_model("reference").fit(X, Y, epochs=1, batch_size=4, verbose=0, callbacks=[callback])
+    assert not callback.flags_in_callback and not denormals.flags_on()
 
 
 def test_the_flags_flush_what_they_say():
@@ -59,3 +88,18 @@ def test_the_flags_flush_what_they_say():
         assert (subnormal * np.float32(1e30))[0] == 0                    # DAZ: a subnormal input is 0
     assert not denormals.flags_on()
     assert (subnormal * np.float32(1e30))[0] > 0 and halved(SMALLEST_NORMAL) > 0
+
+
+def test_it_imports_and_works_where_numba_cannot_write_a_cache(tmp_path):
+    """A read-only install (as tests/test_kernels.py makes one): the module falls back to no cache."""
+    shutil.copy(denormals.__file__, tmp_path / "denormals_copy.py")
+    (tmp_path / "__pycache__").write_text("a file where numba wants a directory")
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(blocker / "cache"), XDG_CACHE_HOME=str(blocker / "xdg"),
+               HOME=str(blocker / "home"), PYTHONDONTWRITEBYTECODE="1",
+               PYTHONPATH=os.pathsep.join([str(tmp_path)] + sys.path))
+    script = "import denormals_copy as D\nwith D.flushed_to_zero():\n    print(D.flags_on())\nprint(D.flags_on())"
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False"]

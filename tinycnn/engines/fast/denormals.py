@@ -1,18 +1,20 @@
-"""Tiny floats flushed to zero while the fast engine runs, as TensorFlow does.
+"""Tiny floats flushed to zero while the fast engine computes a step, as TensorFlow does.
 
-A float32 below 1.18e-38 is "subnormal" (denormal). Intel's cores handle an arithmetic
-operation on one in microcode, 10-100 times slower than on a normal number. Training makes
-them: SGD's velocity v = momentum * v - lr * g, for a weight whose gradient stays 0 (a
-feature that ReLU keeps at 0), shrinks by 0.9 a step and after some 800 steps is subnormal,
-where it stays (0.9 times the smallest subnormal rounds back to it). cnn_categorical has
-tens of thousands of such velocities. So while a fit, evaluate or predict call runs, the
-fast engine sets the x86 MXCSR register's two flags, FTZ (a subnormal result is written as
-0) and DAZ (a subnormal input is read as 0), and puts the register back as it was after.
-TensorFlow sets the same two flags in its threads, so this is also what Keras computes. The
-reference engine leaves them alone: the two engines may differ by less than 1.2e-38 in a
-number, which no test's tolerance sees. MXCSR belongs to one thread: the engine's worker
-thread keeps both flags on (it runs nothing else), and a worker process forked during a
-call starts with the forking thread's flags. On other CPUs (no MXCSR) this does nothing.
+A nonzero float32 of magnitude below 1.18e-38 is "subnormal" (denormal). Intel's cores
+handle an arithmetic operation on one in microcode, 10-100 times slower than on a normal
+number. Training makes them: SGD's velocity v = momentum * v - lr * g, for a weight whose
+gradient stays 0 (a feature that ReLU keeps at 0), shrinks by 0.9 a step and after some
+800 steps is subnormal, where it stays (at 4 x 2^-149: 0.9 x 4 rounds back to 4).
+cnn_categorical has tens of thousands of such velocities. So during each training and
+prediction step the fast engine sets the x86 MXCSR register's two flags, FTZ (a subnormal
+result is written as 0) and DAZ (a subnormal input is read as 0), and puts them back as
+they were after it. TensorFlow sets the same two flags in its threads on x86, so Keras
+computes so too (PyTorch does not, by default). The reference engine leaves them alone:
+where a number falls below 1.18e-38 the two engines part (a velocity of 1e-39 is 0 in one
+and not in the other), which the tests' tolerances, relative to the numbers' scale, allow.
+MXCSR belongs to one thread: the engine's worker thread keeps both flags on (it runs only
+the engine's halves), and a worker process forked during a step starts with the forking
+thread's flags. On other CPUs (no MXCSR) this does nothing.
 """
 import contextlib
 import platform
@@ -25,9 +27,11 @@ ON_X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 if ON_X86:
     from llvmlite import ir
-    from numba import njit, types
+    from numba import types
     from numba.core import cgutils
     from numba.extending import intrinsic
+
+    from tinycnn.engines.fast.kernels import _jit      # numba's cache, or none on a read-only install
 
     def _call(builder, name, pointer):          # llvm.x86.sse.stmxcsr / ldmxcsr take an i8*
         function_type = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()])
@@ -51,12 +55,12 @@ if ON_X86:
             return context.get_dummy_value()
         return types.void(types.uint32), codegen
 
-    @njit(cache=True)
+    @_jit()
     def get_mxcsr():
         """This thread's MXCSR register (an int)."""
         return _stmxcsr()
 
-    @njit(cache=True)
+    @_jit()
     def set_mxcsr(value):
         """Load `value` (a uint32) into this thread's MXCSR register."""
         _ldmxcsr(value)
@@ -76,14 +80,15 @@ def turn_on():
 
 @contextlib.contextmanager
 def flushed_to_zero():
-    """FTZ and DAZ on in this thread within the block; the register as it was after it."""
+    """FTZ and DAZ on in this thread within the block; the two flags as they were after it
+    (the register's other bits, such as the rounding mode, are not touched)."""
     if not ON_X86:
         yield
         return
     import numpy as np
-    before = int(get_mxcsr())
-    set_mxcsr(np.uint32(before | FLAGS))
+    before = int(get_mxcsr()) & FLAGS
     try:
+        set_mxcsr(np.uint32(int(get_mxcsr()) | FLAGS))
         yield
     finally:
-        set_mxcsr(np.uint32(before))
+        set_mxcsr(np.uint32(int(get_mxcsr()) & ~FLAGS | before))

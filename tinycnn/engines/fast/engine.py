@@ -209,8 +209,12 @@ class FastEngine(Engine):
         The loss comes first: when it is NaN or infinite the step is not taken. The step goes
         in halves where they can pay (`_in_halves`) and, with tuning on, where a second core
         was idle and the latest timed trial of this batch size found them quicker than one
-        thread (parallel.HalvesTrial).
+        thread (parallel.HalvesTrial). Subnormal floats are flushed to zero (denormals.py).
         """
+        with denormals.flushed_to_zero():
+            return self._train_step(model, x, y)
+
+    def _train_step(self, model, x, y):
         self.model = model
         if not self._in_halves(model, len(x)):
             return self._train_whole(model, x, y)
@@ -242,7 +246,11 @@ class FastEngine(Engine):
 
     def predict_step(self, model, x):
         """(outputs, logits or None) for a batch, in two halves side by side where there are two
-        threads; the logits only for a softmax output."""
+        threads; the logits only for a softmax output. Subnormal floats are flushed to zero."""
+        with denormals.flushed_to_zero():
+            return self._predict_step(model, x)
+
+    def _predict_step(self, model, x):
         self.model = model
         first_plan, second_plan = self.plans(model)
         if not self._in_halves(model, len(x)):
@@ -263,13 +271,11 @@ class FastEngine(Engine):
 
     @contextlib.contextmanager
     def run(self, model, batch_size, batches, x, y=None):
-        """Around one fit/evaluate/predict call: subnormal floats flushed to zero (denormals.py),
-        one BLAS thread (the halves share the work), and for a long call a worker process
-        (`_worker_process_for`)."""
+        """Around one fit/evaluate/predict call: one BLAS thread (the halves share the work), and
+        for a long call a worker process (`_worker_process_for`)."""
         self.model = model
         announce_first_compile()                   # before a worker process is forked
-        with denormals.flushed_to_zero(), parallel.blas_threads(), \
-                self._worker_process_for(model, batch_size, batches, x, y):
+        with parallel.blas_threads(), self._worker_process_for(model, batch_size, batches, x, y):
             yield
 
     # ------------------------------------------------------------------------------------------
@@ -606,8 +612,9 @@ _NUMBA_OPTIMIZERS = (optimizers_module.SGD, optimizers_module.Adam, optimizers_m
 
 
 def _update(optimizer, grad, param, slots, coefficients):
-    """optimizer's rule on one parameter (or a part of it): numba for SGD, Adam and AdamW, bit
-    for bit the textbook's arithmetic (kernels.*_update_); the optimizer's own `update` for
+    """optimizer's rule on one parameter (or a part of it): numba for SGD, Adam and AdamW, the
+    textbook's arithmetic operation for operation (kernels.*_update_; bit for bit but where a
+    step flushes a subnormal number to zero, denormals.py); the optimizer's own `update` for
     others. The weight decay is not in here (the callers apply it first)."""
     flat = [a.reshape(-1) for a in (param, grad, *slots)] if all(
         a.flags.c_contiguous for a in (param, grad, *slots)) else None

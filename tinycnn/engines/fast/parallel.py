@@ -497,6 +497,7 @@ def _start_worker():
     """Start the worker thread once (and again in a child process made by fork, which has none)."""
     with _worker_started:
         if not _worker or not _worker[0].is_alive():
+            denormals.flags_on()                 # (numba compiles or loads it here, not in the worker's first job)
             thread = threading.Thread(target=_work_forever, name="tinycnn-worker", daemon=True)
             thread.start()
             _worker[:] = [thread]
