@@ -41,3 +41,16 @@ def one_hot(labels, classes, dtype=np.float64):
     out = np.zeros((len(labels), classes), dtype=dtype)
     out[np.arange(len(labels)), labels] = 1
     return out
+
+
+def read_only_install(tmp_path, module_file, copy_name):
+    """A read-only install of one module, for a subprocess: module_file copied into tmp_path
+    as copy_name, with no writable __pycache__ beside it and NUMBA_CACHE_DIR and ~/.cache
+    unusable, so numba finds nowhere to cache. -> the environment to run it in (cwd tmp_path)."""
+    import shutil
+    shutil.copy(module_file, tmp_path / copy_name)
+    (tmp_path / "__pycache__").write_text("a file where numba wants a directory")
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("")
+    return dict(os.environ, NUMBA_CACHE_DIR=str(blocker / "cache"), XDG_CACHE_HOME=str(blocker / "xdg"),
+                HOME=str(blocker / "home"), PYTHONDONTWRITEBYTECODE="1")

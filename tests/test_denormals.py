@@ -3,7 +3,6 @@
 after it (callbacks and the user's code see the register as it was), the reference engine
 untouched, and a read-only install still importing."""
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -12,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from helpers import read_only_install
 from tinycnn import callbacks
 from tinycnn import layers as L
 from tinycnn.engines.fast import denormals, parallel
@@ -92,13 +92,8 @@ def test_the_flags_flush_what_they_say():
 
 def test_it_imports_and_works_where_numba_cannot_write_a_cache(tmp_path):
     """A read-only install (as tests/test_kernels.py makes one): the module falls back to no cache."""
-    shutil.copy(denormals.__file__, tmp_path / "denormals_copy.py")
-    (tmp_path / "__pycache__").write_text("a file where numba wants a directory")
-    blocker = tmp_path / "not_a_dir"
-    blocker.write_text("")
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(blocker / "cache"), XDG_CACHE_HOME=str(blocker / "xdg"),
-               HOME=str(blocker / "home"), PYTHONDONTWRITEBYTECODE="1",
-               PYTHONPATH=os.pathsep.join([str(tmp_path)] + sys.path))
+    env = read_only_install(tmp_path, denormals.__file__, "denormals_copy.py")
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path)] + sys.path)       # (it imports tinycnn's kernels)
     script = "import denormals_copy as D\nwith D.flushed_to_zero():\n    print(D.flags_on())\nprint(D.flags_on())"
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

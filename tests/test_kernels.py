@@ -1,6 +1,4 @@
 """The numba kernels against their plain-NumPy twins, on random shapes, in float32 and float64."""
-import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -8,7 +6,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from helpers import rel_error
+from helpers import read_only_install, rel_error
 from tinycnn.engines.fast import kernels as K
 
 
@@ -147,12 +145,7 @@ def test_kernels_give_identical_results_on_repeated_calls():
 def test_kernels_run_when_numba_cannot_write_a_cache(tmp_path):
     # A read-only install: no writable __pycache__, NUMBA_CACHE_DIR and ~/.cache unusable.
     # The module must still import (with a warning) and compute the right thing.
-    shutil.copy(K.__file__, tmp_path / "kernels_copy.py")
-    (tmp_path / "__pycache__").write_text("a file where numba wants a directory")
-    blocker = tmp_path / "not_a_dir"
-    blocker.write_text("")
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(blocker / "cache"), XDG_CACHE_HOME=str(blocker / "xdg"),
-               HOME=str(blocker / "home"), PYTHONDONTWRITEBYTECODE="1")
+    env = read_only_install(tmp_path, K.__file__, "kernels_copy.py")
     script = textwrap.dedent("""
         import warnings, numpy as np
         with warnings.catch_warnings(record=True) as caught:
