@@ -19,6 +19,8 @@ thread's flags. On other CPUs (no MXCSR) this does nothing.
 import contextlib
 import platform
 
+import numpy as np
+
 FLUSH_TO_ZERO = 0x8000          # MXCSR bit 15: FTZ
 DENORMALS_ARE_ZERO = 0x0040     # MXCSR bit 6: DAZ
 FLAGS = FLUSH_TO_ZERO | DENORMALS_ARE_ZERO
@@ -74,7 +76,6 @@ def flags_on():
 def turn_on():
     """FTZ and DAZ on in this thread, for good (the worker thread)."""
     if ON_X86:
-        import numpy as np
         set_mxcsr(np.uint32(int(get_mxcsr()) | FLAGS))
 
 
@@ -85,10 +86,9 @@ def flushed_to_zero():
     if not ON_X86:
         yield
         return
-    import numpy as np
-    before = int(get_mxcsr()) & FLAGS
+    register = int(get_mxcsr())
     try:
-        set_mxcsr(np.uint32(int(get_mxcsr()) | FLAGS))
+        set_mxcsr(np.uint32(register | FLAGS))
         yield
     finally:
-        set_mxcsr(np.uint32(int(get_mxcsr()) & ~FLAGS | before))
+        set_mxcsr(np.uint32(int(get_mxcsr()) & ~FLAGS | register & FLAGS))
