@@ -55,9 +55,36 @@ def assert_engines_agree(make_model, n=64, batch_size=16, epochs=6, weights_tol=
         assert rel_error(a, b) < weights_tol
 
 
+# Over 20 steps the zoo's models are held to 1e-9 in float64: that checks the maths. In
+# float32 the engines round differently (each CPU's numba code adds in its own order), so
+# one step's gradients agree to rounding, about 1e-7. Over many steps Adam amplifies that
+# rounding: its step m / sqrt(v) makes a gradient near zero that rounds to +tiny in one
+# engine and -tiny in the other into steps of +lr and -lr. So the float32 weights after 20
+# steps are held to 1e-4 for the SGD model only.
 @pytest.mark.parametrize("name", ["cnn_categorical", "simple_dense", "cnn_sparse"])
-def test_the_zoo_models_train_alike_on_both_engines(name):
-    assert_engines_agree(zoo.get_spec(name).build, n=64, batch_size=16, epochs=5)
+def test_the_zoo_models_train_alike_on_both_engines_in_float64(name):
+    utils.set_floatx("float64")
+    try:
+        assert_engines_agree(zoo.get_spec(name).build, n=64, batch_size=16, epochs=5, weights_tol=1e-9)
+    finally:
+        utils.set_floatx("float32")
+
+
+@pytest.mark.parametrize("name", ["cnn_categorical", "simple_dense", "cnn_sparse"])
+def test_the_zoo_models_give_one_steps_gradients_alike_on_both_engines(name):
+    models = twins(zoo.get_spec(name).build)
+    x, y = data_for(models["fast"], 32, seed=2)
+    for model in models.values():
+        model.train_on_batch(x, y)
+    fast, reference = ([grad for layer in models[engine].layers for grad in layer.grads] for engine in ("fast", "reference"))
+    assert len(fast) == len(reference) == sum(len(layer.trainable_params) for layer in models["fast"].layers)
+    for a, b in zip(fast, reference):
+        assert np.abs(b).max() > 0
+        assert rel_error(a, b) < 1e-5
+
+
+def test_the_sgd_zoo_model_trains_alike_on_both_engines_in_float32():
+    assert_engines_agree(zoo.cnn_categorical_model, n=64, batch_size=16, epochs=5)
 
 
 def random_architecture(seed):
@@ -104,7 +131,7 @@ def random_architecture(seed):
 # In float64 the two engines agree to 1e-9 after 20 steps whatever the optimizer. In float32,
 # Adam's step m / sqrt(v) turns the rounding of a near-zero gradient into a step of about the
 # learning rate, so in float32 the random architectures with SGD and its momentum variants are
-# held to 1e-4 (Adam in float32: the zoo's simple_dense and cnn_sparse above).
+# held to 1e-4 (Adam in float32: one step's gradients of the zoo's models, above).
 RANDOM_CASES = [(seed, "float64") for seed in range(8)] + [(seed, "float32") for seed in range(8) if seed % 4 != 3]
 
 
