@@ -192,6 +192,29 @@ def test_shuffle_false_is_order_independent_of_the_seed(data):
 # ---------------------------------------------------------------------------
 # Building, summary, weights, layer outputs
 # ---------------------------------------------------------------------------
+def test_only_a_layer_with_weights_before_it_computes_its_input_gradient(monkeypatch):
+    # No weight is updated from dL/dx of the input, nor of a weightless front (augmentation, Flatten).
+    from tinycnn.augmentation import RandomFlip
+    model = Sequential([RandomFlip("horizontal", input_shape=(6, 6, 1)), Flatten(), Dense(4, activation="relu"),
+                        layers.Dropout(0.5), Dense(3, activation="softmax")])
+    assert [layer.need_input_grad for layer in model.layers] == [False, False, False, True, True]
+    received = []
+    original = Flatten.backward
+    monkeypatch.setattr(Flatten, "backward", lambda self, grad: received.append(grad) or original(self, grad))
+    model.compile("sgd", "sparse_categorical_crossentropy", engine="reference")
+    before = model.layers[2].get_weights()
+    model.train_on_batch(np.random.default_rng(0).random((5, 6, 6, 1), dtype=np.float32), np.arange(5) % 3)
+    assert received == [None]                                 # the first Dense returned no dL/dx ...
+    assert not np.allclose(model.layers[2].get_weights()[0], before[0])   # ... and still trained
+    model.pop()
+    model.add(Dense(2))                                       # added to a built model: built and marked
+    assert model.layers[-1].need_input_grad is True
+    front = Sequential([Flatten()])
+    front.build((None, 3, 3))
+    front.add(Dense(2))
+    assert front.layers[-1].need_input_grad is False
+
+
 def test_keras_build_rule():
     with_shape = Sequential([Dense(4, input_shape=(3,)), Dense(2)])
     assert with_shape.built and with_shape.input_shape == (None, 3) and with_shape.output_shape == (None, 2)
@@ -206,7 +229,7 @@ def test_keras_build_rule():
     lazy.compile("sgd", "sparse_categorical_crossentropy")
     lazy.fit(np.zeros((4, 6, 2), np.float32), np.array([0, 1, 2, 0]), verbose=0)   # built on first data
     assert lazy.input_shape == (None, 6, 2)
-    assert lazy.layers[0].need_input_grad is False and lazy.layers[1].need_input_grad is True
+    assert [layer.need_input_grad for layer in lazy.layers] == [False, False]   # no weights before either
     added = Sequential()
     added.add(Dense(4, input_shape=(3,)))
     assert added.built

@@ -142,7 +142,7 @@ class Layer:
         self.built = False
         self.params = []                               # Keras order: what get_weights returns
         self.grads = []                                # one per trainable param, filled by backward
-        self.need_input_grad = True                    # the model sets False on the first layer
+        self.need_input_grad = True                    # a model sets False where no layer before has weights
         self._output_tensor = None                     # set by the built Sequential that holds it
 
     # -- shapes ------------------------------------------------------------------------------

@@ -130,7 +130,7 @@ class Sequential:
             raise ValueError(f"Sequential.add: the model already has a layer named {layer.name!r}; "
                              f"layer names must be unique (or add the same layer only once)")
         self._layers.append(layer)
-        layer.need_input_grad = len(self._layers) > 1   # nobody needs dL/dx of the model's input
+        self._mark_input_grads()
         if self.built:
             self._build_from(len(self._layers) - 1, self._layers[-2].output_shape if len(self._layers) > 1
                              else self._input_shape)
@@ -143,6 +143,7 @@ class Sequential:
             raise ValueError("Sequential.pop: the model has no layers")
         layer = self._layers.pop()
         layer._output_tensor = None               # no longer a place in this model
+        layer.need_input_grad = True              # a layer's own default, outside a model
         if not self._layers:
             self.built, self._input_shape, self._input_tensor = False, None, None
         return layer
@@ -188,6 +189,19 @@ class Sequential:
         for layer in self._layers[first:]:
             shape = layer.build(shape)
             layer._output_tensor = SymbolicTensor(layer, (None,) + tuple(shape), self)
+        self._mark_input_grads()
+
+    def _mark_input_grads(self):
+        """Tell each layer whether its backward must return dL/dx.
+
+        Only a layer with weights before it needs it: nobody needs dL/dx of the model's input,
+        nor of the output of a weightless front such as Flatten or an augmentation layer, since
+        no weight is updated from it.
+        """
+        weights_before = False
+        for layer in self._layers:
+            layer.need_input_grad = weights_before
+            weights_before = weights_before or bool(layer.params) or not layer.built   # unbuilt: may get weights
 
     @property
     def input(self):
