@@ -631,3 +631,16 @@ def test_batchnorm_kernels_match_their_numpy_twins(dtype, relu):
         assert dx.dtype == dtype
         np.testing.assert_allclose(dx, K.batchnorm_backward_numpy(dy, y, rows, mean, inv_std, gamma * inv_std,
                                                                   *means, relu), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_backward_computes_in_the_arrays_own_dtype(dtype):
+    # A bare 0 in the ReLU's select would make numba compute the float32 rows in float64,
+    # which rounds unlike the NumPy twin: the same operations in float32 give the same bits.
+    rng = np.random.default_rng(6)
+    rows, dy = (rng.standard_normal((300, 17)).astype(dtype) for _ in range(2))
+    mean, inv_std, gamma_s, dz_mean, dz_x_hat_mean = (rng.random(17).astype(dtype) + dtype(0.5) for _ in range(5))
+    y = K.batchnorm_forward(rows, mean, inv_std, gamma_s, mean, True)
+    dx = K.batchnorm_backward(dy, y, rows, mean, inv_std, gamma_s, dz_mean, dz_x_hat_mean, True)
+    np.testing.assert_array_equal(dx, K.batchnorm_backward_numpy(dy, y, rows, mean, inv_std, gamma_s,
+                                                                 dz_mean, dz_x_hat_mean, True))
