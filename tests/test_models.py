@@ -204,7 +204,7 @@ def test_only_a_layer_with_weights_before_it_computes_its_input_gradient(monkeyp
     model.compile("sgd", "sparse_categorical_crossentropy", engine="reference")
     before = model.layers[2].get_weights()
     model.train_on_batch(np.random.default_rng(0).random((5, 6, 6, 1), dtype=np.float32), np.arange(5) % 3)
-    assert received == [None]                                 # the first Dense returned no dL/dx ...
+    assert received == []                                     # the first Dense returned None: nothing below is asked ...
     assert not np.allclose(model.layers[2].get_weights()[0], before[0])   # ... and still trained
     model.pop()
     model.add(Dense(2))                                       # added to a built model: built and marked
@@ -213,6 +213,36 @@ def test_only_a_layer_with_weights_before_it_computes_its_input_gradient(monkeyp
     front.build((None, 3, 3))
     front.add(Dense(2))
     assert front.layers[-1].need_input_grad is False
+
+
+class _Recentre(layers.Layer):
+    """A weightless layer of a user's own, whose backward wants a real gradient: y = x - 0.5."""
+
+    def forward(self, x, training=False):
+        return self._check_input(x) - 0.5
+
+    def backward(self, grad_out):
+        return self._check_grad(grad_out).copy()
+
+
+@pytest.mark.parametrize("engine", ["reference", "fast"])
+def test_no_backward_is_handed_none_and_a_shared_layer_is_marked_for_the_model_that_trains(engine):
+    rng = np.random.default_rng(1)
+    x, y = rng.random((6, 8, 8, 1), dtype=np.float32), np.arange(6) % 3
+    front = Sequential([_Recentre(input_shape=(8, 8, 1)), Conv2D(4, 3, activation="relu"), Flatten(),
+                        Dense(3, activation="softmax")])
+    front.compile("sgd", "sparse_categorical_crossentropy", engine=engine)
+    assert np.isfinite(front.train_on_batch(x, y))            # the conv returns None; _Recentre is not asked
+    head = Dense(3, activation="softmax")
+    first = Sequential([Dense(5, activation="relu", input_shape=(4,)), Flatten(), head])
+    second = Sequential([Flatten(input_shape=(5,)), head])     # marks head: nothing before it has weights here
+    assert head.need_input_grad is False
+    first.compile("sgd", "sparse_categorical_crossentropy", engine=engine)
+    before = first.layers[0].get_weights()[0].copy()
+    first.fit(rng.random((6, 4), dtype=np.float32), y, batch_size=6, verbose=0)
+    assert head.need_input_grad is True                       # marked again for the model being trained
+    assert not np.allclose(first.layers[0].get_weights()[0], before)   # the gradient reached the first Dense
+    assert second.built
 
 
 def test_keras_build_rule():

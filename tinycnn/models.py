@@ -194,9 +194,11 @@ class Sequential:
     def _mark_input_grads(self):
         """Tell each layer whether its backward must return dL/dx.
 
-        Only a layer with weights before it needs it: nobody needs dL/dx of the model's input,
-        nor of the output of a weightless front such as Flatten or an augmentation layer, since
-        no weight is updated from it.
+        Only a layer with weights (params) before it needs it: nobody needs dL/dx of the model's
+        input, nor of the output of a weightless front such as Flatten or an augmentation layer,
+        since no weight is updated from it. The engines stop going back where a backward returns
+        None. The marks live on the layers, so fit and train_on_batch set them again: a layer
+        may also sit in another model.
         """
         weights_before = False
         for layer in self._layers:
@@ -380,6 +382,7 @@ class Sequential:
         verbose = checks.verbose_level(verbose, "fit")
         x, y, labels, validation = checks.fit_data(self, x, y, epochs, initial_epoch, validation_data,
                                                    validation_split)
+        self._mark_input_grads()                    # again: a layer shared with another model may carry its marks
 
         batch_size = min(batch_size, len(x))         # a batch larger than the data: the data is one batch
         n, steps = len(x), math.ceil(len(x) / batch_size)
@@ -647,6 +650,7 @@ class Sequential:
         self._require_compiled("train_on_batch")
         x = checks.inputs(self, x, "train_on_batch")
         y, labels = checks.targets(self, y, len(x), "train_on_batch")
+        self._mark_input_grads()                    # (as in fit)
         with self.engine.run(self, len(x), 1, x, y):
             loss, probs = self.engine.train_step(self, x, y)
         if not math.isfinite(loss):

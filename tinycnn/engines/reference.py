@@ -47,6 +47,8 @@ class ReferenceEngine(Engine):
         # 3. backward: the last layer from the loss's gradient (softmax fused), then the rest, last to first
         grad = last.backward_from_logits(grad) if last.outputs_softmax else last.backward(grad)
         for layer in reversed(layers[:-1]):
+            if grad is None:                                        # no layer below has weights:
+                break                                               # none needs dL/dx
             grad = layer.backward(grad)
         model.optimizer.apply_gradients(model.grads_and_params())  # 4. update the trainable params
         return loss, out

@@ -169,6 +169,8 @@ class FastEngine(Engine):
         last = plan[-1]
         grad = last.backward_from_logits(grad) if last.outputs_softmax else last.backward(grad)
         for op in reversed(plan[:-1]):
+            if grad is None:                               # no op below has weights: none needs it
+                break
             grad = op.backward(grad)
 
     @staticmethod
@@ -385,6 +387,8 @@ class FastEngine(Engine):
                 if means is not None:                      # the stretch starts at a BatchNormOp
                     grad = plan[top].backward_input(means)
                 for i in range(top - 1, bottom, -1):
+                    if grad is None:                       # no op below has weights
+                        break
                     op = plan[i]
                     last = i == len(plan) - 1 and op.outputs_softmax
                     grad = op.backward_from_logits(grad) if last else op.backward(grad)

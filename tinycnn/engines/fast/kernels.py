@@ -1077,9 +1077,10 @@ def column_sums_numpy(a):
 # rows (M, C): one channel per column. The statistics are sums in float64, so two halves
 # of a batch can add theirs up (ops.BatchNormOp); relu=True folds a ReLU layer in.
 # A ReLU's zero is `zero`, of the arrays' own dtype: with a bare 0 numba gives the select
-# the type of both branches, float64, and the arithmetic around it goes float64 too
-# (50% slower here, and rounded unlike the NumPy twin). And the ReLU's cut is a select,
-# not a `continue`, so that the loop over channels stays one vector loop.
+# the type of both branches, float64, and where arithmetic follows the select
+# (batchnorm_backward) that goes float64 too: 50% slower, and rounded unlike the NumPy twin.
+# (batchnorm_backward_sums's zero is 0.0: its dz is float64 already.) And the ReLU's cut is
+# a select, not a `continue`, so that the loop over channels stays one vector loop.
 @_jit()
 def channel_sums(rows):
     """rows (M, C) -> (sum (C,), sum of squares (C,)), both float64."""
